@@ -1,0 +1,268 @@
+"""The typed configuration of a pre-training run: every default lives here, in one place.
+
+A run's config is built from these dataclasses, then a YAML file (which may name `_base_` files to
+start from), then `key=value` overrides in OmegaConf's dotlist syntax. Unknown keys, wrong types and
+values outside a key's allowed set are refused with an error that names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mixdiff.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    real: str = ""  # image tree: <root>/<class>/<image>
+    image_size: int = 224  # training resolution (global crops)
+    synthetic: list[str] = field(default_factory=list)  # one root per variant, mirroring `real`
+    val: Optional[str] = None  # labelled tree for the online evaluation; None: hold-out of `real`
+    val_fraction: float = 0.05  # size of that seeded, stratified hold-out
+    mode: str = "real"  # real | synthetic | mixdiff | pooled
+    p_synthetic: float = 1.0  # mixdiff: probability that the second view is synthetic
+    real_fraction: float = 1.0  # seeded, stratified fraction of the real training images used
+    missing_synthetic: str = "error"  # error | fallback_real
+    num_workers: int = 8
+    eval_resize: float = 1.14  # evaluation: resize the short side to image_size * this, centre crop
+
+
+@dataclass
+class AugmentConfig:
+    recipe: str = "simclr"  # simclr | asymmetric | dino | none
+    synthetic_augment: bool = True  # False: views of synthetic images are only resized and cropped
+    crop_min_scale: float = 0.08
+    color_jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5  # simclr recipe; asymmetric: 1.0 real / 0.1 synthetic, as in BYOL
+    solarize_p: float = 0.0  # simclr recipe; asymmetric: 0.0 real / 0.2 synthetic
+    # dino multi-crop
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    local_crop_size: Optional[int] = None  # None: 96/224 of data.image_size
+    local_crops_real: int = 6
+    local_crops_synthetic: int = 2  # only drawn from synthetic images in mixdiff mode
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet18 | resnet50 | vit_tiny | vit_small | vit_base
+    small_stem: bool = False  # ResNet: 3x3 stride-1 first conv and no max-pool (32 px images)
+    patch_size: int = 16  # ViT
+
+
+@dataclass
+class SimCLRConfig:
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 128
+    temperature: float = 0.2
+
+
+@dataclass
+class BarlowTwinsConfig:
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 2048
+    lambd: float = 0.005
+    scale_loss: float = 1.0
+
+
+@dataclass
+class DINOConfig:
+    proj_hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 65536
+    norm_last_layer: bool = True
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.04
+    warmup_teacher_temperature: float = 0.04
+    warmup_teacher_temperature_epochs: int = 0
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # EMA momentum, raised to 1.0 on a cosine schedule
+    freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd | lars
+    lr: float = 5e-4  # per 256 images of global batch: lr = lr * batch_size * world_size / 256
+    weight_decay: float = 4e-5
+    momentum: float = 0.9  # sgd, lars
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    warmup_epochs: float = 10.0
+    min_lr_ratio: float = 1e-3  # cosine ends at this fraction of the peak
+    exclude_bias_and_norm: bool = True  # no weight decay (and no LARS adaptation) on them
+    probe_lr: float = 1e-3  # online linear probe (AdamW, no weight decay, not scaled)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_max_train_images: Optional[int] = None  # kNN bank: all training images, or a seeded subset
+    every_n_epochs: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    batch_size: int = 256  # per device
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
+    seed: int = 0
+    channels_last: bool = True
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: float = 1.0  # a fraction (<=1.0) or a number of batches (>1)
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+
+
+@dataclass
+class MixDiffConfig:
+    method: str = "simclr"  # simclr | barlow_twins | dino
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    init_from: Optional[str] = None  # a checkpoint whose weights start this run (not its state)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("simclr", "barlow_twins", "dino"),
+    "data.mode": ("real", "synthetic", "mixdiff", "pooled"),
+    "data.missing_synthetic": ("error", "fallback_real"),
+    "augment.recipe": ("simclr", "asymmetric", "dino", "none"),
+    "model.backbone": ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"),
+    "optim.name": ("adamw", "sgd", "lars"),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
+}
+
+UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
+                 "augment.crop_min_scale", "augment.color_jitter_p", "augment.grayscale_p",
+                 "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio")
+
+# Keys that may change when an existing run directory is resumed: they do not change what is learnt.
+RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
+                  "trainer.log_every_n_steps", "trainer.devices", "trainer.num_nodes",
+                  "trainer.strategy", "trainer.accelerator")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Read a YAML config, merging the files its `_base_` key names (relative to it) underneath."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: `_base_` files include each other in a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    bases = node.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, seen + (path,)))
+    return OmegaConf.merge(merged, node)
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    message = str(exc).splitlines()[0]
+    return f"config key `{key}`: {message}" if key else message
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key `{key}` = {value!r} is not one of: {', '.join(allowed)}")
+    for key in UNIT_INTERVAL:
+        value = OmegaConf.select(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key `{key}` = {value!r} must lie in [0, 1]")
+    if cfg.data.real_fraction <= 0.0:
+        raise ConfigError("config key `data.real_fraction` must be greater than 0")
+    if not cfg.data.real:
+        raise ConfigError("config key `data.real` is required: the image tree to pre-train on")
+    if cfg.data.mode != "real" and not cfg.data.synthetic:
+        raise ConfigError(f"config key `data.synthetic` is empty, but data.mode={cfg.data.mode} "
+                          "needs at least one synthetic root")
+    dino_method, dino_recipe = cfg.method == "dino", cfg.augment.recipe == "dino"
+    if dino_recipe and not dino_method:
+        raise ConfigError(f"config key `augment.recipe` = 'dino' (multi-crop) needs method=dino, "
+                          f"not {cfg.method}")
+    if dino_method and cfg.augment.recipe not in ("dino", "none"):
+        raise ConfigError(f"config key `augment.recipe` = {cfg.augment.recipe!r}: method=dino "
+                          "takes 'dino' (multi-crop) or 'none'")
+    if cfg.model.backbone.startswith("vit") and cfg.data.image_size % cfg.model.patch_size:
+        raise ConfigError(f"config key `data.image_size` = {cfg.data.image_size} is not a "
+                          f"multiple of model.patch_size = {cfg.model.patch_size}")
+    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size", "eval.knn_k"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"config key `{key}` must be at least 1")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> DictConfig:
+    """Defaults, then the YAML file at `path`, then dotlist `overrides`; validated."""
+    schema = OmegaConf.structured(MixDiffConfig)
+    try:
+        if path is not None:
+            schema = OmegaConf.merge(schema, _read_yaml(Path(path)))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc)) from None
+    _check_values(schema)
+    OmegaConf.set_readonly(schema, True)
+    return schema
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} for every leaf of a config."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_keys(saved: DictConfig, current: DictConfig, ignore=RESUMABLE_KEYS) -> list[str]:
+    """Keys whose values differ between two configs (a key absent on one side counts)."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
+

@@ -1,0 +1,1 @@
+"""Image trees, real/synthetic pairing, view recipes and dataset preparation."""

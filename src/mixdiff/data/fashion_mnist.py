@@ -1,0 +1,80 @@
+"""Fashion-MNIST from its four idx files (Debian's `dataset-fashion-mnist`) to an image tree."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import track
+
+from mixdiff.errors import DatasetError
+from mixdiff.io import atomic_open
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
+SPLITS = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def _find(source: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (source / name).is_file():
+            return source / name
+    raise DatasetError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {source}. Install Debian's package "
+        "(`apt-get install dataset-fashion-mnist`, files under /usr/share/datasets/fashion-mnist) "
+        "or pass --source DIR holding the four idx files.")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format: magic, dims, big-endian sizes, raw uint8 data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DatasetError(f"{path}: not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"{path}: holds {data.size} values, its header says {shape}")
+    return data.reshape(shape)
+
+
+def read_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = SPLITS[split]
+    images = read_idx(_find(source, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(source, f"{prefix}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise DatasetError(f"{source}: {split} has {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | None = None
+            ) -> dict[str, int]:
+    """Write `out/{train,test}/<class>/<id>.png`; files already there are kept (a re-run resumes).
+
+    `per_class` keeps the first N images of each class (for quick experiments). Returns the number
+    of images per split.
+    """
+    source, out = Path(source), Path(out)
+    arrays = {split: read_split(source, split) for split in SPLITS}  # fail before writing anything
+    counts = {}
+    for split, (images, labels) in arrays.items():
+        keep = np.arange(len(labels))
+        if per_class is not None:
+            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+            keep.sort()
+        for name in CLASSES:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+        for i in track(keep, description=f"fashion-mnist {split}", transient=True):
+            target = out / split / CLASSES[labels[i]] / f"{i:05d}.png"
+            if not target.exists():
+                with atomic_open(target, "wb") as handle:
+                    Image.fromarray(images[i], mode="L").save(handle, format="PNG")
+        counts[split] = len(keep)
+    return counts

@@ -1,0 +1,141 @@
+"""Training samples `(index, views, sources, label)` for every data mode.
+
+`sources[v]` says what view v was cut from: 0 for a real image, k + 1 for synthetic variant k
+(the k-th entry of `data.synthetic`). A synthetic view carries its real image's index, so losses
+find positives by index whatever the mode or the number of views.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from mixdiff.data.tree import ImageTree, load_rgb, match_twins
+from mixdiff.data.views import ViewSpec
+from mixdiff.errors import MissingSyntheticError
+
+log = logging.getLogger(__name__)
+REAL = 0
+MODES = ("real", "synthetic", "mixdiff", "pooled")
+_to_tensor = v2.PILToTensor()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample before augmentation: where its images are."""
+
+    index: int
+    label: int
+    real: str | None  # None: no real image in this sample (synthetic-only modes)
+    twins: tuple[tuple[int, str], ...]  # (variant k, path) of the synthetic images it may use
+
+
+def find_twins(tree: ImageTree, positions: Sequence[int], synthetic_roots: Sequence[str],
+               missing_policy: str) -> list[tuple[tuple[int, str], ...]]:
+    """For each real image at `positions`, the synthetic twins found in each root.
+
+    With missing_policy='error', any missing twin raises an error listing the first of them.
+    """
+    relpaths = [tree.relpaths[i] for i in positions]
+    twins: list[list[tuple[int, str]]] = [[] for _ in positions]
+    missing: list[str] = []
+    for k, root in enumerate(synthetic_roots):
+        match = match_twins(relpaths, root)
+        for j, rel in match.matched.items():
+            twins[j].append((k, str(Path(root) / rel)))
+        missing.extend(str(Path(root) / rel) + ".*" for rel in match.missing)
+    if missing and missing_policy == "error":
+        shown = "\n  ".join(missing[:10])
+        raise MissingSyntheticError(
+            f"{len(missing)} synthetic twins are missing for the {len(positions)} real training "
+            f"images, e.g.:\n  {shown}\nGenerate them, or set data.missing_synthetic=fallback_real "
+            "to use the real image where no twin exists.")
+    if missing:
+        alone = sum(1 for t in twins if not t)
+        log.warning("%d synthetic twins missing; %d real images have none and fall back to real "
+                    "views (data.missing_synthetic=fallback_real)", len(missing), alone)
+    return [tuple(t) for t in twins]
+
+
+def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,
+                  synthetic_roots: Sequence[str], missing_policy: str) -> list[Sample]:
+    paths = [str(tree.path(i)) for i in positions]
+    labels = [int(tree.labels[i]) for i in positions]
+    if mode == "real":
+        return [Sample(j, labels[j], paths[j], ()) for j in range(len(positions))]
+    twins = find_twins(tree, positions, synthetic_roots, missing_policy)
+    if mode == "mixdiff":
+        return [Sample(j, labels[j], paths[j], twins[j]) for j in range(len(positions))]
+    if mode == "synthetic":  # a real image stands in only where fallback_real allowed it
+        return [Sample(j, labels[j], None if twins[j] else paths[j], twins[j])
+                for j in range(len(positions))]
+    if mode == "pooled":  # every real and synthetic image an independent sample of its own
+        pool = [(paths[j], labels[j], ()) for j in range(len(positions))]
+        pool += [(None, labels[j], (twin,)) for j in range(len(positions)) for twin in twins[j]]
+        return [Sample(n, label, real, t) for n, (real, label, t) in enumerate(pool)]
+    raise ValueError(f"unknown data.mode {mode!r}")
+
+
+class PairedDataset(Dataset):
+    """Views of real images and/or their synthetic twins, per `data.mode`.
+
+    * real: every view from the real image (plain SSL).
+    * synthetic: every view from one synthetic twin (drawn at random among the variants).
+    * mixdiff: anchor-slot views from the real image; partner-slot views from a random synthetic
+      twin with probability `p_synthetic`, else from the real image.
+    * pooled: real and synthetic images are independent samples, each paired with itself.
+    """
+
+    def __init__(self, samples: list[Sample], views: list[ViewSpec], mode: str,
+                 p_synthetic: float = 1.0, synthetic_augment: bool = True):
+        self.samples, self.views, self.mode = samples, views, mode
+        self.p_synthetic, self.synthetic_augment = p_synthetic, synthetic_augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _slots(self, sample: Sample) -> dict[str, tuple[int, str]]:
+        """(source, path) for the anchor and partner slots of this draw."""
+        real = (REAL, sample.real)
+        if not sample.twins:
+            return {"anchor": real, "partner": real}
+        k = int(torch.randint(len(sample.twins), ()).item())
+        variant, path = sample.twins[k]
+        twin = (variant + 1, path)
+        if self.mode == "mixdiff":
+            use_twin = self.p_synthetic >= 1.0 or torch.rand(()).item() < self.p_synthetic
+            return {"anchor": real, "partner": twin if use_twin else real}
+        return {"anchor": twin, "partner": twin}
+
+    def __getitem__(self, i: int):
+        sample = self.samples[i]
+        slots = self._slots(sample)
+        images = {path: _to_tensor(load_rgb(path)) for _, path in slots.values()}
+        views, sources = [], []
+        for spec in self.views:
+            source, path = slots[spec.slot]
+            plain = source != REAL and not self.synthetic_augment
+            views.append((spec.plain if plain else spec.augmented)(images[path]))
+            sources.append(source)
+        return sample.index, views, torch.tensor(sources), sample.label
+
+
+class LabelledImages(Dataset):
+    """Plain (evaluation) views of labelled images: `(image, label)`."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform):
+        self.paths, self.labels, self.transform = list(paths), np.asarray(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(_to_tensor(load_rgb(self.paths[i]))), int(self.labels[i])
+

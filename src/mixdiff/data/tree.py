@@ -1,0 +1,131 @@
+"""Image trees on disk: `<root>/<class>/<...>/<name>.<ext>`, and twins across trees.
+
+A synthetic root mirrors the real tree: the twin of real `cls/a.JPEG` is whatever image sits at
+`cls/a.*` under the synthetic root (the generator may have written another format). Twins are keyed
+by relative path without extension, so any number of roots pair with the real tree by name alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from mixdiff.errors import DatasetError, UnreadableImageError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+
+
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def twin_key(relpath: str) -> str:
+    """The name a real image and its synthetic twins share: relative path without extension."""
+    return str(PurePosixPath(relpath).with_suffix(""))
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Relative POSIX paths of every image under `root`, sorted (hidden files and folders skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root)
+        found.extend((rel / f).as_posix() for f in filenames if is_image(f) and not f.startswith("."))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class ImageTree:
+    """The images of one tree, with a class label from the first folder of each path.
+
+    A tree whose images sit directly under the root is unlabelled: every label is -1.
+    """
+
+    root: Path
+    relpaths: tuple[str, ...]
+    classes: tuple[str, ...]
+    labels: np.ndarray  # int64, one per relpath
+
+    @classmethod
+    def scan(cls, root: str | Path, classes: tuple[str, ...] | None = None) -> "ImageTree":
+        """Scan `root`. Pass the `classes` of another tree to label this one in the same order."""
+        root = Path(root)
+        relpaths = list_images(root)
+        if not relpaths:
+            raise DatasetError(f"no images found under {root} (expected <class>/<image> files "
+                               f"with one of: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        folders = [p.split("/", 1)[0] if "/" in p else None for p in relpaths]
+        if all(f is None for f in folders):
+            return cls(root, tuple(relpaths), (), np.full(len(relpaths), -1, dtype=np.int64))
+        if classes is None:
+            classes = tuple(sorted({f for f in folders if f is not None}))
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = sorted({f for f in folders if f is not None and f not in index})
+        if unknown:
+            raise DatasetError(f"{root}: class folders {unknown[:5]} are not among the "
+                               f"{len(classes)} training classes")
+        labels = np.array([index[f] if f is not None else -1 for f in folders], dtype=np.int64)
+        return cls(root, tuple(relpaths), tuple(classes), labels)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.relpaths[i]
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+
+def index_twins(root: str | Path) -> dict[str, str]:
+    """{twin key: relative path} for one synthetic root."""
+    return {twin_key(p): p for p in list_images(root)}
+
+
+@dataclass(frozen=True)
+class TwinMatch:
+    matched: dict[int, str]  # real image position -> relative path under the synthetic root
+    missing: list[str]  # real relative paths without a twin
+    extra: list[str]  # synthetic relative paths without a real image
+
+
+def match_twins(real_relpaths: tuple[str, ...] | list[str], synthetic_root: str | Path) -> TwinMatch:
+    twins = index_twins(synthetic_root)
+    matched, missing = {}, []
+    for i, rel in enumerate(real_relpaths):
+        twin = twins.pop(twin_key(rel), None)
+        if twin is None:
+            missing.append(rel)
+        else:
+            matched[i] = twin
+    return TwinMatch(matched, missing, sorted(twins.values()))
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB; a broken file raises an error naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "file not found") from None
+    except Exception as exc:  # PIL raises many types for corrupt or truncated data
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def check_readable(path: str | Path) -> str | None:
+    """None if the image decodes, else the reason it does not."""
+    try:
+        load_rgb(path)
+    except UnreadableImageError as exc:
+        return exc.reason
+    return None

@@ -1,0 +1,28 @@
+"""Barlow Twins (Zbontar et al., 2021): decorrelate the projections of two views."""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor
+
+from mixdiff.losses import barlow_twins_loss
+from mixdiff.methods.base import SSLMethod
+from mixdiff.models import projection_mlp
+
+
+class BarlowTwins(SSLMethod):
+    def __init__(self, cfg, num_classes: int):
+        super().__init__(cfg, num_classes)
+        args = self.cfg.barlow_twins
+        self.projector = projection_mlp(self.feature_dim, args.proj_hidden_dim,
+                                        args.proj_output_dim, layers=3)
+
+    def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
+        """The mean of the loss over every pair of views (one pair in the two-view recipes).
+        Row b of every view is sample b, so the pairing by index is the row order."""
+        args = self.cfg.barlow_twins
+        z = [self.projector(f) for f in features]
+        pairs = list(itertools.combinations(range(len(z)), 2))
+        loss = sum(barlow_twins_loss(z[i], z[j], lambd=args.lambd) for i, j in pairs) / len(pairs)
+        return args.scale_loss * loss
