@@ -17,7 +17,7 @@ app = typer.Typer(help="MixDiff: self-supervised learning from real and syntheti
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Prepare and check image datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: MixDiffError) -> None:

@@ -1,0 +1,80 @@
+import pytest
+from omegaconf import OmegaConf
+
+from mixdiff.config import differing_keys, load_config, to_yaml
+from mixdiff.errors import ConfigError
+
+BASE = ["data.real=/some/tree"]
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, BASE + ["method=barlow_twins", "data.synthetic=[a,b]",
+                                    "trainer.max_epochs=3", "data.mode=mixdiff"])
+    assert cfg.method == "barlow_twins"
+    assert list(cfg.data.synthetic) == ["a", "b"]
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.data.p_synthetic == 1.0  # the paper's default
+
+
+@pytest.mark.parametrize("override, names", [
+    (["data.reel=x"], "data.reel"),
+    (["methd=simclr"], "methd"),
+    (["method=byol"], "simclr, barlow_twins, dino"),
+    (["data.mode=mixed"], "pooled"),
+    (["augment.recipe=heavy"], "asymmetric"),
+    (["trainer.max_epochs=many"], "trainer.max_epochs"),
+    (["data.p_synthetic=1.5"], "data.p_synthetic"),
+    (["data.mode=mixdiff"], "data.synthetic"),
+    (["augment.recipe=dino"], "method=dino"),
+    (["nonsense"], "key=value"),
+])
+def test_bad_values_name_the_key(override, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.").replace("=", "=")):
+        load_config(None, BASE + override)
+
+
+def test_missing_real_is_named():
+    with pytest.raises(ConfigError, match="data.real"):
+        load_config(None, [])
+
+
+def test_base_files_and_yaml(tmp_path):
+    (tmp_path / "base.yaml").write_text("method: dino\naugment: {recipe: dino}\n"
+                                        "trainer: {max_epochs: 7}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrainer: {max_epochs: 9}\n"
+                                         "data: {real: /r}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["trainer.batch_size=3"])
+    assert (cfg.method, cfg.trainer.max_epochs, cfg.trainer.batch_size) == ("dino", 9, 3)
+    assert "_base_" not in to_yaml(cfg)
+    again = load_config(tmp_path / "child.yaml", ["trainer.batch_size=3"])
+    assert differing_keys(cfg, again) == []
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("data: {real: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_differing_keys_ignores_resumable_ones():
+    a = load_config(None, BASE)
+    b = load_config(None, BASE + ["trainer.max_epochs=500", "optim.lr=0.1", "data.num_workers=1"])
+    assert differing_keys(a, b) == ["optim.lr"]
+    assert differing_keys(OmegaConf.create({"x": 1}), OmegaConf.create({"y": 1})) == ["x", "y"]
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    configs = sorted(p for p in Path(__file__).parents[1].glob("configs/*/*.yaml")
+                     if not p.name.startswith("_"))
+    assert len(configs) == 15  # 3 methods x 4 modes for ImageNet-100, 3 Fashion-MNIST presets
+    for path in configs:
+        cfg = load_config(path, ["data.real=/r", "data.synthetic=[/s]"])
+        method, _, mode = path.stem.rpartition("_")
+        if path.parent.name == "imagenet100":
+            assert (cfg.method, cfg.data.mode) == (method, mode)
+            assert cfg.model.backbone == ("vit_small" if method == "dino" else "resnet50")
+        else:
+            assert cfg.method == path.stem

@@ -1,0 +1,143 @@
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mixdiff.cli import app
+from mixdiff.data import fashion_mnist
+from mixdiff.data.splits import stratified_holdout, stratified_subset
+from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
+from mixdiff.errors import DatasetError, UnreadableImageError
+
+from conftest import make_tree
+
+runner = CliRunner()
+
+
+def test_twin_key_ignores_extension():
+    assert twin_key("cls/a.JPEG") == twin_key("cls/a.png") == "cls/a"
+    assert twin_key("cls/sub/a.b.jpg") == "cls/sub/a.b"
+
+
+def test_scan_labels_and_twins(tmp_path):
+    real = make_tree(tmp_path / "real", per_class=3)
+    syn = make_tree(tmp_path / "syn", per_class=3, ext=".jpg")
+    (syn / "circle" / "img00.jpg").unlink()
+    Image.new("RGB", (4, 4)).save(syn / "square" / "stray.png")
+    tree = ImageTree.scan(real)
+    assert tree.classes == ("circle", "square", "stripes")
+    assert len(tree) == 9 and tree.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    match = match_twins(tree.relpaths, syn)
+    assert match.missing == ["circle/img00.png"]
+    assert match.extra == ["square/stray.png"]
+    assert match.matched[1] == "circle/img01.jpg"
+
+
+def test_unlabelled_tree_and_empty_tree(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    tree = ImageTree.scan(tmp_path)
+    assert not tree.labelled and tree.labels.tolist() == [-1]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found under .*empty"):
+        ImageTree.scan(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="not found"):
+        ImageTree.scan(tmp_path / "absent")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    Image.new("RGB", (64, 64)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    with pytest.raises(UnreadableImageError, match="broken.png"):
+        load_rgb(bad)
+
+
+def test_stratified_splits_are_seeded_and_stratified():
+    labels = np.repeat(np.arange(4), 50)
+    a, b = stratified_subset(labels, 0.1, 0), stratified_subset(labels, 0.1, 0)
+    assert np.array_equal(a, b) and np.bincount(labels[a]).tolist() == [5, 5, 5, 5]
+    assert not np.array_equal(a, stratified_subset(labels, 0.1, 1))
+    assert set(stratified_subset(labels, 0.1, 0)) <= set(stratified_subset(labels, 0.3, 0))
+    train, held = stratified_holdout(labels, 0.2, 0)
+    assert np.bincount(labels[held]).tolist() == [10] * 4
+    assert not set(train) & set(held) and len(train) + len(held) == 200
+    train, held = stratified_holdout(np.array([0, 1, 1]), 0.5, 0)  # never a class's last image
+    assert 0 in train and len(held) == 1
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                         *array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_prepare_from_idx_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    result = runner.invoke(app, ["data", "prepare", "fashion-mnist", "--source", str(src),
+                                 "--out", str(tmp_path / "fm")])
+    assert result.exit_code == 0, result.output
+    tree = ImageTree.scan(tmp_path / "fm" / "train")
+    assert len(tree) == 30 and tree.classes == tuple(sorted(fashion_mnist.CLASSES))
+    first = tmp_path / "fm" / "train" / "T-shirt_top" / "00000.png"
+    expected = fashion_mnist.read_idx(src / "train-images-idx3-ubyte.gz")[0]
+    assert np.array_equal(np.array(Image.open(first)), expected)
+    assert len(ImageTree.scan(tmp_path / "fm" / "test")) == 10
+
+
+def test_fashion_mnist_missing_files_names_the_package(tmp_path):
+    result = runner.invoke(app, ["data", "prepare", "fashion-mnist", "--source", str(tmp_path),
+                                 "--out", str(tmp_path / "fm")])
+    assert result.exit_code == 2
+    assert "dataset-fashion-mnist" in result.output and "train-images-idx3-ubyte" in result.output
+
+
+@pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="Debian's files not installed")
+def test_fashion_mnist_from_debian_package(tmp_path):
+    counts = fashion_mnist.prepare(tmp_path, per_class=2)
+    assert counts == {"train": 20, "test": 20}
+    assert ImageTree.scan(tmp_path / "train").classes == tuple(sorted(fashion_mnist.CLASSES))
+
+
+def test_verify_json_and_strict(tmp_path):
+    real = make_tree(tmp_path / "real", per_class=2)
+    syn = make_tree(tmp_path / "syn", per_class=2, ext=".jpg")
+    (syn / "circle" / "img01.jpg").unlink()
+    (syn / "square" / "img00.jpg").write_bytes(b"not an image")
+    Image.new("RGB", (4, 4)).save(syn / "stripes" / "extra.png")
+    args = ["data", "verify", "--real", str(real), "--synthetic", str(syn), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["real"] == {"root": str(real), "images": 6, "classes": 3, "unreadable": []}
+    entry = report["synthetic"][0]
+    assert entry["root"] == str(syn) and entry["matched"] == 5
+    assert entry["missing"] == ["circle/img01.png"] and entry["extra"] == ["stripes/extra.png"]
+    assert [u["path"] for u in entry["unreadable"]] == [str(syn / "square" / "img00.jpg")]
+    strict = runner.invoke(app, args + ["--strict"])
+    assert strict.exit_code == 1
+    clean = runner.invoke(app, ["data", "verify", "--real", str(real), "--strict"])
+    assert clean.exit_code == 0 and "6 images, 3 classes" in clean.output
+
+
+def test_imagenet100_prepare_links_the_cmc_classes(tmp_path):
+    from mixdiff.data import imagenet100
+
+    wnids = imagenet100.class_list()
+    assert len(wnids) == 100 and len(set(wnids)) == 100 and wnids[0] == "n02869837"
+    for split in ("train", "val"):
+        for wnid in wnids + ["n99999999"]:
+            (tmp_path / "in1k" / split / wnid).mkdir(parents=True)
+    imagenet100.prepare(tmp_path / "in100", tmp_path / "in1k")
+    assert sorted(p.name for p in (tmp_path / "in100" / "train").iterdir()) == sorted(wnids)
+    with pytest.raises(DatasetError, match="missing"):
+        imagenet100.prepare(tmp_path / "x", tmp_path / "in100" / "train")
