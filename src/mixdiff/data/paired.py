@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from mixdiff.data.tree import ImageTree, load_rgb, match_twins
+from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
 from mixdiff.data.views import ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
@@ -50,7 +50,7 @@ def find_twins(tree: ImageTree, positions: Sequence[int], synthetic_roots: Seque
         match = match_twins(relpaths, root)
         for j, rel in match.matched.items():
             twins[j].append((k, str(Path(root) / rel)))
-        missing.extend(str(Path(root) / rel) + ".*" for rel in match.missing)
+        missing.extend(f"{Path(root) / twin_key(rel)}.*" for rel in match.missing)
     if missing and missing_policy == "error":
         shown = "\n  ".join(missing[:10])
         raise MissingSyntheticError(

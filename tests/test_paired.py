@@ -1,0 +1,106 @@
+"""Samples (index, views, sources, label) in every mode, and the view recipes."""
+
+import pytest
+import torch
+
+from mixdiff.config import load_config
+from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.data.paired import build_samples
+from mixdiff.data.tree import ImageTree
+from mixdiff.data.views import build_views
+from mixdiff.errors import MissingSyntheticError
+
+from conftest import make_tree, tiny_overrides
+
+
+def _datamodule(tiny_data, **extra):
+    dm = MixDiffDataModule(load_config(None, tiny_overrides(tiny_data, **extra)))
+    dm.setup()
+    return dm
+
+
+def test_real_mode_views_are_all_real(tiny_data):
+    dm = _datamodule(tiny_data, **{"data.mode": "real"})
+    index, views, sources, label = dm.train_set[0]
+    assert len(views) == 2 and views[0].shape == (3, 16, 16)
+    assert sources.tolist() == [0, 0] and label == 0 and index == 0
+
+
+def test_mixdiff_mode_second_view_is_a_synthetic_twin(tiny_data):
+    dm = _datamodule(tiny_data, **{"data.mode": "mixdiff"})
+    seen = {int(dm.train_set[i][2][1]) for i in range(len(dm.train_set)) for _ in range(3)}
+    assert seen == {1, 2}  # both variants are drawn, never the real image with p_synthetic=1
+    assert all(int(dm.train_set[i][2][0]) == 0 for i in range(len(dm.train_set)))
+
+
+def test_p_synthetic_controls_the_fraction(tiny_data):
+    dm = _datamodule(tiny_data, **{"data.mode": "mixdiff", "data.p_synthetic": 0.0})
+    assert all(int(dm.train_set[i][2][1]) == 0 for i in range(len(dm.train_set)))
+    torch.manual_seed(0)
+    dm = _datamodule(tiny_data, **{"data.mode": "mixdiff", "data.p_synthetic": 0.5})
+    draws = [int(dm.train_set[i % len(dm.train_set)][2][1] > 0) for i in range(400)]
+    assert 0.4 < sum(draws) / 400 < 0.6
+
+
+def test_synthetic_and_pooled_modes(tiny_data):
+    syn = _datamodule(tiny_data, **{"data.mode": "synthetic"}).train_set
+    for i in range(len(syn)):
+        sources = syn[i][2].tolist()
+        assert sources[0] == sources[1] and sources[0] in (1, 2)
+    real = _datamodule(tiny_data, **{"data.mode": "real"}).train_set
+    pooled = _datamodule(tiny_data, **{"data.mode": "pooled"}).train_set
+    assert len(pooled) == 3 * len(real)  # real + two variants, each its own sample
+    kinds = sorted(int(pooled[i][2][0]) for i in range(len(pooled)))
+    assert kinds.count(0) == kinds.count(1) == kinds.count(2) == len(real)
+    assert len({pooled[i][0] for i in range(len(pooled))}) == len(pooled)  # own indices
+
+
+def test_real_fraction_and_holdout_are_stratified(tiny_data):
+    dm = _datamodule(tiny_data, **{"data.real_fraction": 0.6})
+    assert dm.summary["real_images_total"] == 18 and dm.summary["val_images"] == 3
+    assert dm.summary["real_images_train"] == 9  # 60% of the 5 per class left after hold-out
+    labels = [dm.train_set[i][3] for i in range(len(dm.train_set))]
+    assert sorted(set(labels)) == [0, 1, 2]
+    val_paths = set(dm.val_set.paths)
+    train_paths = {s.real for s in dm.train_set.samples}
+    assert not val_paths & train_paths  # the hold-out never trains
+    with_val = _datamodule(tiny_data, **{"data.val": tiny_data["val"]})
+    assert with_val.summary["val_images"] == 6 and with_val.summary["real_images_train"] == 18
+
+
+def test_missing_twin_is_an_error_listing_it(tmp_path):
+    real = make_tree(tmp_path / "real", per_class=2)
+    syn = make_tree(tmp_path / "syn", per_class=2, ext=".jpg")
+    (syn / "square" / "img01.jpg").unlink()
+    tree = ImageTree.scan(real)
+    with pytest.raises(MissingSyntheticError, match=r"(?s)square/img01\.\*.*fallback_real"):
+        build_samples(tree, range(len(tree)), "mixdiff", [str(syn)], "error")
+    samples = build_samples(tree, range(len(tree)), "mixdiff", [str(syn)], "fallback_real")
+    assert sum(1 for s in samples if not s.twins) == 1
+
+
+def test_dino_multicrop_slots(tiny_data):
+    cfg = load_config(None, tiny_overrides(tiny_data, **{
+        "method": "dino", "augment.recipe": "dino", "data.mode": "mixdiff",
+        "augment.local_crops_real": 3, "augment.local_crops_synthetic": 2}))
+    views = build_views(cfg)
+    assert [v.slot for v in views] == ["anchor", "partner"] + ["anchor"] * 3 + ["partner"] * 2
+    assert [v.teacher for v in views] == [True, True] + [False] * 5
+    dm = MixDiffDataModule(cfg)
+    dm.setup()
+    _, crops, sources, _ = dm.train_set[0]
+    assert [c.shape[-1] for c in crops] == [16, 16] + [7] * 5
+    assert sources.tolist()[:2] == [0, sources[1]] and sources[1] > 0
+    assert (sources[5:] > 0).all() and (sources[2:5] == 0).all()
+
+
+def test_no_augmentation_recipe_is_deterministic(tiny_data):
+    dm = _datamodule(tiny_data, **{"augment.recipe": "none"})
+    _, views, _, _ = dm.train_set[0]
+    assert torch.equal(views[0], views[1])
+
+
+def test_plain_synthetic_views(tiny_data):
+    dm = _datamodule(tiny_data, **{"data.mode": "synthetic", "augment.synthetic_augment": "false"})
+    _, views, _, _ = dm.train_set[0]
+    assert torch.equal(views[0], views[1])  # no augmentation on synthetic images

@@ -1,0 +1,122 @@
+"""End-to-end pre-training on a tiny tree: every method in every mode, resume, bad inputs."""
+
+import csv
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from mixdiff.cli import app
+from mixdiff.config import load_config
+from mixdiff.errors import NonFiniteLossError, RunDirError, UnreadableImageError
+from mixdiff.train import pretrain
+
+from conftest import make_tree, tiny_overrides
+
+runner = CliRunner()
+DINO = {"method": "dino", "augment.recipe": "dino"}
+
+
+def _rows(run):
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _run(tiny_data, out, **extra):
+    return pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), out)
+
+
+@pytest.mark.parametrize("mode", ["real", "synthetic", "mixdiff", "pooled"])
+@pytest.mark.parametrize("method", ["simclr", "barlow_twins", "dino"])
+def test_every_method_in_every_mode(tiny_data, tmp_path, method, mode):
+    extra = {"method": method, "data.mode": mode, **(DINO if method == "dino" else {})}
+    run = _run(tiny_data, tmp_path / "run", **extra)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    saved = OmegaConf.load(run / "config.yaml")
+    assert (saved.method, saved.data.mode) == (method, mode)
+    (row,) = _rows(run)
+    for key in ("train/loss", "train/synthetic_fraction", "online_probe/val_top1",
+                "online_knn/val_top1"):
+        assert row[key] != "", key
+    assert float(row["train/synthetic_fraction"]) == (1.0 if mode in ("synthetic", "mixdiff")
+                                                      else 0.0 if mode == "real" else
+                                                      float(row["train/synthetic_fraction"]))
+    assert 0.0 <= float(row["online_knn/val_top1"]) <= 1.0
+    assert torch.isfinite(torch.tensor(float(row["train/loss"])))
+
+
+def test_dino_vit_with_local_crops(tiny_data, tmp_path):
+    run = _run(tiny_data, tmp_path / "run", **DINO, **{
+        "data.mode": "mixdiff", "model.backbone": "vit_tiny", "model.patch_size": 4})
+    assert float(_rows(run)[0]["train/synthetic_fraction"]) == 1.0
+
+
+def test_resume_continues_and_refuses_a_different_config(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    _run(tiny_data, out, **{"data.mode": "mixdiff"})
+    first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    _run(tiny_data, out, **{"data.mode": "mixdiff", "trainer.max_epochs": 2})
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert int(rows[1]["step"]) == 2 * int(rows[0]["step"])  # continued, not restarted
+    second = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert second["epoch"] == first["epoch"] + 1
+    assert second["global_step"] == 2 * first["global_step"]
+    with pytest.raises(RunDirError, match=r"data\.mode: 'mixdiff' -> 'real'.*optim\.lr"):
+        _run(tiny_data, out, **{"data.mode": "real", "optim.lr": 0.1, "trainer.max_epochs": 2})
+
+
+def test_init_from_copies_weights(tiny_data, tmp_path):
+    first = _run(tiny_data, tmp_path / "a", **{"data.mode": "synthetic"})
+    ckpt = first / "checkpoints" / "last.ckpt"
+    weights = torch.load(ckpt, weights_only=False)["state_dict"]
+    # the "Sequential" baseline: synthetic first, then real, starting from those weights
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"init_from": ckpt,
+                                                         "trainer.limit_train_batches": 1,
+                                                         "optim.lr": 0.0}))
+    second = pretrain(cfg, tmp_path / "b")
+    after = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    conv = "backbone.conv1.weight"
+    assert torch.equal(weights[conv], after[conv])  # lr 0: still exactly the loaded weights
+    with pytest.raises(Exception, match="init_from"):
+        pretrain(load_config(None, tiny_overrides(tiny_data, init_from=tmp_path / "none.ckpt")),
+                 tmp_path / "c")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    from mixdiff.methods.simclr import SimCLR
+
+    out = tmp_path / "run"
+    _run(tiny_data, out)
+    good = (out / "checkpoints" / "last.ckpt").read_bytes()
+    monkeypatch.setattr(SimCLR, "ssl_loss", lambda self, *a: torch.tensor(float("nan"),
+                                                                          requires_grad=True))
+    with pytest.raises(NonFiniteLossError, match="nan at epoch 1"):
+        _run(tiny_data, out, **{"trainer.max_epochs": 2})
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == good
+    assert [r["epoch"] for r in _rows(out)] == ["0"]
+
+
+def test_unreadable_training_image_names_the_file(tmp_path, tiny_data):
+    real = make_tree(tmp_path / "real", per_class=4)
+    (real / "square" / "img02.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(UnreadableImageError, match=r"square/img02\.png"):
+        pretrain(load_config(None, tiny_overrides(tiny_data, **{
+            "data.real": real, "data.mode": "real", "data.val_fraction": 0.01,
+            "trainer.limit_train_batches": 1.0})), tmp_path / "run")
+
+
+def test_cli_pretrain_and_clear_errors(tiny_data, tmp_path):
+    args = ["pretrain", *tiny_overrides(tiny_data, **{"data.mode": "mixdiff",
+                                                     "augment.recipe": "asymmetric"}),
+            "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    bad = runner.invoke(app, ["pretrain", "data.real=x", "model.backbone=resnet9",
+                              "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "model.backbone" in bad.output and "resnet18" in bad.output
+    missing = runner.invoke(app, ["pretrain", *tiny_overrides(tiny_data, **{
+        "data.synthetic": f"[{tmp_path}]", "data.mode": "mixdiff"}), "--out", str(tmp_path / "m")])
+    assert missing.exit_code == 2 and "synthetic twins are missing" in missing.output
