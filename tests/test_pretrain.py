@@ -120,3 +120,13 @@ def test_cli_pretrain_and_clear_errors(tiny_data, tmp_path):
     missing = runner.invoke(app, ["pretrain", *tiny_overrides(tiny_data, **{
         "data.synthetic": f"[{tmp_path}]", "data.mode": "mixdiff"}), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 2 and "synthetic twins are missing" in missing.output
+
+
+def test_two_process_ddp_run_scales_lr_by_global_batch(tiny_data, tmp_path):
+    extra = {"data.mode": "mixdiff", "trainer.devices": 2, "trainer.strategy": "ddp_spawn",
+             "optim.lr": 0.256, "trainer.batch_size": 4, "optim.min_lr_ratio": 1.0}
+    run = _run(tiny_data, tmp_path / "run", **extra)
+    (row,) = _rows(run)
+    assert float(row["train/lr"]) == pytest.approx(0.256 * 4 * 2 / 256)  # 2 processes x 4
+    assert float(row["train/synthetic_fraction"]) == 1.0
+    assert row["online_knn/val_top1"] != ""

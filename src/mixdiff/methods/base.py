@@ -80,10 +80,10 @@ class SSLMethod(L.LightningModule):
                 "optim.lr, raise optim.warmup_epochs, set trainer.gradient_clip_val, or use "
                 "trainer.precision=bf16-mixed instead of 16-mixed.")
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         if sources.shape[1] > 1:  # pairs whose second view is synthetic
             self.log("train/synthetic_fraction", (sources[:, 1] > 0).float().mean(),
-                     on_step=False, on_epoch=True)
+                     on_step=False, on_epoch=True, sync_dist=True)
         return loss + self.probe_loss(features[0].detach(), labels)
 
     def probe_loss(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -92,9 +92,9 @@ class SSLMethod(L.LightningModule):
             return torch.zeros((), device=features.device)
         logits = self.probe(features[labelled].float())
         loss = F.cross_entropy(logits, labels[labelled])
-        self.log("train/online_probe_loss", loss, on_step=False, on_epoch=True)
+        self.log("train/online_probe_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/online_probe_top1", (logits.argmax(1) == labels[labelled]).float().mean(),
-                 on_step=False, on_epoch=True)
+                 on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
