@@ -1,0 +1,223 @@
+"""Generators: diffusers pipelines that turn a batch of real images into variations.
+
+Each backend loads its pipeline once, then maps (images, seeds) -> images. Every output's noise
+comes from a CPU `torch.Generator` seeded for that output alone, so an image does not depend on
+the batch it was generated in, nor on the device's random number generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+
+from mixdiff.errors import MixDiffError
+from mixdiff.generate.settings import GenerateSettings
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class GeneratorLoadError(MixDiffError):
+    """A model id or folder that cannot be loaded."""
+
+
+def sd_variation_preprocess(images: list[Image.Image], size: int = 224) -> torch.Tensor:
+    """What the SD image-variations model card requires: ToTensor, Resize((224, 224), bicubic,
+    antialias=False), CLIP mean/std. The model was trained on inputs made this way; the
+    pipeline's own CLIPImageProcessor (antialiased, centre-cropped) gives worse variations."""
+    transform = v2.Compose([
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=False),
+        v2.Normalize(CLIP_MEAN, CLIP_STD)])
+    return torch.stack([transform(image.convert("RGB")) for image in images])
+
+
+def _scheduler_class(name: str):
+    import diffusers
+
+    return {"ddim": (diffusers.DDIMScheduler, {}), "pndm": (diffusers.PNDMScheduler, {}),
+            "dpm-solver++": (diffusers.DPMSolverMultistepScheduler,
+                             {"algorithm_type": "dpmsolver++"}),
+            "euler": (diffusers.EulerDiscreteScheduler, {}),
+            "euler-ancestral": (diffusers.EulerAncestralDiscreteScheduler, {}),
+            "ddpm": (diffusers.DDPMScheduler, {})}[name]
+
+
+def load_pipeline(cls, settings: GenerateSettings, source: str | Path | None = None, **kwargs):
+    """`cls.from_pretrained` with an error that names the model and says how to go offline."""
+    try:
+        return cls.from_pretrained(source or settings.model, revision=settings.revision,
+                                   dtype=DTYPES[settings.dtype], **kwargs)
+    except Exception as exc:  # OSError, ValueError, HFValidationError, EntryNotFoundError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        revision = f" --revision {settings.revision}" if settings.revision else ""
+        where = "local folder" if Path(settings.model).exists() else "Hugging Face model id"
+        raise GeneratorLoadError(
+            f"cannot load the {settings.generator} {where} {settings.model!r}"
+            f"{f' at revision {settings.revision!r}' if settings.revision else ''}: {reason}\n"
+            f"On a machine without network access, download it where there is one "
+            f"(`huggingface-cli download {settings.model}{revision} --local-dir DIR`) and pass "
+            f"--model DIR.") from None
+
+
+class Backend:
+    """Base: device, dtype, scheduler choice, and the seeds -> generators step."""
+
+    preprocessing = ""
+
+    def __init__(self, settings: GenerateSettings):
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        self.dtype = DTYPES[settings.dtype]
+        self.pipe = self.load()
+        if settings.scheduler != "default":
+            cls, extra = _scheduler_class(settings.scheduler)
+            self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config, **extra)
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if settings.compile:
+            denoiser = "image_unet" if hasattr(self.pipe, "image_unet") else "unet"
+            setattr(self.pipe, denoiser, torch.compile(getattr(self.pipe, denoiser)))
+
+    @property
+    def output_resolution(self) -> int | None:
+        return self.settings.resolution
+
+    @property
+    def scheduler_name(self) -> str:
+        return type(self.pipe.scheduler).__name__
+
+    def load(self):
+        raise NotImplementedError
+
+    def __call__(self, images: list[Image.Image], seeds: list[int]) -> list[Image.Image]:
+        raise NotImplementedError
+
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+    def _safety(self) -> dict:
+        if self.settings.safety_checker:
+            return {}
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+
+class SDImageVariations(Backend):
+    """`StableDiffusionImageVariationPipeline` (lambdalabs/sd-image-variations-diffusers v2.0)."""
+
+    preprocessing = "ToTensor; Resize((224, 224), bicubic, antialias=False); CLIP mean/std"
+
+    def load(self):
+        from diffusers import StableDiffusionImageVariationPipeline
+
+        return load_pipeline(StableDiffusionImageVariationPipeline, self.settings, **self._safety())
+
+    def __call__(self, images, seeds):
+        size = self.pipe.image_encoder.config.image_size  # 224 for the real model
+        pixels = sd_variation_preprocess(images, size).to(self.device, self.dtype)
+        s = self.settings
+        return self.pipe(image=pixels, height=s.resolution, width=s.resolution,
+                         num_inference_steps=s.steps, guidance_scale=s.guidance,
+                         generator=self.generators(seeds), output_type="pil").images
+
+
+class VersatileDiffusion(Backend):
+    """Versatile Diffusion's image-variation pipeline (shi-labs/versatile-diffusion)."""
+
+    preprocessing = "the pipeline's CLIPImageProcessor"
+
+    def load(self):
+        from diffusers import VersatileDiffusionImageVariationPipeline
+
+        return load_pipeline(VersatileDiffusionImageVariationPipeline, self.settings)
+
+    def __call__(self, images, seeds):
+        s = self.settings
+        return self.pipe(image=[im.convert("RGB") for im in images], height=s.resolution,
+                         width=s.resolution, num_inference_steps=s.steps,
+                         guidance_scale=s.guidance, generator=self.generators(seeds),
+                         output_type="pil").images
+
+
+class UnCLIP(Backend):
+    """`StableUnCLIPImg2ImgPipeline` (stabilityai/stable-diffusion-2-1-unclip): the image's CLIP
+    embedding, optionally noised (`--noise-level`), conditions SD 2.1 with an empty prompt."""
+
+    preprocessing = "the pipeline's CLIPImageProcessor"
+
+    def load(self):
+        from diffusers import StableUnCLIPImg2ImgPipeline
+
+        return load_pipeline(StableUnCLIPImg2ImgPipeline, self.settings)
+
+    def __call__(self, images, seeds):
+        s = self.settings
+        return self.pipe(image=[im.convert("RGB") for im in images], prompt=[""] * len(images),
+                         height=s.resolution, width=s.resolution, num_inference_steps=s.steps,
+                         guidance_scale=s.guidance, noise_level=s.noise_level,
+                         generator=self.generators(seeds), output_type="pil").images
+
+
+class SDEdit(Backend):
+    """SDEdit (Meng et al., 2022) with an unconditional `UNet2DModel`: noise the image to
+    `strength` of the schedule, then denoise it. Without --model: the embedded Fashion-MNIST DDPM."""
+
+    def load(self):
+        from diffusers import DDPMPipeline
+
+        from mixdiff.generate.embedded import EMBEDDED_DIR, EMBEDDED_ID
+
+        source = EMBEDDED_DIR if self.settings.model == EMBEDDED_ID else None
+        return load_pipeline(DDPMPipeline, self.settings, source)
+
+    @property
+    def preprocessing(self) -> str:
+        unet = self.pipe.unet.config
+        mode = "grey" if unet.in_channels == 1 else "RGB"
+        return (f"{mode}; Resize({unet.sample_size}, bicubic, antialias); "
+                f"CenterCrop({unet.sample_size}); scale to [-1, 1]")
+
+    @property
+    def output_resolution(self) -> int:
+        return self.settings.resolution or self.pipe.unet.config.sample_size
+
+    @torch.no_grad()
+    def __call__(self, images, seeds):
+        unet, scheduler, s = self.pipe.unet, self.pipe.scheduler, self.settings
+        size, channels = unet.config.sample_size, unet.config.in_channels
+        transform = v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+        x0 = torch.stack([transform(im.convert("L" if channels == 1 else "RGB")) for im in images])
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in self.generators(seeds)])
+        x0, noise = x0.to(self.device, self.dtype), noise.to(self.device, self.dtype)
+        scheduler.set_timesteps(s.steps, device=self.device)
+        start = s.steps - max(1, round(s.steps * s.strength))
+        timesteps = scheduler.timesteps[start:]
+        x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(images)))
+        step_generators = self.generators([seed + 1 for seed in seeds])  # ancestral samplers
+        for t in timesteps:
+            model_input = scheduler.scale_model_input(x, t)
+            x = scheduler.step(unet(model_input, t).sample, t, x,
+                               generator=step_generators).prev_sample
+        pixels = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        outputs = [Image.fromarray(p.squeeze(0).numpy() if channels == 1 else
+                                   p.permute(1, 2, 0).numpy()) for p in pixels]
+        if s.resolution and s.resolution != size:
+            outputs = [im.resize((s.resolution, s.resolution), Image.BICUBIC) for im in outputs]
+        return outputs
+
+
+BACKENDS = {"sd-image-variations": SDImageVariations, "versatile-diffusion": VersatileDiffusion,
+            "unclip": UnCLIP, "sdedit": SDEdit}
+
+
+def build_backend(settings: GenerateSettings) -> Backend:
+    return BACKENDS[settings.generator](settings)
+

@@ -1,0 +1,125 @@
+"""The embedded generator: a small DDPM (`UNet2DModel`) trained on Fashion-MNIST, shipped inside
+the package so that `mixdiff generate --generator sdedit` works offline out of the box.
+
+`mixdiff train-generator` trains it; the package's copy was made with the defaults below (see
+`EMBEDDED_DIR / "training.json"` for the steps, time and loss it took).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from mixdiff.data.tree import ImageTree, load_rgb
+from mixdiff.io import atomic_write_text
+
+EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
+EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
+
+
+@dataclass
+class GeneratorTraining:
+    """Settings of `mixdiff train-generator` (defaults: what made the shipped weights)."""
+
+    resolution: int = 32
+    channels: int = 1  # Fashion-MNIST is grey
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    train_timesteps: int = 1000
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    seed: int = 0
+    num_workers: int = 2
+
+
+class _Grey(Dataset):
+    def __init__(self, tree: ImageTree, cfg: GeneratorTraining):
+        self.tree = tree
+        self.transform = v2.Compose([
+            v2.PILToTensor(), v2.Resize(cfg.resolution, antialias=True),
+            v2.CenterCrop(cfg.resolution), v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+        self.channels = cfg.channels
+
+    def __len__(self) -> int:
+        return len(self.tree)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        image = load_rgb(self.tree.path(i))
+        return self.transform(image.convert("L") if self.channels == 1 else image)
+
+
+def build_unet(cfg: GeneratorTraining):
+    from diffusers import UNet2DModel
+
+    depth = len(cfg.block_out_channels)
+    groups = min(32, math.gcd(*cfg.block_out_channels))
+    return UNet2DModel(norm_num_groups=groups,
+        sample_size=cfg.resolution, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * (depth - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (depth - 1))
+
+
+def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = GeneratorTraining(),
+                    show_progress: bool = True) -> dict:
+    """Train a DDPM on the images under `data`; save a `DDPMPipeline` folder (safetensors, fp16)
+    to `out` with `training.json` beside it. Returns that record."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+    from rich.progress import Progress
+
+    torch.manual_seed(cfg.seed)
+    tree = ImageTree.scan(data)
+    loader = DataLoader(_Grey(tree, cfg), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    unet = build_unet(cfg).to(device).train()
+    scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    lr_at = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + torch.cos(  # noqa: E731
+        torch.tensor(torch.pi * s / cfg.steps)).item())
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    ema = torch.optim.swa_utils.AveragedModel(
+        unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
+    start, step, losses = time.perf_counter(), 0, []
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task("training the DDPM", total=cfg.steps)
+        while step < cfg.steps:
+            for x0 in loader:
+                x0 = x0.to(device)
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, cfg.train_timesteps, (x0.shape[0],), device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    predicted = unet(scheduler.add_noise(x0, noise, t), t).sample
+                loss = F.mse_loss(predicted.float(), noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+                optimizer.step()
+                lr_schedule.step()
+                ema.update_parameters(unet)
+                losses.append(loss.item())
+                step += 1
+                progress.update(task, advance=1, description=f"DDPM loss {loss.item():.4f}")
+                if step == cfg.steps:
+                    break
+    out = Path(out)
+    DDPMPipeline(unet=ema.module.cpu().to(torch.float16), scheduler=scheduler).save_pretrained(
+        out, safe_serialization=True)
+    record = {"data": str(data), "images": len(tree), "settings": asdict(cfg),
+              "seconds": round(time.perf_counter() - start, 1),
+              "final_loss_mean_last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5),
+              "loss_first_200": round(sum(losses[:200]) / len(losses[:200]), 5),
+              "device": device.type, "torch": torch.__version__}
+    atomic_write_text(out / "training.json", json.dumps(record, indent=2) + "\n")
+    return record

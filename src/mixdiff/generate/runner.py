@@ -1,0 +1,215 @@
+"""`mixdiff generate`: every (real image, variant) -> OUT/v<k>/<relative path>.<format>.
+
+Sharded (each shard takes every N-th output; under torchrun or accelerate each rank is a shard),
+resumable (a re-run skips outputs its manifest lists as written whose files are intact), lossless
+(images are written to a temporary name and renamed) and overlapped: reading the next batch and
+encoding and writing the last one run on threads while the generator works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from PIL import Image
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeRemainingColumn)
+
+from mixdiff.data.tree import ImageTree, load_rgb, twin_key
+from mixdiff.errors import ConfigError, UnreadableImageError
+from mixdiff.generate import manifest
+from mixdiff.generate.backends import Backend, build_backend
+from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
+from mixdiff.io import atomic_open, atomic_write_text
+
+SETTINGS_FILE = "generate.yaml"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    source: str  # relative path of the real image
+    variant: int
+    seed: int
+
+    def output(self, fmt: str) -> str:
+        return f"v{self.variant}/{twin_key(self.source)}.{fmt}"
+
+
+@dataclass
+class Summary:
+    planned: int = 0  # outputs of this shard
+    skipped: int = 0  # already complete
+    written: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+
+def shard_from_environment() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate / SLURM-launched torch, else (0, 1)."""
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank in os.environ and world in os.environ:
+            return int(os.environ[rank]), int(os.environ[world])
+    return 0, 1
+
+
+def plan(relpaths: Sequence[str], settings: GenerateSettings, shard: tuple[int, int],
+         limit: int | None) -> list[WorkItem]:
+    """This shard's outputs: every N-th of the (image, variant) list, in a fixed order."""
+    chosen = list(relpaths)[:limit] if limit else list(relpaths)
+    items = [WorkItem(rel, k, image_seed(settings.seed, twin_key(rel), k))
+             for rel in chosen for k in range(settings.variants)]
+    index, count = shard
+    return items[index::count]
+
+
+def check_settings(out: Path, settings: GenerateSettings, overwrite: bool) -> None:
+    """Refuse to mix outputs of different settings in one OUT, unless --overwrite (which starts
+    afresh). Raising --variants is allowed: it only adds outputs."""
+    path = out / SETTINGS_FILE
+    if path.exists() and not overwrite:
+        saved = yaml.safe_load(path.read_text()) or {}
+        changed = changed_settings(saved, settings.output_settings())
+        if changed:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}"
+                                for k in changed)
+            raise ConfigError(f"{out} was generated with other settings ({details}). Use another "
+                              "--out, the same settings to resume, or --overwrite to start afresh.")
+    if overwrite:
+        for stale in (out / manifest.MANIFEST, out / manifest.SHARDS):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, yaml.safe_dump(asdict(settings), sort_keys=False))
+
+
+def completed(out: Path, fmt: str) -> set[tuple[str, int]]:
+    """(source, variant) whose manifest row says written and whose file has the recorded size."""
+    done = set()
+    for (source, variant), row in manifest.latest(manifest.all_rows(out)).items():
+        target = out / row["path"]
+        if row["status"] == "ok" and row["path"].endswith(f".{fmt}") and target.is_file() \
+                and target.stat().st_size == row["bytes"]:
+            done.add((source, variant))
+    return done
+
+
+def encode_and_write(image: Image.Image, target: Path, fmt: str, quality: int) -> tuple[str, int]:
+    """Encode, write atomically; returns (sha256, bytes)."""
+    buffer = io.BytesIO()
+    options = {} if fmt == "png" else {"quality": quality}
+    image.save(buffer, format=FORMATS[fmt], **options)
+    data = buffer.getvalue()
+    with atomic_open(target, "wb") as handle:
+        handle.write(data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _read(root: Path, items: list[WorkItem]) -> list[Image.Image | UnreadableImageError]:
+    images: list = []
+    for item in items:
+        try:
+            images.append(load_rgb(root / item.source))
+        except UnreadableImageError as exc:
+            images.append(exc)
+    return images
+
+
+def _progress(disable: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:.2f} img/s"), TimeRemainingColumn(),
+                    disable=disable, transient=False)
+
+
+def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
+             shard: tuple[int, int] | None = None, limit: int | None = None,
+             overwrite: bool = False, show_progress: bool = True,
+             backend: Backend | None = None) -> Summary:
+    """Generate this shard's missing outputs. Unreadable real images are recorded as failed and
+    the run goes on; the summary lists them."""
+    real, out = Path(real), Path(out)
+    settings = settings.resolved()
+    shard = shard or shard_from_environment()
+    tree = ImageTree.scan(real)
+    check_settings(out, settings, overwrite)
+    items = plan(tree.relpaths, settings, shard, limit)
+    done = completed(out, settings.format)
+    todo = [item for item in items if (item.source, item.variant) not in done]
+    summary = Summary(planned=len(items), skipped=len(items) - len(todo))
+    if todo:
+        backend = backend or build_backend(settings)  # fails at once on a bad model id
+        _run(backend, real, out, todo, shard, summary, show_progress)
+    manifest.merge(out)
+    return summary
+
+
+def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: tuple[int, int],
+         summary: Summary, show_progress: bool) -> None:
+    s = backend.settings
+    describe = {"generator": s.generator, "model": s.model, "revision": s.revision,
+                "scheduler": backend.scheduler_name, "steps": s.steps, "guidance": s.guidance,
+                "resolution": backend.output_resolution, "dtype": s.dtype, "preprocessing": backend.preprocessing}
+    if s.generator == "sdedit":
+        describe["strength"] = s.strength
+    writer = manifest.ShardWriter(manifest.shard_path(out, *shard))
+    batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as readers, \
+            ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 4)) as writers, \
+            _progress(not show_progress) as progress:
+        task = progress.add_task(f"{s.generator} shard {shard[0]}/{shard[1]}", total=len(todo),
+                                 rate=0.0)
+        pending: list[tuple[WorkItem, Future]] = []
+        next_read = readers.submit(_read, real, batches[0])
+        for b, batch in enumerate(batches):
+            images = next_read.result()
+            if b + 1 < len(batches):
+                next_read = readers.submit(_read, real, batches[b + 1])
+            good = [(item, im) for item, im in zip(batch, images) if isinstance(im, Image.Image)]
+            failed = [{"source": item.source, "variant": item.variant, "seed": item.seed,
+                       "path": item.output(s.format), "status": "failed", "error": str(im),
+                       **describe} for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
+            summary.failed.extend(failed)
+            writer.write(failed)
+            if good:
+                outputs = backend([im for _, im in good], [item.seed for item, _ in good])
+                for (item, _), image in zip(good, outputs):
+                    target = out / item.output(s.format)
+                    pending.append((item, writers.submit(encode_and_write, image, target,
+                                                         s.format, s.quality)))
+            pending = _collect(pending, writer, describe, s.format, summary,
+                               wait=len(pending) > 2 * s.batch_size)
+            elapsed = time.perf_counter() - start
+            progress.update(task, completed=summary.written + len(summary.failed),
+                            rate=summary.written / elapsed if elapsed else 0.0)
+        _collect(pending, writer, describe, s.format, summary, wait=True)
+        progress.update(task, completed=summary.written + len(summary.failed))
+    writer.close()
+    summary.seconds = time.perf_counter() - start
+
+
+def _collect(pending, writer, describe: dict, fmt: str, summary: Summary, wait: bool):
+    """Record the writes that have finished (all of them when `wait`); return the rest."""
+    rows, left = [], []
+    for item, future in pending:
+        if not wait and not future.done():
+            left.append((item, future))
+            continue
+        digest, size = future.result()
+        rows.append({"source": item.source, "variant": item.variant, "seed": item.seed,
+                     "path": item.output(fmt), "status": "ok", "sha256": digest, "bytes": size,
+                     **describe})
+        summary.written += 1
+    writer.write(rows)
+    return left
+

@@ -1,0 +1,104 @@
+"""The settings of a generation run, their per-generator defaults, and per-image seeds."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from mixdiff.errors import ConfigError
+
+GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip", "sdedit")
+SCHEDULERS = ("default", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "ddpm")
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+# (model, revision, steps, guidance, resolution) when the user gives none. resolution None: the
+# model's own. sdedit's default is the DDPM shipped in the package (mixdiff.generate.embedded).
+DEFAULTS = {
+    "sd-image-variations": ("lambdalabs/sd-image-variations-diffusers", "v2.0", 50, 3.0, 512),
+    "versatile-diffusion": ("shi-labs/versatile-diffusion", None, 50, 7.5, 512),
+    "unclip": ("stabilityai/stable-diffusion-2-1-unclip", None, 50, 10.0, 768),
+    "sdedit": ("embedded:fashion-mnist-ddpm", None, 50, 0.0, None),
+}
+
+# Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
+OUTPUT_KEYS = ("generator", "model", "revision", "steps", "guidance", "scheduler", "resolution",
+               "seed", "strength", "noise_level", "format", "quality", "dtype", "safety_checker")
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    generator: str = "sd-image-variations"
+    model: str | None = None  # a Hugging Face id or a local folder
+    revision: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str = "default"  # the pipeline's own
+    resolution: int | None = None
+    variants: int = 1
+    seed: int = 0
+    batch_size: int = 8
+    dtype: str = "auto"  # fp16 on a GPU, fp32 on the CPU
+    device: str = "auto"
+    strength: float = 0.5  # sdedit: how far the image is noised (0: unchanged, 1: pure noise)
+    noise_level: int = 0  # unclip: noise added to the image embedding
+    format: str = "png"
+    quality: int = 95  # jpg / webp
+    safety_checker: bool = False  # off, as in the paper
+    compile: bool = False  # torch.compile the denoiser
+
+    def resolved(self) -> "GenerateSettings":
+        """Fill in the generator's defaults and check every value."""
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"--generator {self.generator!r} is not one of: {', '.join(GENERATORS)}")
+        model, revision, steps, guidance, resolution = DEFAULTS[self.generator]
+        done = replace(
+            self, model=self.model if self.model is not None else model,
+            revision=self.revision if self.revision is not None or self.model else revision,
+            steps=self.steps or steps,
+            guidance=self.guidance if self.guidance is not None else guidance,
+            resolution=self.resolution or resolution)
+        if done.device == "auto":
+            done = replace(done, device="cuda" if torch.cuda.is_available() else "cpu")
+        if done.dtype == "auto":
+            done = replace(done, dtype="fp16" if done.device.startswith("cuda") else "fp32")
+        for name, value, allowed in (("--scheduler", done.scheduler, SCHEDULERS),
+                                     ("--format", done.format, tuple(FORMATS)),
+                                     ("--dtype", self.dtype, DTYPES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} {value!r} is not one of: {', '.join(allowed)}")
+        for name, value in (("--variants", done.variants), ("--steps", done.steps),
+                            ("--batch-size", done.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        if not 0.0 < done.strength <= 1.0:
+            raise ConfigError(f"--strength must lie in (0, 1], not {done.strength}")
+        return done
+
+    def output_settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in OUTPUT_KEYS}
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    return sorted(k for k in OUTPUT_KEYS if saved.get(k) != current.get(k))
+
+
+def image_seed(global_seed: int, key: str, variant: int) -> int:
+    """The seed of one output, from (global seed, relative path without extension, variant):
+    never from the order in which files are visited, so batches and shards agree."""
+    digest = hashlib.sha256(f"{global_seed}\0{key}\0{variant}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} is not of the form I/N (e.g. 0/4)") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
+    return index, count
+
