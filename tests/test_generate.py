@@ -225,3 +225,17 @@ def test_train_generator_writes_a_loadable_pipeline(real, tmp_path):
     assert record["settings"]["steps"] == 3 and record["images"] == 6
     pipe = DDPMPipeline.from_pretrained(tmp_path / "ddpm")
     assert pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 1
+
+
+def test_pretrain_takes_generated_roots_directly(models, real, tmp_path):
+    from conftest import tiny_overrides
+    from mixdiff.config import load_config
+    from mixdiff.train import pretrain
+
+    out = tmp_path / "syn"
+    generate(real, out, settings(models, "sdedit", variants=2), show_progress=False)
+    data = {"real": real, "syn0": out / "v0", "syn1": out / "v1"}
+    run = pretrain(load_config(None, tiny_overrides(data, **{"data.mode": "mixdiff",
+                                                            "trainer.batch_size": 2})),
+                   tmp_path / "run")
+    assert "train/synthetic_fraction" in (run / "metrics.csv").read_text()

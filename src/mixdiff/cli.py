@@ -92,6 +92,23 @@ def data_verify(
         raise typer.Exit(1)
 
 
+@data_app.command("grid")
+def data_grid(
+    real: Path = typer.Option(..., "--real", help="The real image tree."),
+    synthetic: List[Path] = typer.Option(..., "--synthetic", help="A synthetic root (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    rows: int = typer.Option(8, "--rows", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Plot real images beside their synthetic twins."""
+    from mixdiff.report.grid import pairs_grid
+
+    try:
+        console.print(f"wrote {pairs_grid(real, synthetic, out, rows, seed)}")
+    except MixDiffError as exc:
+        _fail(exc)
+
+
 @app.command(context_settings={"allow_interspersed_args": True})
 def pretrain(
     overrides: Optional[List[str]] = typer.Argument(
@@ -174,7 +191,7 @@ def generate(
 def train_generator(
     data: Path = typer.Option(..., "--data", help="Image tree to learn (e.g. Fashion-MNIST train)."),
     out: Path = typer.Option(..., "--out", help="Folder for the DDPMPipeline (safetensors)."),
-    steps: int = typer.Option(4000, "--steps"),
+    steps: int = typer.Option(2500, "--steps"),
     batch_size: int = typer.Option(64, "--batch-size"),
     resolution: int = typer.Option(32, "--resolution"),
     channels: int = typer.Option(1, "--channels", help="1 (grey) or 3 (RGB)."),

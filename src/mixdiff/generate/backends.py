@@ -79,9 +79,20 @@ class Backend:
             self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config, **extra)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        denoiser = "image_unet" if hasattr(self.pipe, "image_unet") else "unet"
+        self._speed_up(getattr(self.pipe, denoiser), getattr(self.pipe, "vae", None))
         if settings.compile:
-            denoiser = "image_unet" if hasattr(self.pipe, "image_unet") else "unet"
             setattr(self.pipe, denoiser, torch.compile(getattr(self.pipe, denoiser)))
+
+    @staticmethod
+    def _speed_up(denoiser, vae) -> None:
+        """diffusers' standard recipe: channels_last convolutions, and one fused QKV projection
+        instead of three in the denoiser's attention (identical maths)."""
+        for module in (denoiser, vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+        if hasattr(denoiser, "fuse_qkv_projections"):
+            denoiser.fuse_qkv_projections()
 
     @property
     def output_resolution(self) -> int | None:

@@ -34,12 +34,13 @@ class GeneratorTraining:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     train_timesteps: int = 1000
-    steps: int = 4000
+    steps: int = 2500
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
     seed: int = 0
     num_workers: int = 2
+    bf16: bool = True  # autocast
 
 
 class _Grey(Dataset):
@@ -99,7 +100,7 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
                 x0 = x0.to(device)
                 noise = torch.randn_like(x0)
                 t = torch.randint(0, cfg.train_timesteps, (x0.shape[0],), device=device)
-                with torch.autocast(device.type, dtype=torch.bfloat16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     predicted = unet(scheduler.add_noise(x0, noise, t), t).sample
                 loss = F.mse_loss(predicted.float(), noise)
                 optimizer.zero_grad(set_to_none=True)

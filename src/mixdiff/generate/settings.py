@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -60,8 +61,9 @@ class GenerateSettings:
             steps=self.steps or steps,
             guidance=self.guidance if self.guidance is not None else guidance,
             resolution=self.resolution or resolution)
-        if done.device == "auto":
-            done = replace(done, device="cuda" if torch.cuda.is_available() else "cpu")
+        if done.device == "auto":  # under torchrun/accelerate each rank takes its own GPU
+            gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+            done = replace(done, device=gpu if torch.cuda.is_available() else "cpu")
         if done.dtype == "auto":
             done = replace(done, dtype="fp16" if done.device.startswith("cuda") else "fp32")
         for name, value, allowed in (("--scheduler", done.scheduler, SCHEDULERS),

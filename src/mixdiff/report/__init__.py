@@ -1,0 +1,1 @@
+"""Figures and tables a researcher would put in a paper."""
