@@ -22,14 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from mixdiff.data.tree import ImageTree, load_rgb, twin_key
 from mixdiff.generate.backends import SDImageVariations, sd_variation_preprocess
 from mixdiff.generate.runner import generate
 from mixdiff.generate.settings import GenerateSettings
+from photo_tree import make_photo_tree
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16/fp16, spec sheets
 
@@ -116,22 +115,6 @@ def unet_tflops_per_image(pipe, resolution: int, steps: int, guidance: float, de
     return counter.get_total_flops() * passes / 1e12
 
 
-def make_real_tree(root: Path, n: int, size: int) -> None:
-    from skimage import data as photos
-
-    sources = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket()]
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        photo = sources[i % len(sources)]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 2, min(h, w)))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        folder = root / f"class{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size)).save(
-            folder / f"{i:05d}.jpg", quality=90)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-size", action="store_true")
@@ -154,8 +137,8 @@ def main() -> None:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_real_tree(tmp / "real", args.images, 384)
-        make_real_tree(tmp / "warm", 2, 384)
+        make_photo_tree(tmp / "real", args.images, 384)
+        make_photo_tree(tmp / "warm", 2, 384)
         authors_loop(pipe, tmp / "warm", tmp / "warm-out", resolution, 2, args.guidance,
                      args.device, batch_size=2)  # kernels, allocator, cuDNN choices
         sync()

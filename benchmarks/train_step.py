@@ -21,30 +21,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.methods import METHODS
-
-
-def make_tree(root: Path, n: int, real_size: int, synthetic_size: int, classes: int = 8) -> None:
-    from skimage import data as photos
-
-    sources = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket()]
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        photo = sources[i % len(sources)]
-        h, w = photo.shape[:2]
-        for kind, size, ext in (("real", real_size, ".jpg"), ("syn", synthetic_size, ".png")):
-            side = int(rng.integers(min(h, w) // 2, min(h, w)))
-            y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-            crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size))
-            folder = root / kind / f"class{i % classes}"
-            folder.mkdir(parents=True, exist_ok=True)
-            crop.save(folder / f"{i:05d}{ext}", quality=90)
+from photo_tree import make_photo_tree
 
 
 def cycle(loader, batches: int):
@@ -131,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_tree(root, args.images, args.real_size, args.synthetic_size)
+        make_photo_tree(root / "real", args.images, args.real_size, ".jpg", seed=0)
+        make_photo_tree(root / "syn", args.images, args.synthetic_size, ".png", seed=1)
         results = {mode: measure(mode, root, args) for mode in ("real", "mixdiff")}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({torch.get_num_threads()} threads)"

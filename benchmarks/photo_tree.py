@@ -1,0 +1,27 @@
+"""Image trees for the benchmarks, cut from scikit-image's sample photos (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_photo_tree(root: Path, n: int, size: int, ext: str = ".jpg", classes: int = 8,
+                    seed: int = 0) -> Path:
+    """`root/class<i % classes>/<i>.<ext>`: n random square crops resized to `size`."""
+    from skimage import data as photos
+
+    sources = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket()]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        photo = sources[i % len(sources)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(min(h, w) // 2, min(h, w)))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        folder = root / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size)).save(
+            folder / f"{i:05d}{ext}", quality=90)
+    return root
