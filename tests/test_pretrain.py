@@ -130,3 +130,10 @@ def test_two_process_ddp_run_scales_lr_by_global_batch(tiny_data, tmp_path):
     assert float(row["train/lr"]) == pytest.approx(0.256 * 4 * 2 / 256)  # 2 processes x 4
     assert float(row["train/synthetic_fraction"]) == 1.0
     assert row["online_knn/val_top1"] != ""
+
+
+def test_epochs_without_evaluation_leave_online_columns_empty(tiny_data, tmp_path):
+    run = _run(tiny_data, tmp_path / "run", **{"trainer.max_epochs": 2, "eval.every_n_epochs": 2})
+    first, second = _rows(run)
+    assert first["online_knn/val_top1"] == "" and second["online_knn/val_top1"] != ""
+    assert first["train/loss"] != ""

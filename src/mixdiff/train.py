@@ -51,9 +51,13 @@ class EpochMetricsCSV(Callback):
         if not trainer.is_global_zero:
             return
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        evaluated = getattr(module, "last_evaluated_epoch", None) == trainer.current_epoch
         for key, value in sorted(trainer.callback_metrics.items()):
-            if "/" in key:  # namespaced metrics only (not the progress-bar copy of the loss)
-                row[key] = round(float(value), 6)
+            if "/" not in key:  # namespaced metrics only (not the progress-bar copy of the loss)
+                continue
+            if key.startswith("online_") and not evaluated:  # stale: from an earlier epoch
+                continue
+            row[key] = round(float(value), 6)
         rows = []
         if self.path.exists():
             with open(self.path, newline="") as handle:

@@ -44,6 +44,7 @@ class SSLMethod(L.LightningModule):
         # online probe: trained on detached features, so it never shapes the representation
         self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes else None
         self._eval_store: dict[int, list[tuple[Tensor, Tensor]]] = {VAL: [], BANK: []}
+        self.last_evaluated_epoch: int | None = None  # so metrics.csv never repeats stale values
 
     # --- what a method defines -------------------------------------------------------------
     def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
@@ -120,6 +121,7 @@ class SSLMethod(L.LightningModule):
         if not self._eval_store[VAL] or not self._eval_store[BANK] or self.probe is None:
             self._eval_store = {VAL: [], BANK: []}
             return
+        self.last_evaluated_epoch = self.current_epoch
         val_features, val_labels = self._collect(VAL)
         bank_features, bank_labels = self._collect(BANK)
         self._eval_store = {VAL: [], BANK: []}
