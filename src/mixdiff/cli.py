@@ -109,6 +109,24 @@ def data_grid(
         _fail(exc)
 
 
+report_app = typer.Typer(help="Plots and tables of runs.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("curves")
+def report_curves(
+    runs: List[Path] = typer.Argument(..., help="Run directories of `mixdiff pretrain`."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+) -> None:
+    """Plot training loss and the online kNN / probe accuracy of runs, epoch by epoch."""
+    from mixdiff.report.curves import plot_curves
+
+    try:
+        console.print(f"wrote {plot_curves(runs, out)}")
+    except MixDiffError as exc:
+        _fail(exc)
+
+
 @app.command(context_settings={"allow_interspersed_args": True})
 def pretrain(
     overrides: Optional[List[str]] = typer.Argument(
