@@ -37,6 +37,14 @@ def test_scan_labels_and_twins(tmp_path):
     assert match.matched[1] == "circle/img01.jpg"
 
 
+def test_two_files_for_one_twin_are_refused(tmp_path):
+    real = make_tree(tmp_path / "real", per_class=1)
+    syn = make_tree(tmp_path / "syn", per_class=1, ext=".jpg")
+    Image.new("RGB", (4, 4)).save(syn / "circle" / "img00.png")
+    with pytest.raises(DatasetError, match=r"img00\.jpg and circle/img00\.png"):
+        match_twins(ImageTree.scan(real).relpaths, syn)
+
+
 def test_unlabelled_tree_and_empty_tree(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     tree = ImageTree.scan(tmp_path)

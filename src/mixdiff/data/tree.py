@@ -87,8 +87,14 @@ class ImageTree:
 
 
 def index_twins(root: str | Path) -> dict[str, str]:
-    """{twin key: relative path} for one synthetic root."""
-    return {twin_key(p): p for p in list_images(root)}
+    """{twin key: relative path} for one synthetic root; two files with one key are an error."""
+    twins: dict[str, str] = {}
+    for rel in list_images(root):
+        other = twins.setdefault(twin_key(rel), rel)
+        if other != rel:
+            raise DatasetError(f"{root}: {other} and {rel} are both the twin of the same real "
+                               "image; remove one (a root holds one variant of each image)")
+    return twins
 
 
 @dataclass(frozen=True)
