@@ -128,7 +128,9 @@ def test_two_shards_equal_one_run(models, real, tmp_path):
     assert [p.written for p in parts] == [6, 6]
     merged = rows(sharded)
     assert len(merged) == 12 and len({(r["source"], r["variant"]) for r in merged}) == 12
-    assert [r["sha256"] for r in merged] == [r["sha256"] for r in rows(whole)]
+    assert [r["path"] for r in merged] == [r["path"] for r in rows(whole)]
+    for row in merged:  # other batch companions: equal up to batched kernels' noise
+        assert np.abs(pixels(sharded / row["path"]) - pixels(whole / row["path"])).max() <= 2
 
 
 def test_shard_from_torchrun_environment(models, real, tmp_path, monkeypatch):
