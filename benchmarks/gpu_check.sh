@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 echo "== tests on the GPU"
 python3 -m pytest -q -p no:cacheprovider -p no:logging tests/test_gpu.py tests/test_losses.py \
-  tests/test_generate.py 2>&1 | tail -4
+  tests/test_generate.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"} 2>&1 | tail -6
 echo "== training throughput (ResNet-50, 224 px, bf16)"
 python3 benchmarks/train_step.py --image-size 224 --real-size 375 --synthetic-size 512 \
   --backbone resnet50 --small-stem false --batch-size 128 --images 1024 --steps 20 --workers 14 \
