@@ -178,7 +178,9 @@ def generate(
     noise_level: int = typer.Option(0, "--noise-level", help="unclip: image-embedding noise."),
     image_format: str = typer.Option("png", "--format", help="png, jpg, webp"),
     quality: int = typer.Option(95, "--quality", help="jpg/webp quality."),
-    compile_unet: bool = typer.Option(False, "--compile", help="torch.compile the denoiser."),
+    compile_unet: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the denoiser (default: on a GPU; "
+        "about a minute of compilation, then ~1.5x faster)."),
 ) -> None:
     """Generate diffusion variations of every real image: sharded, resumable, deterministic."""
     from mixdiff.generate.runner import generate as run
