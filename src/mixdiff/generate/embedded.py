@@ -76,7 +76,7 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
                     show_progress: bool = True) -> dict:
     """Train a DDPM on the images under `data`; save a `DDPMPipeline` folder (safetensors, fp16)
     to `out` with `training.json` beside it. Returns that record."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
     from rich.progress import Progress
 
     torch.manual_seed(cfg.seed)
@@ -115,7 +115,9 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
                 if step == cfg.steps:
                     break
     out = Path(out)
-    DDPMPipeline(unet=ema.module.cpu().to(torch.float16), scheduler=scheduler).save_pretrained(
+    # shipped with DDIM (same noise schedule): deterministic SDEdit in a few dozen steps
+    DDPMPipeline(unet=ema.module.cpu().to(torch.float16),
+                 scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(
         out, safe_serialization=True)
     record = {"data": str(data), "images": len(tree), "settings": asdict(cfg),
               "seconds": round(time.perf_counter() - start, 1),
