@@ -163,10 +163,10 @@ UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
                  "augment.crop_min_scale", "augment.color_jitter_p", "augment.grayscale_p",
                  "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio")
 
-# Keys that may change when an existing run directory is resumed: they do not change what is learnt.
+# Keys that may change when an existing run directory is resumed: they do not change what is learnt
+# (devices and num_nodes do: they set the global batch and so the learning rate).
 RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
-                  "trainer.log_every_n_steps", "trainer.devices", "trainer.num_nodes",
-                  "trainer.strategy", "trainer.accelerator")
+                  "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
