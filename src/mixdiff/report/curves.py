@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from mixdiff.errors import DatasetError
+from mixdiff.report.figures import pyplot, save
 
 PANELS = (("train/loss", "training loss"),
           ("online_knn/val_top1", "online kNN top-1 (val)"),
@@ -22,11 +23,7 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
 
 def plot_curves(runs: list[str | Path], out: str | Path) -> Path:
     """One panel per metric, one line per run (labelled by its folder name)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.2))
     for run in runs:
         rows = read_metrics(Path(run))
@@ -37,9 +34,4 @@ def plot_curves(runs: list[str | Path], out: str | Path) -> Path:
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("epoch")
     axes[-1].legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)

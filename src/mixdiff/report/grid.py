@@ -7,17 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins
+from mixdiff.report.figures import pyplot, save
 
 
 def pairs_grid(real: str | Path, synthetic: list[str | Path], out: str | Path, rows: int = 8,
                seed: int = 0) -> Path:
     """Save a PNG: column 0 the real image, then one column per synthetic root. Rows are a seeded
     pick among the images that have a twin in every root, spread over the classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tree = ImageTree.scan(real)
     matches = [match_twins(tree.relpaths, root).matched for root in synthetic]
     complete = [i for i in range(len(tree)) if all(i in m for m in matches)]
@@ -45,9 +42,4 @@ def pairs_grid(real: str | Path, synthetic: list[str | Path], out: str | Path, r
                 ax.set_title("real" if c == 0 else Path(synthetic[c - 1]).name, fontsize=9)
             if c == 0 and tree.labelled:
                 ax.set_ylabel(tree.classes[tree.labels[i]], fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
