@@ -53,7 +53,7 @@ def train_rate(model, optimizer, batches, device, precision: str) -> float:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" \
         else nullcontext()
     start, seen = None, 0
-    for i, (index, views, sources, labels) in enumerate(batches):
+    for i, (index, views, _, _) in enumerate(batches):
         if i == 1:  # the first step warms up kernels and allocators
             if device.type == "cuda":
                 torch.cuda.synchronize()

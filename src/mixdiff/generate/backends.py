@@ -98,6 +98,19 @@ class Backend:
     def output_resolution(self) -> int | None:
         return self.settings.resolution
 
+    def provenance(self) -> dict:
+        """How every output of this backend is made, as the manifest records it."""
+        s = self.settings
+        record = {"generator": s.generator, "model": s.model, "revision": s.revision,
+                  "scheduler": self.scheduler_name, "steps": s.steps, "guidance": s.guidance,
+                  "resolution": self.output_resolution, "dtype": s.dtype,
+                  "preprocessing": self.preprocessing}
+        if s.generator == "sdedit":
+            record["strength"] = s.strength
+        if s.generator == "unclip":
+            record["noise_level"] = s.noise_level
+        return record
+
     @property
     def scheduler_name(self) -> str:
         return type(self.pipe.scheduler).__name__

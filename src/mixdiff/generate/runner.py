@@ -42,6 +42,11 @@ class WorkItem:
     def output(self, fmt: str) -> str:
         return f"v{self.variant}/{twin_key(self.source)}.{fmt}"
 
+    def row(self, fmt: str, provenance: dict, **fields) -> dict:
+        """Its manifest row: which output, from what, and how it was made."""
+        return {"source": self.source, "variant": self.variant, "seed": self.seed,
+                "path": self.output(fmt), **provenance, **fields}
+
 
 @dataclass
 class Summary:
@@ -156,11 +161,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
 def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: tuple[int, int],
          summary: Summary, show_progress: bool) -> None:
     s = backend.settings
-    describe = {"generator": s.generator, "model": s.model, "revision": s.revision,
-                "scheduler": backend.scheduler_name, "steps": s.steps, "guidance": s.guidance,
-                "resolution": backend.output_resolution, "dtype": s.dtype, "preprocessing": backend.preprocessing}
-    if s.generator == "sdedit":
-        describe["strength"] = s.strength
+    provenance = backend.provenance()
     writer = manifest.ShardWriter(manifest.shard_path(out, *shard))
     batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
     start = time.perf_counter()
@@ -176,9 +177,8 @@ def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: t
             if b + 1 < len(batches):
                 next_read = readers.submit(_read, real, batches[b + 1])
             good = [(item, im) for item, im in zip(batch, images) if isinstance(im, Image.Image)]
-            failed = [{"source": item.source, "variant": item.variant, "seed": item.seed,
-                       "path": item.output(s.format), "status": "failed", "error": str(im),
-                       **describe} for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
+            failed = [item.row(s.format, provenance, status="failed", error=str(im))
+                      for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
             summary.failed.extend(failed)
             writer.write(failed)
             if good:
@@ -187,18 +187,18 @@ def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: t
                     target = out / item.output(s.format)
                     pending.append((item, writers.submit(encode_and_write, image, target,
                                                          s.format, s.quality)))
-            pending = _collect(pending, writer, describe, s.format, summary,
+            pending = _collect(pending, writer, provenance, s.format, summary,
                                wait=len(pending) > 2 * s.batch_size)
             elapsed = time.perf_counter() - start
             progress.update(task, completed=summary.written + len(summary.failed),
                             rate=summary.written / elapsed if elapsed else 0.0)
-        _collect(pending, writer, describe, s.format, summary, wait=True)
+        _collect(pending, writer, provenance, s.format, summary, wait=True)
         progress.update(task, completed=summary.written + len(summary.failed))
     writer.close()
     summary.seconds = time.perf_counter() - start
 
 
-def _collect(pending, writer, describe: dict, fmt: str, summary: Summary, wait: bool):
+def _collect(pending, writer, provenance: dict, fmt: str, summary: Summary, wait: bool):
     """Record the writes that have finished (all of them when `wait`); return the rest."""
     rows, left = [], []
     for item, future in pending:
@@ -206,9 +206,7 @@ def _collect(pending, writer, describe: dict, fmt: str, summary: Summary, wait: 
             left.append((item, future))
             continue
         digest, size = future.result()
-        rows.append({"source": item.source, "variant": item.variant, "seed": item.seed,
-                     "path": item.output(fmt), "status": "ok", "sha256": digest, "bytes": size,
-                     **describe})
+        rows.append(item.row(fmt, provenance, status="ok", sha256=digest, bytes=size))
         summary.written += 1
     writer.write(rows)
     return left
