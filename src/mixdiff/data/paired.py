@@ -18,12 +18,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.data.views import ViewSpec
+from mixdiff.data.views import ANCHOR, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)
 REAL = 0
-MODES = ("real", "synthetic", "mixdiff", "pooled")
 _to_tensor = v2.PILToTensor()
 
 
@@ -105,14 +104,14 @@ class PairedDataset(Dataset):
         """(source, path) for the anchor and partner slots of this draw."""
         real = (REAL, sample.real)
         if not sample.twins:
-            return {"anchor": real, "partner": real}
+            return {ANCHOR: real, PARTNER: real}
         k = int(torch.randint(len(sample.twins), ()).item())
         variant, path = sample.twins[k]
         twin = (variant + 1, path)
         if self.mode == "mixdiff":
             use_twin = self.p_synthetic >= 1.0 or torch.rand(()).item() < self.p_synthetic
-            return {"anchor": real, "partner": twin if use_twin else real}
-        return {"anchor": twin, "partner": twin}
+            return {ANCHOR: real, PARTNER: twin if use_twin else real}
+        return {ANCHOR: twin, PARTNER: twin}
 
     def __getitem__(self, i: int):
         sample = self.samples[i]
