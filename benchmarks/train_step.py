@@ -22,6 +22,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
@@ -82,7 +83,7 @@ def measure(mode: str, root: Path, args) -> dict[str, float]:
     dm.setup()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = METHODS[cfg.method](dict(cfg), dm.num_classes).to(device).train()
+    model = METHODS[cfg.method](OmegaConf.to_container(cfg), dm.num_classes).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loader = dm.train_dataloader()
     fixed = next(iter(loader))

@@ -7,6 +7,7 @@ the batch it was generated in, nor on the device's random number generator.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -210,15 +211,20 @@ class SDEdit(Backend):
     def output_resolution(self) -> int:
         return self.settings.resolution or self.pipe.unet.config.sample_size
 
+    @cached_property
+    def _to_model_input(self) -> v2.Compose:
+        size = self.pipe.unet.config.sample_size
+        return v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+
     @torch.no_grad()
     def __call__(self, images, seeds):
         unet, scheduler, s = self.pipe.unet, self.pipe.scheduler, self.settings
         size, channels = unet.config.sample_size, unet.config.in_channels
-        transform = v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
-        x0 = torch.stack([transform(im.convert("L" if channels == 1 else "RGB")) for im in images])
+        x0 = torch.stack([self._to_model_input(im.convert("L" if channels == 1 else "RGB"))
+                          for im in images])
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in self.generators(seeds)])
         x0, noise = x0.to(self.device, self.dtype), noise.to(self.device, self.dtype)
         scheduler.set_timesteps(s.steps, device=self.device)

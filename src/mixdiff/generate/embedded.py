@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from mixdiff.data.tree import ImageTree, load_rgb
 from mixdiff.io import atomic_write_text
+from mixdiff.schedules import warmup_cosine
 
 EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
@@ -87,9 +88,8 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
     unet = build_unet(cfg).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    lr_at = lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + torch.cos(  # noqa: E731
-        torch.tensor(torch.pi * s / cfg.steps)).item())
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps))
     ema = torch.optim.swa_utils.AveragedModel(
         unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
     start, step, losses = time.perf_counter(), 0, []

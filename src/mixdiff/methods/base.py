@@ -3,7 +3,6 @@ and the NaN guard. A method adds its heads and `ssl_loss`."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -16,16 +15,9 @@ from torch import Tensor, nn
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.evaluate.knn import knn_accuracy
 from mixdiff.models import build_backbone
+from mixdiff.schedules import warmup_cosine
 
 VAL, BANK = 0, 1  # the two evaluation loaders: val images, kNN bank of training images
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class SSLMethod(L.LightningModule):

@@ -35,7 +35,6 @@ class DINO(SSLMethod):
         globals_ = [i for i, v in enumerate(views) if v.shape[-2:] == views[0].shape[-2:]][:2]
         student = [self.head(f) for f in features]
         with torch.no_grad():
-            self.teacher_backbone.eval()  # teacher BatchNorm (ResNet) uses its EMA statistics
             teacher_features = self.encode_views([views[i] for i in globals_],
                                                  self.teacher_backbone)
             teacher = [self.teacher_head(f) for f in teacher_features]
@@ -64,6 +63,7 @@ class DINO(SSLMethod):
                 bt.copy_(bs)
 
     def train(self, mode: bool = True) -> "DINO":
+        """The teacher always runs in eval mode: its BatchNorm (ResNet) uses the copied statistics."""
         super().train(mode)
         self.teacher_backbone.eval()
         self.teacher_head.eval()
