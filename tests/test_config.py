@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -29,8 +31,26 @@ def test_defaults_and_overrides():
     (["nonsense"], "key=value"),
 ])
 def test_bad_values_name_the_key(override, names):
-    with pytest.raises(ConfigError, match=names.replace(".", r"\.").replace("=", "=")):
+    with pytest.raises(ConfigError, match=re.escape(names)):
         load_config(None, BASE + override)
+
+
+def test_renamed_section_is_refused_with_its_new_name(tmp_path):
+    with pytest.raises(ConfigError, match="`eval` is now called `online_eval`"):
+        load_config(None, BASE + ["eval.knn_k=5"])
+    (tmp_path / "old.yaml").write_text("data: {real: /r}\neval: {knn_k: 5}\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml.*online_eval"):
+        load_config(tmp_path / "old.yaml")
+    assert load_config(None, BASE + ["online_eval.knn_k=5"]).online_eval.knn_k == 5
+
+
+def test_one_synthetic_root_needs_no_brackets(tmp_path):
+    cfg = load_config(None, BASE + ["data.synthetic=SYN/v0", "data.mode=mixdiff"])
+    assert list(cfg.data.synthetic) == ["SYN/v0"]
+    (tmp_path / "one.yaml").write_text("data: {real: /r, synthetic: SYN/v1, mode: mixdiff}\n")
+    assert list(load_config(tmp_path / "one.yaml").data.synthetic) == ["SYN/v1"]
+    with pytest.raises(ConfigError, match=re.escape("data.synthetic=[ROOT_A,ROOT_B]")):
+        load_config(None, BASE + ["data.synthetic=SYN/v0,SYN/v1"])
 
 
 def test_missing_real_is_named():

@@ -133,7 +133,7 @@ def test_two_process_ddp_run_scales_lr_by_global_batch(tiny_data, tmp_path):
 
 
 def test_epochs_without_evaluation_leave_online_columns_empty(tiny_data, tmp_path):
-    run = _run(tiny_data, tmp_path / "run", **{"trainer.max_epochs": 2, "eval.every_n_epochs": 2})
+    run = _run(tiny_data, tmp_path / "run", **{"trainer.max_epochs": 2, "online_eval.every_n_epochs": 2})
     first, second = _rows(run)
     assert first["online_knn/val_top1"] == "" and second["online_knn/val_top1"] != ""
     assert first["train/loss"] != ""

@@ -109,7 +109,9 @@ class OptimConfig:
 
 
 @dataclass
-class EvalConfig:
+class OnlineEvalConfig:
+    """The online evaluation during pre-training (offline evaluation is `mixdiff eval`)."""
+
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_max_train_images: Optional[int] = None  # kNN bank: all training images, or a seeded subset
@@ -144,7 +146,7 @@ class MixDiffConfig:
     barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    online_eval: OnlineEvalConfig = field(default_factory=OnlineEvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     init_from: Optional[str] = None  # a checkpoint whose weights start this run (not its state)
 
@@ -162,6 +164,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
                  "augment.crop_min_scale", "augment.color_jitter_p", "augment.grayscale_p",
                  "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio")
+
+RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mixdiff eval` now)
 
 # Keys that may change when an existing run directory is resumed: they do not change what is learnt
 # (devices and num_nodes do: they set the global batch and so the learning rate).
@@ -222,9 +226,24 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.model.backbone.startswith("vit") and cfg.data.image_size % cfg.model.patch_size:
         raise ConfigError(f"config key `data.image_size` = {cfg.data.image_size} is not a "
                           f"multiple of model.patch_size = {cfg.model.patch_size}")
-    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size", "eval.knn_k"):
+    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size", "online_eval.knn_k"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"config key `{key}` must be at least 1")
+
+
+def _user_node(node: DictConfig, where: str) -> DictConfig:
+    """Refuse renamed sections, and let `data.synthetic` be a single path as well as a list."""
+    for old, new in RENAMED.items():
+        if old in node:
+            raise ConfigError(f"{where}: config section `{old}` is now called `{new}` "
+                              f"(e.g. {new}.knn_k); rename it")
+    synthetic = OmegaConf.select(node, "data.synthetic")
+    if isinstance(synthetic, str):
+        if "," in synthetic:
+            raise ConfigError(f"{where}: config key `data.synthetic` = {synthetic!r}: write "
+                              "several roots as a list, data.synthetic=[ROOT_A,ROOT_B]")
+        node.data.synthetic = [synthetic]
+    return node
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
@@ -233,11 +252,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     schema = OmegaConf.structured(MixDiffConfig)
     try:
         if path is not None:
-            schema = OmegaConf.merge(schema, _read_yaml(Path(path)))
+            schema = OmegaConf.merge(schema, _user_node(_read_yaml(Path(path)), str(path)))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist([item]))
+            node = _user_node(OmegaConf.from_dotlist([item]), f"override {item!r}")
+            schema = OmegaConf.merge(schema, node)
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc)) from None
     _check_values(schema)

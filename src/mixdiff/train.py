@@ -117,7 +117,7 @@ def build_trainer(cfg: DictConfig, out: Path) -> L.Trainer:
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         sync_batchnorm=t.sync_batchnorm, gradient_clip_val=t.gradient_clip_val,
         limit_train_batches=int(limit) if limit > 1 else limit,
-        log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=cfg.eval.every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=cfg.online_eval.every_n_epochs,
         num_sanity_val_steps=0, logger=False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar,
         enable_model_summary=False)

@@ -64,7 +64,7 @@ class MixDiffDataModule(L.LightningDataModule):
         self.train_set = PairedDataset(samples, build_views(self.cfg), data.mode, data.p_synthetic,
                                        self.cfg.augment.synthetic_augment)
         bank = positions[tree.labels[positions] >= 0]
-        limit = self.cfg.eval.knn_max_train_images
+        limit = self.cfg.online_eval.knn_max_train_images
         if limit is not None and limit < len(bank):
             bank = bank[stratified_subset(tree.labels[bank], limit / len(bank), seed + 2)]
         transform = eval_view(self.cfg)

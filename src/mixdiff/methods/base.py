@@ -123,8 +123,8 @@ class SSLMethod(L.LightningModule):
         self.log("online_probe/val_loss", F.cross_entropy(logits, val_labels), rank_zero_only=True)
         self.log("online_knn/val_top1",
                  knn_accuracy(bank_features, bank_labels, val_features, val_labels,
-                              self.num_classes, self.cfg.eval.knn_k,
-                              self.cfg.eval.knn_temperature), rank_zero_only=True)
+                              self.num_classes, self.cfg.online_eval.knn_k,
+                              self.cfg.online_eval.knn_temperature), rank_zero_only=True)
 
     # --- optimisation ---------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:

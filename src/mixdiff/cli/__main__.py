@@ -1,0 +1,3 @@
+from mixdiff.cli import app
+
+app()

@@ -1,0 +1,20 @@
+"""The one Typer app, its console, and the one way a command fails on bad input."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from mixdiff.errors import MixDiffError
+
+app = typer.Typer(help="MixDiff: self-supervised learning from real and synthetic images.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(exc: MixDiffError) -> NoReturn:
+    """Print the error's message (it names the file, key or value) and exit 2, no traceback."""
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)

@@ -1,0 +1,96 @@
+"""`mixdiff generate` and `mixdiff train-generator`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mixdiff.cli._app import app, console, fail
+from mixdiff.errors import MixDiffError
+
+
+@app.command()
+def generate(
+    real: Path = typer.Option(..., "--real", help="The real image tree."),
+    out: Path = typer.Option(..., "--out", help="Output root: OUT/v<k>/<relative path>."),
+    generator: str = typer.Option("sd-image-variations", "--generator",
+                                  help="sd-image-variations, versatile-diffusion, unclip, sdedit"),
+    model: Optional[str] = typer.Option(None, "--model", help="Hugging Face id or local folder."),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default 50)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance",
+                                             help="Guidance scale (sd-image-variations: 3.0)."),
+    scheduler: str = typer.Option("default", "--scheduler", help="default (the pipeline's own), "
+                                  "ddim, pndm, dpm-solver++, euler, euler-ancestral, ddpm"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Output side in pixels."),
+    variants: int = typer.Option(1, "--variants", help="Variations per real image."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, "
+                              "fp16, bf16"),
+    device: str = typer.Option("auto", "--device"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: this process's share "
+                                        "(default: from torchrun/accelerate, else 0/1)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N real images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an OUT made with "
+                                   "other settings."),
+    safety_checker: bool = typer.Option(False, "--safety-checker/--no-safety-checker"),
+    strength: float = typer.Option(0.5, "--strength", help="sdedit: noise level to start from."),
+    noise_level: int = typer.Option(0, "--noise-level", help="unclip: image-embedding noise."),
+    image_format: str = typer.Option("png", "--format", help="png, jpg, webp"),
+    quality: int = typer.Option(95, "--quality", help="jpg/webp quality."),
+    compile_unet: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the denoiser (default: on a GPU; "
+        "about a minute of compilation, then ~1.5x faster)."),
+) -> None:
+    """Generate diffusion variations of every real image: sharded, resumable, deterministic."""
+    from mixdiff.generate.runner import generate as run
+    from mixdiff.generate.settings import GenerateSettings, parse_shard
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        settings = GenerateSettings(
+            generator=generator, model=model, revision=revision, steps=steps, guidance=guidance,
+            scheduler=scheduler, resolution=resolution, variants=variants, seed=seed,
+            batch_size=batch_size, dtype=dtype, device=device, strength=strength,
+            noise_level=noise_level, format=image_format, quality=quality,
+            safety_checker=safety_checker, compile=compile_unet)
+        summary = run(real, out, settings, parse_shard(shard) if shard else None, limit,
+                      overwrite)
+    except MixDiffError as exc:
+        fail(exc)
+    console.print(f"{out}: {summary.written} written ({summary.images_per_second:.2f} img/s), "
+                  f"{summary.skipped} already there, {len(summary.failed)} failed, of "
+                  f"{summary.planned} in this shard")
+    for row in summary.failed[:10]:
+        console.print(f"  failed {row['source']} (variant {row['variant']}): {row['error']}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("train-generator")
+def train_generator(
+    data: Path = typer.Option(..., "--data", help="Image tree to learn (e.g. Fashion-MNIST train)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the DDPMPipeline (safetensors)."),
+    steps: int = typer.Option(2500, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    resolution: int = typer.Option(32, "--resolution"),
+    channels: int = typer.Option(1, "--channels", help="1 (grey) or 3 (RGB)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train the small DDPM that `generate --generator sdedit` uses by default."""
+    from mixdiff.generate.embedded import GeneratorTraining
+    from mixdiff.generate.embedded import train_generator as run
+
+    try:
+        record = run(data, out, GeneratorTraining(resolution=resolution, channels=channels,
+                                                  steps=steps, batch_size=batch_size, lr=lr,
+                                                  seed=seed))
+    except MixDiffError as exc:
+        fail(exc)
+    console.print(f"{out}: {record['settings']['steps']} steps in {record['seconds']} s, "
+                  f"loss {record['loss_first_200']} -> {record['final_loss_mean_last_200']}")

@@ -1,0 +1,111 @@
+"""The run folder: what `mixdiff pretrain` writes and every other command reads.
+
+RUN/
+  config.yaml                   the resolved config (a re-run must match it, but for resumable keys)
+  data.json                     what was trained and evaluated on: split sizes, classes, val source
+  metrics.csv                   one row per epoch (the column names are `Metric` below)
+  checkpoints/last.ckpt         written atomically after every epoch, every N steps if asked, and
+                                when SIGTERM / SIGINT stops the run
+  logs/                         the logger's files (TensorBoard by default; `trainer.logger`)
+  eval/<command>/<name>.json    results of `mixdiff eval <command>` on dataset or suite <name>
+  cache/features/<key>.pt       frozen features, keyed by checkpoint, dataset and transform
+
+Every path is defined here once; the other modules ask a `RunDir` for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mixdiff.errors import RunDirError
+
+CONFIG = "config.yaml"
+DATA_SUMMARY = "data.json"
+METRICS = "metrics.csv"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+LOGS = "logs"
+EVAL = "eval"
+FEATURE_CACHE = "cache/features"
+
+
+class Metric:
+    """Column names of metrics.csv (and the names logged to TensorBoard / W&B)."""
+
+    TRAIN_LOSS = "train/loss"
+    SYNTHETIC_FRACTION = "train/synthetic_fraction"  # pairs whose partner view was synthetic
+    LR = "train/lr"
+    WEIGHT_DECAY = "train/weight_decay"
+    TRAIN_PROBE_LOSS = "train/online_probe_loss"  # the online probe on the training views
+    TRAIN_PROBE_TOP1 = "train/online_probe_top1"
+    PROBE_VAL_TOP1 = "online_probe/val_top1"  # the online probe on the val images
+    PROBE_VAL_LOSS = "online_probe/val_loss"
+    KNN_VAL_TOP1 = "online_knn/val_top1"  # weighted kNN, bank = real training images
+    EPOCH_SECONDS = "time/epoch_seconds"
+    IMAGES_PER_SECOND = "time/images_per_second"  # training samples (pairs or crops sets) per s
+
+    ONLINE = (PROBE_VAL_TOP1, PROBE_VAL_LOSS, KNN_VAL_TOP1)  # only in epochs that evaluate
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder of `mixdiff pretrain`."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / DATA_SUMMARY
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS
+
+    def eval_result(self, command: str, name: str) -> Path:
+        """Where `mixdiff eval <command>` writes its result for dataset or suite `name`."""
+        return self.root / EVAL / command / f"{name}.json"
+
+    def eval_results(self) -> list[Path]:
+        return sorted((self.root / EVAL).glob("*/*.json"))
+
+    def feature_cache(self, key: str) -> Path:
+        return self.root / FEATURE_CACHE / f"{key}.pt"
+
+    # --- reading a finished (or running) run -------------------------------------------------
+    def load_config(self) -> DictConfig:
+        """The run's resolved config; a folder without one is not a run."""
+        if not self.config.is_file():
+            raise RunDirError(f"{self.root} is not a `mixdiff pretrain` run folder: it has no "
+                              f"{CONFIG}")
+        return OmegaConf.load(self.config)
+
+    def require_checkpoint(self) -> Path:
+        """The run's last checkpoint, or an error saying how to make one."""
+        self.load_config()
+        if not self.last_checkpoint.is_file():
+            raise RunDirError(f"{self.root} has no {CHECKPOINTS}/{LAST_CHECKPOINT} yet: it is "
+                              "written after the first epoch; run (or resume) `mixdiff pretrain` "
+                              f"with --out {self.root}")
+        return self.last_checkpoint
