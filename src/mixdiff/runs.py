@@ -8,6 +8,7 @@ RUN/
                                 when SIGTERM / SIGINT stops the run
   logs/                         the logger's files (TensorBoard by default; `trainer.logger`)
   eval/<command>/<name>.json    results of `mixdiff eval <command>` on dataset or suite <name>
+  eval/linear/<name>.probe.pt   the linear probe fitted on <name>, with its class list
   cache/features/<key>.pt       frozen features, keyed by checkpoint, dataset and transform
 
 Every path is defined here once; the other modules ask a `RunDir` for it.
@@ -15,6 +16,7 @@ Every path is defined here once; the other modules ask a `RunDir` for it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,13 @@ class RunDir:
         """Where `mixdiff eval <command>` writes its result for dataset or suite `name`."""
         return self.root / EVAL / command / f"{name}.json"
 
+    def probe(self, name: str) -> Path:
+        """The linear probe `mixdiff eval linear` fitted on dataset `name`."""
+        return self.root / EVAL / "linear" / f"{name}.probe.pt"
+
+    def probes(self) -> list[Path]:
+        return sorted((self.root / EVAL / "linear").glob("*.probe.pt"))
+
     def eval_results(self) -> list[Path]:
         return sorted((self.root / EVAL).glob("*/*.json"))
 
@@ -100,6 +109,13 @@ class RunDir:
             raise RunDirError(f"{self.root} is not a `mixdiff pretrain` run folder: it has no "
                               f"{CONFIG}")
         return OmegaConf.load(self.config)
+
+    def classes(self) -> tuple[str, ...]:
+        """The run's training classes (its class folder names), in label order."""
+        if not self.data_summary.is_file():
+            raise RunDirError(f"{self.root} has no {DATA_SUMMARY}: not a finished start of "
+                              "`mixdiff pretrain`")
+        return tuple(json.loads(self.data_summary.read_text())["classes"])
 
     def require_checkpoint(self) -> Path:
         """The run's last checkpoint, or an error saying how to make one."""
