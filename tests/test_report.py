@@ -1,29 +1,262 @@
+"""`mixdiff report`: tables and figures from run folders. Most runs here are written file by file
+(config.yaml, data.json, metrics.csv and eval result JSONs in the evaluation contract's format)
+with plausible numbers, so that 4 data modes x 3 seeds x 2 methods cost nothing; one real tiny
+pre-training run checks the files `mixdiff pretrain` writes are read as they are."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import zlib
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_tree
+from conftest import make_tree, tiny_overrides
 from mixdiff.cli import app
+from mixdiff.config import load_config
+from mixdiff.report.build import write_report
+from mixdiff.report.collect import load_runs
+from mixdiff.report.id_ood import id_vs_ood_points
+from mixdiff.report.radar import INNER, radar_panels
+from mixdiff.report.results import result_rows
+from mixdiff.report.settings import group_settings
+from mixdiff.runs import Metric, RunDir
+
+runner = CliRunner()
+SUITES = ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
+# (in-distribution top-1, mean shift top-1) read off the paper's figures; pooled: its "Mixing"
+PAPER = {("simclr", "real"): (0.666, 0.289), ("simclr", "synthetic"): (0.610, 0.263),
+         ("simclr", "mixdiff"): (0.739, 0.359), ("simclr", "pooled"): (0.636, 0.270),
+         ("barlow_twins", "real"): (0.681, 0.281), ("barlow_twins", "synthetic"): (0.586, 0.240),
+         ("barlow_twins", "mixdiff"): (0.720, 0.322), ("barlow_twins", "pooled"): (0.650, 0.262)}
+SUITE_OFFSET = {"imagenet-v2": 0.22, "imagenet-sketch": -0.08, "imagenet-a": -0.20,
+                "imagenet-r": 0.06}  # so that the four suites average to the paper's mean
+
+
+def _result(command: str, dataset: str, top1: float, classes: int = 100, images: int = 5000,
+            split: str = "val", epoch: int = 99, **extra) -> dict:
+    """A result file in the evaluation contract's format."""
+    return {"command": command, "protocol": f"offline {command} (test fixture)", "online": False,
+            "dataset": dataset, "split": split, "classes": classes, "images": images,
+            "top1": round(top1, 4), "metric": "top1", "value": round(top1, 4),
+            "weights": "student", "checkpoint": {"path": "checkpoints/last.ckpt",
+                                                 "sha256": "0" * 64, "epoch": epoch,
+                                                 "global_step": 1000},
+            "settings": {}, "details": {}, "mixdiff_version": "test", "created": "now", **extra}
+
+
+def write_run(base, method: str, mode: str, seed: int, id_top1: float | None = None,
+              shift: dict[str, float] | None = None, knn: float | None = None,
+              dataset: str = "imagenet-100", epochs: int = 5, metrics: bool = True):
+    """A run folder as `mixdiff pretrain` + `mixdiff eval` leave it; numbers given or from PAPER
+    with a seeded jitter. Returns (path, the numbers written)."""
+    rng = np.random.default_rng(zlib.crc32(f"{method}-{mode}-{seed}".encode()))
+    run = RunDir(base / f"{method}-{mode}-s{seed}")
+    paper_id, paper_shift = PAPER[(method, mode)]
+    id_top1 = paper_id + rng.normal(0, 0.006) if id_top1 is None else id_top1
+    if shift is None:
+        shift = {s: paper_shift + SUITE_OFFSET[s] + rng.normal(0, 0.005) for s in SUITES}
+    cfg = load_config(None, [f"method={method}", f"data.mode={mode}",
+                             f"data.real=/data/{dataset}/train", f"data.val=/data/{dataset}/val",
+                             "data.synthetic=[/data/syn/v0]", f"trainer.seed={seed}",
+                             f"trainer.max_epochs={epochs}"]
+                      + (["augment.recipe=dino"] if method == "dino" else []))
+    run.root.mkdir(parents=True)
+    OmegaConf.save(cfg, run.config)
+    run.data_summary.write_text(json.dumps({"mode": mode, "classes": [f"n{i:08d}"
+                                                                      for i in range(100)],
+                                            "val_images": 5000}))
+    online = {}
+    if metrics:
+        with open(run.metrics, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["epoch", "step", Metric.TRAIN_LOSS,
+                                             Metric.KNN_VAL_TOP1, Metric.PROBE_VAL_TOP1])
+            writer.writeheader()
+            for epoch in range(epochs):
+                progress = (epoch + 1) / epochs
+                online = {Metric.KNN_VAL_TOP1: round(id_top1 * (0.5 + 0.45 * progress), 4),
+                          Metric.PROBE_VAL_TOP1: round(id_top1 * (0.4 + 0.5 * progress), 4)}
+                writer.writerow({"epoch": epoch, "step": 100 * (epoch + 1),
+                                 Metric.TRAIN_LOSS: round(6 - 2 * progress + rng.normal(0, .05), 4),
+                                 **online})
+    files = {("linear", dataset): _result("linear", dataset, id_top1, top5=min(1, id_top1 + .2))}
+    if knn is not None:
+        files[("knn", dataset)] = _result("knn", dataset, knn)
+    for suite, top1 in shift.items():
+        files[("robustness", suite)] = _result("robustness", suite, top1, classes=200,
+                                               images=3000, split="test")
+    for (command, name), result in files.items():
+        path = run.eval_result(command, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    return run.root, {"id": id_top1, "shift": shift, "online": online, "files": files}
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory):
+    """4 data modes x 3 seeds x 2 methods."""
+    base = tmp_path_factory.mktemp("runs")
+    made = [write_run(base, method, mode, seed) for method in ("simclr", "barlow_twins")
+            for mode in ("real", "synthetic", "mixdiff", "pooled") for seed in range(3)]
+    return [path for path, _ in made], {path.name: numbers for path, numbers in made}
+
+
+def _not_blank(path, min_width=400):
+    image = np.asarray(Image.open(path).convert("L"), dtype=float)
+    assert image.shape[1] >= min_width and image.std() > 10, f"{path} looks blank"
+
+
+def test_seeds_group_into_settings_and_points_are_their_means(grid_runs):
+    paths, numbers = grid_runs
+    settings = group_settings(load_runs(paths))
+    assert len(settings) == 8 and all(len(s.runs) == 3 for s in settings)
+    assert {s.label for s in settings} == {f"{m} · {d}" for m, d in PAPER}
+    rows = result_rows(settings)
+    points, notes = id_vs_ood_points(settings, rows)
+    assert not notes and len(points) == 8
+    for p in points:
+        runs = [numbers[r] for r in p.runs]
+        assert p.x.mean == pytest.approx(statistics.fmean(r["id"] for r in runs), abs=1e-4)
+        shift_means = [statistics.fmean(r["shift"].values()) for r in runs]
+        assert p.y.mean == pytest.approx(statistics.fmean(shift_means), abs=1e-4)
+        assert p.y.high - p.y.mean == pytest.approx(statistics.stdev(shift_means), abs=1e-4)
+        assert p.suites == tuple(sorted(SUITES)) and p.x.n == 3
+    minmax, _ = id_vs_ood_points(settings, rows, "minmax")
+    assert minmax[0].x.low == pytest.approx(min(numbers[r]["id"] for r in minmax[0].runs),
+                                            abs=1e-4)
+
+
+def test_radar_axes_are_scaled_min_max_over_the_settings(grid_runs):
+    paths, _ = grid_runs
+    settings = group_settings(load_runs(paths))
+    (panel,), notes = radar_panels(settings, result_rows(settings))
+    assert not notes
+    assert panel.axes[0] == "imagenet-100 linear" and set(panel.axes[1:]) == set(SUITES)
+    scaled = panel.scaled()
+    assert scaled.shape == (8, 5)
+    assert np.allclose(scaled.min(axis=0), INNER) and np.allclose(scaled.max(axis=0), 1.0)
+    best = max(range(8), key=lambda i: panel.values[i][0].mean)
+    assert scaled[best, 0] == pytest.approx(1.0)
+
+
+def test_report_writes_every_file_with_the_inputs_numbers(grid_runs, tmp_path):
+    paths, numbers = grid_runs
+    result = runner.invoke(app, ["report", *map(str, paths), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "r"
+    document = json.loads((out / "results.json").read_text())
+    rows = document["rows"]
+    assert len(rows) == 24 * (1 + len(SUITES) + 2)  # linear, 4 suites, online kNN and probe
+    for row in rows:
+        written = numbers[row["run"]]
+        if row["evaluation"] == "online":
+            metric = Metric.KNN_VAL_TOP1 if row["command"] == "online_knn" else \
+                Metric.PROBE_VAL_TOP1
+            assert row["value"] == written["online"][metric] and row["checkpoint_epoch"] == 4
+            assert row["classes"] == 100 and row["images"] == 5000 and row["split"] == "val"
+        else:
+            source = written["files"][(row["command"], row["dataset"])]
+            for key in ("protocol", "dataset", "split", "classes", "images", "top1", "weights"):
+                assert row[key] == source[key]
+            assert row["checkpoint_epoch"] == 99
+    with open(out / "results.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows)
+    assert all(float(t["value"]) == pytest.approx(r["value"]) for t, r in zip(table, rows))
+    assert {t["evaluation"] for t in table} == {"online", "offline"}
+    markdown = (out / "results.md").read_text()
+    for name in numbers:  # a row per run in the per-run table
+        assert sum(line.startswith(f"| {name} |") for line in markdown.splitlines()) >= 1
+    some = numbers["simclr-mixdiff-s1"]
+    assert f"{100 * round(some['id'], 4):.1f}" in markdown
+    assert "| simclr · mixdiff | 3 |" in markdown
+    assert len(document["id_vs_ood"]) == 8
+    for name in ("id_vs_ood.png", "radar.png", "curves.png"):
+        _not_blank(out / name)
+    assert "pairs.png" in result.output  # the synthetic roots do not exist: said, not drawn
+
+
+def test_missing_results_and_other_datasets_are_reported_not_mixed(tmp_path):
+    base = tmp_path / "runs"
+    a, _ = write_run(base, "simclr", "mixdiff", 0)
+    b, _ = write_run(base, "simclr", "real", 0, dataset="fashion-mnist", shift={
+        "corruptions": 0.5}, knn=0.8)
+    bare = base / "bare"
+    bare.mkdir()
+    OmegaConf.save(load_config(None, ["data.real=/d/x/train"]), bare / "config.yaml")
+    report = write_report([a, b, bare], tmp_path / "out")
+    assert any("bare" in n and "no offline results" in n for n in report.notes)
+    assert any("bare" in n and "metrics.csv" in n for n in report.notes)
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [s["label"] for s in document["settings"]] == [
+        "simclr · mixdiff", "simclr · real · fashion-mnist", "simclr · real · x"]
+    points = {p["setting"]: p for p in document["id_vs_ood"]}
+    assert set(points) == {"simclr · mixdiff", "simclr · real · fashion-mnist"}
+    assert points["simclr · real · fashion-mnist"]["dataset"].startswith("fashion-mnist")
+    # not averaged with the other run's suites
+    assert points["simclr · real · fashion-mnist"]["shift_suites"] == ["corruptions"]
+    assert points["simclr · mixdiff"]["shift_suites"] == sorted(SUITES)
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "## fashion-mnist val, 100 classes" in markdown and "## imagenet-100 val" in markdown
+    assert "fashion-mnist kNN" in markdown
+    # the fashion-mnist run has only 3 axes (linear, kNN is not an axis, corruptions): bars
+    assert (tmp_path / "out" / "radar.png").is_file()
+
+
+def test_pairs_from_the_runs_synthetic_roots(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    OmegaConf.save(load_config(None, tiny_overrides(tiny_data, **{"data.mode": "mixdiff"})),
+                   run / "config.yaml")
+    report = write_report([run], tmp_path / "out", pair_rows=3)
+    _not_blank(tmp_path / "out" / "pairs.png", min_width=200)
+    assert tmp_path / "out" / "pairs.png" in report.files
+
+
+def test_real_run_is_read_as_pretrain_wrote_it(tiny_data, tmp_path):
+    from mixdiff.train import pretrain
+
+    run = pretrain(load_config(None, tiny_overrides(tiny_data, **{"trainer.max_epochs": 2})),
+                   tmp_path / "run")
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    with open(run / "metrics.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    online = {r["command"]: r for r in rows}
+    assert set(online) == {"online_knn", "online_probe"}
+    assert online["online_knn"]["value"] == float(last[Metric.KNN_VAL_TOP1])
+    assert online["online_knn"]["classes"] == 3 and online["online_knn"]["evaluation"] == "online"
+    _not_blank(tmp_path / "out" / "curves.png")
+    assert "no offline results" in result.output
+
+
+def test_bad_inputs_give_one_line(tmp_path):
+    not_a_run = runner.invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert not_a_run.exit_code == 2 and "config.yaml" in not_a_run.output
+    run, _ = write_run(tmp_path, "simclr", "real", 0)
+    broken = run / "eval" / "linear" / "imagenet-100.json"
+    broken.write_text(json.dumps({"command": "linear"}))
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "imagenet-100.json" in result.output and "lacks" in \
+        result.output
+    bad_spread = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "o"),
+                                     "--spread", "iqr"])
+    assert bad_spread.exit_code == 2 and "std" in bad_spread.output
 
 
 def test_pairs_grid_shows_real_beside_each_variant(tmp_path):
     real = make_tree(tmp_path / "real", per_class=3)
     v0 = make_tree(tmp_path / "v0", per_class=3, ext=".jpg", seed=1)
     v1 = make_tree(tmp_path / "v1", per_class=2, seed=2)  # one twin per class missing
-    result = CliRunner().invoke(app, ["data", "grid", "--real", str(real), "--synthetic", str(v0),
-                                      "--synthetic", str(v1), "--out", str(tmp_path / "g.png"),
-                                      "--rows", "4"])
+    result = runner.invoke(app, ["data", "grid", "--real", str(real), "--synthetic", str(v0),
+                                 "--synthetic", str(v1), "--out", str(tmp_path / "g.png"),
+                                 "--rows", "4"])
     assert result.exit_code == 0, result.output
     width, height = Image.open(tmp_path / "g.png").size
     assert width < height < 2 * width  # 4 rows of 3 columns
-
-
-def test_curves_plot_and_bad_run_dir(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "metrics.csv").write_text("epoch,train/loss,online_knn/val_top1\n0,5.0,0.5\n1,4.0,\n")
-    runner = CliRunner()
-    result = runner.invoke(app, ["report", "curves", str(run), "--out", str(tmp_path / "c.png")])
-    assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "c.png").size[0] > 0
-    bad = runner.invoke(app, ["report", "curves", str(tmp_path), "--out", str(tmp_path / "d.png")])
-    assert bad.exit_code == 2 and "metrics.csv" in bad.output

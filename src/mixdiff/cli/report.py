@@ -1,4 +1,4 @@
-"""`mixdiff report ...`: tables and plots of runs, from the files they wrote."""
+"""`mixdiff report RUN... --out DIR`: tables and figures of runs, from the files they wrote."""
 
 from __future__ import annotations
 
@@ -9,20 +9,29 @@ import typer
 
 from mixdiff.cli._app import app, console, fail
 from mixdiff.errors import MixDiffError
-
-report_app = typer.Typer(help="Plots and tables of runs.", no_args_is_help=True)
-app.add_typer(report_app, name="report")
+from mixdiff.report.results import SPREADS
 
 
-@report_app.command("curves")
-def report_curves(
-    runs: List[Path] = typer.Argument(..., help="Run directories of `mixdiff pretrain`."),
-    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+@app.command("report")
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run folders of `mixdiff pretrain` (seeds of one "
+                                      "setting are averaged: give them all)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write results.md/.csv/.json and the "
+                             "figures into."),
+    spread: str = typer.Option("std", "--spread", help="Spread over seeds: "
+                               + "; ".join(f"{k}: {v}" for k, v in SPREADS.items()) + "."),
+    pair_rows: int = typer.Option(6, "--pair-rows", min=1, help="Images in pairs.png."),
 ) -> None:
-    """Plot training loss and the online kNN / probe accuracy of runs, epoch by epoch."""
-    from mixdiff.report.curves import plot_curves
+    """Tables (results.md/.csv/.json), the in-distribution vs. shift figure (id_vs_ood.png), a
+    per-dataset radar (radar.png), training curves (curves.png) and real/synthetic pairs
+    (pairs.png) of runs. Reads only the run folders' files: no model, no GPU."""
+    from mixdiff.report.build import write_report
 
     try:
-        console.print(f"wrote {plot_curves(runs, out)}")
+        written = write_report(runs, out, spread, pair_rows)
     except MixDiffError as exc:
         fail(exc)
+    for path in written.files:
+        console.print(f"wrote {path}")
+    for note in written.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)

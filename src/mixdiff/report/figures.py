@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixdiff.io import atomic_open
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display on training or CI machines)."""
@@ -16,10 +18,12 @@ def pyplot():
 
 
 def save(fig, out: str | Path) -> Path:
-    """Lay out, write the PNG (creating its folder) and free the figure."""
+    """Lay out, write the PNG (creating its folder, atomically) and free the figure. The saved
+    area is fitted to what was drawn, so legends placed outside the axes are not clipped."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    with atomic_open(out, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)
     pyplot().close(fig)
     return out

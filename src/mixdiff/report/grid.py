@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins
+from mixdiff.errors import MissingSyntheticError
 from mixdiff.report.figures import pyplot, save
 
 
@@ -18,6 +19,9 @@ def pairs_grid(real: str | Path, synthetic: list[str | Path], out: str | Path, r
     tree = ImageTree.scan(real)
     matches = [match_twins(tree.relpaths, root).matched for root in synthetic]
     complete = [i for i in range(len(tree)) if all(i in m for m in matches)]
+    if not complete:
+        raise MissingSyntheticError(f"no image of {real} has a twin in every synthetic root "
+                                    f"({', '.join(map(str, synthetic))}): nothing to show")
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[int]] = {}
     for i in rng.permutation(complete):

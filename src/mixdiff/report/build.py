@@ -1,0 +1,101 @@
+"""`mixdiff report`: every table and figure of a set of runs, from the files they hold. What cannot
+be drawn (a run without results, no synthetic roots) is skipped and said, never guessed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mixdiff.errors import ConfigError, MixDiffError
+from mixdiff.io import atomic_write_text
+from mixdiff.report.collect import load_runs
+from mixdiff.report.curves import plot_curves
+from mixdiff.report.grid import pairs_grid
+from mixdiff.report.id_ood import id_vs_ood_points
+from mixdiff.report.markdown import render
+from mixdiff.report.radar import plot_radar, radar_panels
+from mixdiff.report.results import SPREADS, result_rows, write_csv, write_json
+from mixdiff.report.scatter import plot_id_vs_ood
+from mixdiff.report.settings import group_settings
+
+RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
+ID_VS_OOD, RADAR, CURVES, PAIRS = "id_vs_ood.png", "radar.png", "curves.png", "pairs.png"
+
+
+@dataclass
+class Report:
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is missing or was left out, in words
+
+
+def _pairs(settings, out: Path, report: Report, rows: int) -> None:
+    """Real images beside their twins from every synthetic root the runs used, for the first
+    real tree that has any (one grid: the twins of one tree)."""
+    roots: dict[str, list[str]] = {}
+    for record in (r for s in settings for r in s.runs):
+        if record.synthetic_roots:
+            known = roots.setdefault(str(record.setting("data.real")), [])
+            known += [root for root in record.synthetic_roots if root not in known]
+    if not roots:
+        report.notes.append(f"{PAIRS} not written: no run has synthetic roots (data.synthetic)")
+        return
+    real, synthetic = next(iter(roots.items()))
+    if len(roots) > 1:
+        report.notes.append(f"{PAIRS} shows the twins of {real} only; also used: "
+                            f"{', '.join(list(roots)[1:])}")
+    try:
+        report.files.append(pairs_grid(real, synthetic, out / PAIRS, rows=rows))
+    except MixDiffError as exc:  # images moved or paths relative to another folder
+        report.notes.append(f"{PAIRS} not written: {exc} (paths in config.yaml are read relative "
+                            "to the current folder)")
+
+
+def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
+                 pair_rows: int = 6) -> Report:
+    if spread not in SPREADS:
+        raise ConfigError(f"--spread {spread!r}: choose one of {', '.join(SPREADS)}")
+    out = Path(out)
+    report = Report()
+    records = load_runs(runs)
+    report.notes += [f"{r.name}: {m}" for r in records for m in r.missing]
+    settings = group_settings(records)
+    rows = result_rows(settings)
+    points, notes = id_vs_ood_points(settings, rows, spread)
+    report.notes += notes
+    panels, notes = radar_panels(settings, rows, spread)
+    report.notes += notes
+
+    if points:
+        report.files.append(plot_id_vs_ood(points, out / ID_VS_OOD, spread))
+    else:
+        report.notes.append(f"{ID_VS_OOD} not written: no run has both an in-distribution and "
+                            "robustness results")
+    if panels:
+        report.files.append(plot_radar(panels, out / RADAR))
+    else:
+        report.notes.append(f"{RADAR} not written: no run has an offline in-distribution result")
+    if any(r.metrics for r in records):
+        report.files.append(plot_curves(settings, out / CURVES, spread))
+    else:
+        report.notes.append(f"{CURVES} not written: no run has metrics.csv rows")
+    _pairs(settings, out, report, pair_rows)
+
+    atomic_write_text(out / RESULTS_MD, render(settings, rows, points, spread, report.notes))
+    write_csv(rows, out / RESULTS_CSV)
+    write_json({
+        "spread": {"name": spread, "meaning": SPREADS[spread]},
+        "runs": [{"name": r.name, "path": str(r.run.root), "setting": s.label,
+                  "method": r.method, "mode": r.mode, "seed": r.seed,
+                  "train_dataset": r.train_dataset, "missing": r.missing}
+                 for s in settings for r in s.runs],
+        "settings": [{"label": s.label, "method": s.method, "mode": s.mode,
+                      "runs": [r.name for r in s.runs], "seeds": s.seeds} for s in settings],
+        "id_vs_ood": [{"setting": p.setting.label, "dataset": p.dataset,
+                       "id_command": p.id_command, "shift_suites": list(p.suites),
+                       "runs": list(p.runs), "id_top1": asdict(p.x), "shift_top1": asdict(p.y)}
+                      for p in points],
+        "rows": [asdict(r) for r in rows],
+        "notes": report.notes,
+    }, out / RESULTS_JSON)
+    report.files += [out / RESULTS_MD, out / RESULTS_CSV, out / RESULTS_JSON]
+    return report

@@ -1,0 +1,116 @@
+"""Reading what a run folder holds for the report: its config, data summary, metrics and the
+result files of `mixdiff eval` (files only: no model, no torch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mixdiff.errors import RunDirError
+from mixdiff.runs import DATA_SUMMARY, METRICS, RunDir
+
+# Keys every result file of `mixdiff eval` holds (the evaluation contract); the report needs them
+# to say what each number is.
+REQUIRED_RESULT_KEYS = ("command", "protocol", "dataset", "split", "classes", "images", "top1")
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class RunRecord:
+    """One run folder as the report sees it."""
+
+    name: str  # the label in tables and legends (the folder name; parent/name when ambiguous)
+    run: RunDir
+    config: dict  # config.yaml as plain Python data
+    data: dict  # data.json; {} when the run has none
+    metrics: list[dict[str, str]]  # metrics.csv rows; [] when the run has none
+    results: list[dict]  # the eval result files, each with "source" (its path) added
+    missing: list[str] = field(default_factory=list)  # what the report could not find, in words
+
+    def setting(self, dotted: str, default=None):
+        """A config value by its dotted key (`data.mode`)."""
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def method(self) -> str:
+        return str(self.setting("method", "?"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.setting("data.mode", "?"))
+
+    @property
+    def seed(self) -> int | None:
+        return self.setting("trainer.seed")
+
+    @property
+    def train_dataset(self) -> str:
+        """The training dataset's name, named as `mixdiff eval` names image trees: the folder
+        above the tree (data/fashion-mnist/train -> fashion-mnist)."""
+        real = self.setting("data.real") or ""
+        return Path(real).parent.name or Path(real).name or "?"
+
+    @property
+    def synthetic_roots(self) -> list[str]:
+        return [str(root) for root in (self.setting("data.synthetic") or [])]
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: not a readable result file ({exc}); delete it or re-run the "
+                          "`mixdiff eval` command that wrote it") from exc
+    if not isinstance(result, dict):
+        raise RunDirError(f"{path}: expected a JSON object of `mixdiff eval` results")
+    absent = [key for key in REQUIRED_RESULT_KEYS if key not in result]
+    if absent:
+        raise RunDirError(f"{path}: result file lacks {', '.join(absent)}; re-run the `mixdiff "
+                          "eval` command that wrote it")
+    for key in ("top1", "top5", "value"):
+        value = result.get(key)
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise RunDirError(f"{path}: `{key}` = {value} is not a fraction in [0, 1]")
+    return {**result, "source": str(path)}
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunRecord:
+    """Read a run folder; a folder without config.yaml is an error, anything else missing is
+    recorded in `missing` so the report can say so and go on."""
+    run = RunDir(Path(path))
+    config = OmegaConf.to_container(run.load_config(), resolve=False)
+    missing = []
+    data = json.loads(run.data_summary.read_text()) if run.data_summary.is_file() else {}
+    if not data:
+        missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
+    metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
+    if not metrics:
+        missing.append(f"no {METRICS} rows (no training curves, no online metrics)")
+    results = [_read_result(p) for p in run.eval_results()]
+    if not results:
+        missing.append(f"no offline results in {run.root / 'eval'}: run `mixdiff eval linear "
+                       f"--run {run.root} ...` (and `mixdiff eval robustness`) first")
+    return RunRecord(name or run.root.name, run, config, data, metrics, results, missing)
+
+
+def load_runs(paths: list[str | Path]) -> list[RunRecord]:
+    """Read every run; labels are folder names, or parent/name where two folders share a name."""
+    paths = [Path(p) for p in paths]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise RunDirError("a run folder is given twice: give each run once")
+    names = [p.name for p in paths]
+    return [load_run(p, f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name)
+            for p in paths]

@@ -1,0 +1,119 @@
+"""results.md: what a researcher pastes into a paper. Per in-distribution dataset a compact table
+(rows = settings, mean and spread over seeds; then rows = runs; columns = datasets and suites),
+then the long table with every number and what it is, then what is missing."""
+
+from __future__ import annotations
+
+from mixdiff.report.id_ood import Point
+from mixdiff.report.results import SPREADS, ResultRow, Summary, in_distribution
+from mixdiff.report.settings import Setting
+
+# columns in this order: in-distribution, shift sets, their mean, transfer, then online
+_ORDER = {"linear": 0, "knn": 1, "robustness": 2, "transfer": 4, "online_knn": 5,
+          "online_probe": 6}
+SHIFT_MEAN = "shift mean"
+MISSING = "–"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], body: list[list[object]], text: int) -> list[str]:
+    """A markdown table; the first `text` columns left-aligned, numbers right-aligned."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---" if i < text else "---:" for i in range(len(header))) + "|"]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+
+
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.1f}"
+
+
+def _home(setting: Setting, rows: list[ResultRow]) -> str:
+    """The in-distribution dataset a setting is compared on (its first run that has one)."""
+    for record in setting.runs:
+        row = in_distribution(rows, record)
+        if row is not None:
+            return f"{row.dataset} {row.split}, {row.classes} classes"
+    return f"trained on {setting.runs[0].train_dataset}, no offline in-distribution result"
+
+
+def _columns(rows: list[ResultRow]) -> list[str]:
+    order = {}
+    for r in rows:
+        order.setdefault(r.column, (_ORDER.get(r.command, 3), r.column))
+    return sorted(order, key=order.get)
+
+
+def _with_shift_mean(columns: list[str], rows: list[ResultRow]) -> list[str]:
+    shift = {r.column for r in rows if r.command == "robustness"}
+    if not shift:
+        return columns
+    last = max(i for i, c in enumerate(columns) if c in shift)
+    return columns[:last + 1] + [SHIFT_MEAN] + columns[last + 1:]
+
+
+def _values(rows: list[ResultRow], runs: set[str], column: str) -> list[float]:
+    return [r.value for r in rows if r.run in runs and r.column == column]
+
+
+def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], spread: str,
+           notes: list[str]) -> str:
+    runs = [r for s in settings for r in s.runs]
+    lines = ["# Results", "",
+             (f"{len(runs)} run(s) in {len(settings)} setting(s). Accuracies in %. Numbers are "
+             "offline (`mixdiff eval` on the frozen features of the run's checkpoint) unless "
+             "marked online (measured during pre-training, at the last epoch that evaluated). "
+             f"Setting rows: the mean over their n seeds and the spread ({SPREADS[spread]}). "
+             "The last table says what every number is (protocol, split, classes, images, "
+             "weights, checkpoint epoch); results.csv and results.json hold them as fractions."),
+             ""]
+    point_of = {(p.setting.label, p.dataset): p for p in points}
+    homes = {s.label: _home(s, rows) for s in settings}
+    for home in dict.fromkeys(homes.values()):
+        shown = [s for s in settings if homes[s.label] == home]
+        names = {r.name for s in shown for r in s.runs}
+        scoped = [r for r in rows if r.run in names]
+        columns = _with_shift_mean(_columns(scoped), scoped)
+        means = [p for s in shown if (p := point_of.get((s.label, home)))]
+        lines += [f"## {home}", ""]
+        if means:
+            suites = means[0].suites
+            lines += [(f"`{SHIFT_MEAN}`: mean top-1 over {', '.join(suites)} (the shift sets "
+                       "every run here has)."), ""]
+        body = []
+        for s in shown:
+            point = point_of.get((s.label, home))
+            cells = []
+            for c in columns:
+                if c == SHIFT_MEAN:
+                    cells.append(point.y.percent() if point else MISSING)
+                    continue
+                values = _values(scoped, {r.name for r in s.runs}, c)
+                cells.append(Summary.of(values, spread).percent() if values else MISSING)
+            body.append([s.label, len(s.runs)] + cells)
+        lines += _table(["setting", "n"] + columns, body, text=1) + [""]
+        run_shift = {run: y for p in means for run, y in zip(p.runs, p.run_y)}
+        body = []
+        for s in shown:
+            for r in s.runs:
+                cells = []
+                for c in columns:
+                    values = _values(scoped, {r.name}, c)
+                    value = run_shift.get(r.name) if c == SHIFT_MEAN else (
+                        values[0] if values else None)
+                    cells.append(_percent(value))
+                body.append([r.name, s.label, r.seed] + cells)
+        lines += _table(["run", "setting", "seed"] + columns, body, text=2) + [""]
+    lines += ["## Every number", ""]
+    lines += _table(
+        ["run", "online/offline", "command", "dataset", "split", "weights", "metric", "protocol",
+         "classes", "images", "epoch", "value (%)", "top-5 (%)"],
+        [[r.run, r.evaluation, r.command, r.dataset, r.split, r.weights, r.metric, r.protocol,
+          r.classes or MISSING, r.images or MISSING,
+          MISSING if r.checkpoint_epoch is None else r.checkpoint_epoch, _percent(r.value),
+          _percent(r.top5)] for r in rows], text=8) + [""]
+    if notes:
+        lines += ["## Missing or left out", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)

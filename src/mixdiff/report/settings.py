@@ -1,0 +1,87 @@
+"""Grouping runs into settings: runs whose configs differ only in the seed (and in keys that do not
+change what is learnt) are seeds of one setting, reported as a mean and a spread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixdiff.config import flatten
+from mixdiff.report.collect import RunRecord
+
+SEED_KEY = "trainer.seed"
+# Keys that differ between seeds of one setting without changing what is learnt: the seed, the
+# run a stage starts from (its path names the seed's own run), and how the run was executed.
+NOT_A_SETTING = (SEED_KEY, "init_from", "data.num_workers", "trainer.progress_bar",
+                 "trainer.log_every_n_steps", "trainer.logger", "trainer.accelerator",
+                 "trainer.strategy", "trainer.checkpoint_every_n_steps")
+NAMING_KEYS = ("method", "data.mode")  # a setting is called by these first
+
+
+def setting_key(record: RunRecord) -> tuple:
+    flat = flatten(record.config)
+    # whether a run starts from another one is part of the setting; which seed's run is not
+    flat["init_from"] = flat.get("init_from") is not None
+    return tuple(sorted((k, repr(v)) for k, v in flat.items()
+                        if k not in NOT_A_SETTING or k == "init_from"))
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class Setting:
+    """Runs of one configuration, one per seed."""
+
+    label: str
+    runs: tuple[RunRecord, ...]
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def mode(self) -> str:
+        return self.runs[0].mode
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.runs]
+
+
+def _short(value: object) -> str:
+    """A config value as a label: paths by their last two parts, lists by their items."""
+    if isinstance(value, list):
+        return "+".join(_short(v) for v in value) or "none"
+    text = str(value)
+    return "/".join(Path(text).parts[-2:]) if "/" in text else text
+
+
+def _collisions(labels: list[str]) -> list[list[int]]:
+    return [same for label in dict.fromkeys(labels)
+            if len(same := [i for i, other in enumerate(labels) if other == label]) > 1]
+
+
+def _labels(groups: list[list[RunRecord]]) -> list[str]:
+    """`method · mode`; then the training dataset, then the other keys that tell settings apart,
+    where that is not enough."""
+    flats = [flatten(g[0].config) for g in groups]
+    labels = [" · ".join(_short(f.get(k, "?")) for k in NAMING_KEYS) for f in flats]
+    for same in _collisions(labels):
+        if len({groups[i][0].train_dataset for i in same}) > 1:
+            for i in same:
+                labels[i] += f" · {groups[i][0].train_dataset}"
+    for same in _collisions(labels):
+        keys = sorted({k for i in same for k in flats[i]} - set(NOT_A_SETTING) - set(NAMING_KEYS))
+        differing = [k for k in keys if len({repr(flats[i].get(k)) for i in same}) > 1]
+        for i in same:
+            extra = ", ".join(f"{k.split('.')[-1]}={_short(flats[i].get(k))}"
+                              for k in differing[:3])
+            labels[i] += f" ({extra}{', ...' if len(differing) > 3 else ''})"
+    return labels
+
+
+def group_settings(records: list[RunRecord]) -> list[Setting]:
+    """Settings in the order their first run was given; runs within one sorted by seed."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(setting_key(record), []).append(record)
+    members = [sorted(g, key=lambda r: (r.seed is None, r.seed or 0)) for g in groups.values()]
+    return [Setting(label, tuple(g)) for label, g in zip(_labels(members), members)]

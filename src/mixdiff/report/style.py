@@ -1,0 +1,39 @@
+"""How a setting looks in every figure of a report: colour = method, marker and line style = data
+mode, so that one reading of the legend serves all plots. Methods and modes take their colour and
+marker in sorted order of the names present (the registries that list them import the training
+stack, which the report does not need)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mixdiff.report.settings import Setting
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, red moved up for contrast
+# (marker, line style, bar hatch) of each data mode
+MODE_LOOKS = (("*", "-", ""), ("s", "--", "//"), ("o", "-.", ".."), ("^", ":", "xx"),
+              ("D", (0, (5, 1)), "\\\\"), ("v", (0, (1, 3)), "++"), ("P", (0, (3, 2, 1, 2)), "oo"))
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: str
+    marker: str
+    linestyle: object  # a matplotlib line style
+    hatch: str
+
+
+def setting_styles(settings: list[Setting]) -> dict[str, Style]:
+    """Style of each setting by its label. Settings that share a method and a mode (e.g. two
+    learning rates) cannot be told apart that way: then each setting gets its own colour."""
+    methods = sorted({s.method for s in settings})
+    modes = sorted({s.mode for s in settings})
+    pairs = [(s.method, s.mode) for s in settings]
+    by_method = len(set(pairs)) == len(pairs)
+    styles = {}
+    for i, s in enumerate(settings):
+        marker, line, hatch = MODE_LOOKS[modes.index(s.mode) % len(MODE_LOOKS)]
+        colour = PALETTE[(methods.index(s.method) if by_method else i) % len(PALETTE)]
+        styles[s.label] = Style(colour, marker, line, hatch)
+    return styles
