@@ -1,0 +1,270 @@
+"""Frozen features of a run's backbone: rebuild it from the run folder (no Lightning), encode a set
+of images with the run's evaluation transform, and cache the result in the run.
+
+The cache key is a hash of everything the features depend on: the checkpoint's bytes (sha256), the
+weights (student or teacher), every image path with its size and modification time, the evaluation
+transform and a caller's tag for any extra pre-transform. A second call with the same inputs loads
+the file and encodes nothing; any change re-encodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from mixdiff.data.tree import ImageTree, load_rgb
+from mixdiff.data.views import eval_view
+from mixdiff.errors import DatasetError, MixDiffError, RunDirError
+from mixdiff.io import atomic_open
+from mixdiff.models import build_backbone
+from mixdiff.runs import RunDir
+
+# weights a checkpoint can hold -> the prefix of their backbone in the Lightning state dict
+WEIGHT_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
+CACHE_FORMAT = 1  # bump when the cached file's layout or the encoding itself changes
+MAX_WORKERS = 8
+
+PreTransform = Callable[[PIL.Image.Image, int], PIL.Image.Image]
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images to encode, with their labels. Items are files (`paths`), or, for datasets that keep
+    their images inside a few files (CIFAR's pickles), whatever `reader(i)` returns; then `paths`
+    only names the items and `source_files` are the files the cache key fingerprints."""
+
+    name: str  # the dataset name in results and cache keys, e.g. "fashion-mnist"
+    split: str  # "test", "val", "train", ...
+    paths: tuple[str, ...]
+    labels: np.ndarray  # int64, one per item, index into `classes`; -1 = unlabelled
+    classes: tuple[str, ...]  # class names in label order (wnids for ImageNet-like sets)
+    reader: Callable[[int], PIL.Image.Image] | None = field(default=None, compare=False,
+                                                             repr=False)
+    source_files: tuple[str, ...] = ()
+    root: str | None = None  # the folder the set was read from, for the record
+
+    @classmethod
+    def from_tree(cls, root: str | Path, name: str | None = None, split: str | None = None,
+                  classes: Sequence[str] | None = None) -> "ImageSet":
+        """An image tree `<root>/<class>/<image>`; `name` defaults to the folder above root
+        (data/fashion-mnist/test -> "fashion-mnist"), `split` to root's own name ("test")."""
+        root = Path(root).absolute()
+        tree = ImageTree.scan(root, tuple(classes) if classes is not None else None)
+        return cls(name or root.parent.name, split or root.name,
+                   tuple(str(tree.path(i)) for i in range(len(tree))), tree.labels, tree.classes,
+                   root=str(root))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, i: int) -> PIL.Image.Image:
+        return self.reader(i) if self.reader is not None else load_rgb(self.paths[i])
+
+    def fingerprint(self) -> str:
+        """sha256 of the item names and the size and mtime of every file they are read from."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(path.encode() + b"\0")
+        for path in self.paths if self.reader is None else self.source_files:
+            try:
+                stat = os.stat(path)
+            except OSError as exc:
+                raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def labelled_sets(train: str | Path, val: str | Path, name: str | None = None
+                  ) -> tuple[ImageSet, ImageSet]:
+    """The train and val trees of a probe, labelled in one class order; their classes must match."""
+    train_set, val_set = ImageSet.from_tree(train, name), ImageSet.from_tree(val, name)
+    for image_set, root in ((train_set, train), (val_set, val)):
+        if not image_set.classes:
+            raise DatasetError(f"{root}: images sit directly in the folder; expected class "
+                               "folders <class>/<image>")
+    if train_set.classes != val_set.classes:
+        only_train = sorted(set(train_set.classes) - set(val_set.classes))
+        only_val = sorted(set(val_set.classes) - set(train_set.classes))
+        raise DatasetError(f"the class folders of {train} and {val} differ: only in the train "
+                           f"tree: {only_train[:10]}, only in the val tree: {only_val[:10]}; "
+                           "both trees need the same classes")
+    return train_set, val_set
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise MixDiffError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") \
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise MixDiffError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+    return resolved
+
+
+class _Decoded(Dataset):
+    """Item i of an ImageSet as the run's evaluation tensor; decoded in the loader's workers.
+
+    A broken image comes back as its error message (DataLoader would re-raise a worker's
+    exception as a traceback, not the one line the user needs)."""
+
+    def __init__(self, images: ImageSet, transform, pre_transform: PreTransform | None):
+        self.images, self.transform, self.pre_transform = images, transform, pre_transform
+        self.to_tensor = v2.PILToTensor()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        try:
+            image = self.images.read(i)
+        except MixDiffError as exc:
+            return str(exc)
+        if self.pre_transform is not None:
+            image = self.pre_transform(image, i)
+        return self.transform(self.to_tensor(image.convert("RGB")))
+
+
+def _collate(items: list[torch.Tensor | str]) -> torch.Tensor | str:
+    errors = [item for item in items if isinstance(item, str)]
+    return errors[0] if errors else torch.stack(items)
+
+
+class Encoder:
+    """A run's frozen backbone in eval mode, with the run's evaluation transform."""
+
+    def __init__(self, run: RunDir, config: DictConfig, weights: str, checkpoint: Path,
+                 checkpoint_sha256: str, epoch: int, global_step: int, backbone: nn.Module,
+                 feature_dim: int, device: torch.device, default_weights: str | None = None):
+        self.run, self.config, self.weights = run, config, weights
+        self.default_weights = default_weights or weights  # what --weights means when omitted
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+        self.epoch, self.global_step = epoch, global_step
+        self.backbone, self.feature_dim, self.device = backbone, feature_dim, device
+        self.transform = eval_view(config)
+        # a ResNet on a GPU runs fastest in channels_last with bf16 (tensor cores, no transposes)
+        self.channels_last = device.type == "cuda" and config.model.backbone.startswith("resnet")
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_run(cls, run: RunDir | str | Path, weights: str | None = None,
+                 device: str | None = None) -> "Encoder":
+        """weights None -> "teacher" where the checkpoint has one (DINO), else "student"."""
+        run = run if isinstance(run, RunDir) else RunDir(Path(run))
+        config = run.load_config()
+        checkpoint = run.require_checkpoint()
+        # mmap: only the backbone's tensors are read, not the optimiser state beside them
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = saved["state_dict"]
+        available = [w for w, prefix in WEIGHT_PREFIXES.items()
+                     if any(k.startswith(prefix) for k in state)]
+        default = "teacher" if "teacher" in available else "student"
+        weights = weights or default
+        if weights not in WEIGHT_PREFIXES:
+            raise MixDiffError(f"--weights {weights!r}: choose one of {', '.join(WEIGHT_PREFIXES)}")
+        if weights not in available:
+            raise RunDirError(f"{checkpoint} has no {weights} weights (method={config.method}); "
+                              f"use --weights {' or '.join(available) or 'student'}")
+        prefix = WEIGHT_PREFIXES[weights]
+        backbone, dim = build_backbone(config.model, config.data.image_size)
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                  if k.startswith(prefix)})
+        resolved = resolve_device(device)
+        backbone.eval().requires_grad_(False).to(resolved)
+        return cls(run, config, weights, checkpoint, file_sha256(checkpoint), int(saved["epoch"]),
+                   int(saved["global_step"]), backbone, dim, resolved, default)
+
+    def checkpoint_record(self) -> dict:
+        return {"path": str(self.checkpoint), "sha256": self.checkpoint_sha256,
+                "epoch": self.epoch, "global_step": self.global_step}
+
+    def settings(self) -> dict:
+        """What the features depend on, for the `settings` of a result."""
+        return {"backbone": self.config.model.backbone, "feature_dim": self.feature_dim,
+                "image_size": self.config.data.image_size,
+                "eval_resize": self.config.data.eval_resize,
+                "eval_transform": "resize short side to image_size * eval_resize, centre crop "
+                                  "image_size, normalise with the run's mean/std",
+                "precision": "bf16 autocast" if self.device.type == "cuda" else "fp32",
+                "device": str(self.device)}
+
+    def cache_key(self, images: ImageSet, tag: str = "") -> str:
+        parts = {"format": CACHE_FORMAT, "checkpoint": self.checkpoint_sha256,
+                 "weights": self.weights, "transform": repr(self.transform), "tag": tag,
+                 "items": images.fingerprint()}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def encode(self, images: ImageSet, pre_transform: PreTransform | None = None, tag: str = "",
+               batch_size: int = 256, num_workers: int | None = None,
+               show_progress: bool = True) -> torch.Tensor:
+        """(len(images), feature_dim) float32 CPU features, from the cache when it has them.
+        `pre_transform(image, i)` changes each PIL image before the evaluation transform; `tag`
+        names it in the cache key (e.g. "gaussian_noise/3")."""
+        if not len(images):
+            raise DatasetError(f"{images.name}/{images.split}: no images to encode")
+        if pre_transform is not None and not tag:
+            raise ValueError("a pre_transform needs a tag: it is part of the cache key")
+        cache = self.run.feature_cache(self.cache_key(images, tag))
+        if cache.is_file():
+            return torch.load(cache, map_location="cpu", weights_only=True)["features"].float()
+        features = self._encode(images, pre_transform, batch_size, num_workers, show_progress)
+        # stored in the dtype the backbone produced (bf16 on a GPU): lossless, and a second call
+        # returns exactly what the first did
+        with atomic_open(cache, "wb") as handle:
+            torch.save({"features": features, "dataset": images.name, "split": images.split,
+                        "weights": self.weights, "checkpoint": self.checkpoint_sha256,
+                        "tag": tag}, handle)
+        return features.float()
+
+    @torch.inference_mode()
+    def _encode(self, images: ImageSet, pre_transform: PreTransform | None, batch_size: int,
+                num_workers: int | None, show_progress: bool) -> torch.Tensor:
+        workers = min(MAX_WORKERS, os.cpu_count() or 1) if num_workers is None else num_workers
+        on_gpu = self.device.type == "cuda"
+        loader = DataLoader(_Decoded(images, self.transform, pre_transform), batch_size=batch_size,
+                            num_workers=workers, collate_fn=_collate, pin_memory=on_gpu,
+                            persistent_workers=False)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+        console = Console(stderr=True)
+        features, start = None, 0
+        with Progress(console=console, transient=True,
+                      disable=not (show_progress and console.is_terminal)) as progress:
+            task = progress.add_task(f"encoding {images.name}/{images.split} "
+                                     f"({self.weights})", total=len(images))
+            for batch in loader:
+                if isinstance(batch, str):
+                    raise DatasetError(batch)
+                batch = batch.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    out = self.backbone(batch).flatten(1)
+                if features is None:
+                    features = torch.empty(len(images), out.shape[1], dtype=out.dtype)
+                features[start:start + len(out)] = out.cpu()
+                start += len(out)
+                progress.advance(task, len(out))
+        return features

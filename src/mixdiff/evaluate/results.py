@@ -1,0 +1,104 @@
+"""What an offline evaluation reports: the accuracy metrics, and the result file every `mixdiff
+eval` command writes to RUN/eval/<command>/<name>.json (the only thing `mixdiff report` reads)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+import mixdiff
+from mixdiff.io import atomic_write_text
+from mixdiff.runs import RunDir
+
+# every result file holds at least these keys (see the evaluation contract)
+REQUIRED = ("command", "protocol", "online", "dataset", "split", "classes", "images", "top1",
+            "metric", "value", "weights", "checkpoint", "settings", "details")
+
+
+# --- metrics: fractions in [0, 1] ----------------------------------------------------------------
+def topk_accuracy(scores: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Fraction of rows whose label is among the k highest scores."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return (top == labels.to(top.device)[:, None]).any(dim=1).float().mean().item()
+
+
+def top1_accuracy(scores: Tensor, labels: Tensor) -> float:
+    return topk_accuracy(scores, labels, 1)
+
+
+def mean_per_class_accuracy(scores: Tensor, labels: Tensor) -> float:
+    """The mean over the classes present in `labels` of each class's top-1 recall."""
+    labels = labels.to(scores.device)
+    correct = (scores.argmax(dim=1) == labels).float()
+    present = labels.unique()
+    return torch.stack([correct[labels == c].mean() for c in present]).mean().item()
+
+
+# metric name in results -> how it is computed from (scores, labels)
+METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
+    "top1": top1_accuracy,
+    "mean_per_class_accuracy": mean_per_class_accuracy,
+}
+
+TOP5_MIN_CLASSES = 6  # top-5 of 5 classes or fewer is 1 by construction: not reported
+
+
+def accuracies(scores: Tensor, labels: Tensor) -> dict[str, float]:
+    """top1, and top5 where it means something."""
+    found = {"top1": topk_accuracy(scores, labels, 1)}
+    if scores.shape[1] >= TOP5_MIN_CLASSES:
+        found["top5"] = topk_accuracy(scores, labels, 5)
+    return found
+
+
+# --- result files --------------------------------------------------------------------------------
+def checkpoint_record(path: str | Path, sha256: str, epoch: int, global_step: int) -> dict:
+    return {"path": str(path), "sha256": sha256, "epoch": epoch, "global_step": global_step}
+
+
+def result_name(dataset: str, weights: str, default_weights: str, name: str | None = None) -> str:
+    """The file name of a result: the dataset, with the weights appended when they are not the
+    run's default (so a DINO run's student probe does not overwrite its teacher probe)."""
+    if name:
+        return name
+    return dataset if weights == default_weights else f"{dataset}-{weights}"
+
+
+def write_result(run: RunDir, command: str, name: str, result: dict) -> Path:
+    """Write RUN/eval/<command>/<name>.json atomically, adding the run, the version and the time."""
+    missing = [key for key in REQUIRED if key not in result]
+    if missing:
+        raise ValueError(f"a {command} result lacks {missing}")  # a bug, not a user error
+    record = {**result, "command": command, "run": str(run.root),
+              "mixdiff_version": mixdiff.__version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = run.eval_result(command, name)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_result(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def print_table(results: list[dict], console: Console | None = None) -> None:
+    """A short table on stderr: one row per result."""
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("run", "command", "dataset", "split", "classes", "images", "metric", "value",
+                   "top5", "weights"):
+        table.add_column(column, justify="right" if column in ("classes", "images", "value",
+                                                               "top5") else "left")
+    for r in results:
+        top5 = f"{r['top5']:.2%}" if "top5" in r else "-"
+        table.add_row(Path(r.get("run", "")).name, r.get("command", ""), r["dataset"], r["split"],
+                      str(r["classes"]), str(r["images"]), r["metric"], f"{r['value']:.2%}", top5,
+                      r["weights"])
+    table.caption = "\n".join(dict.fromkeys(f"{r['dataset']}: {r['protocol']}" for r in results))
+    (console or Console(stderr=True)).print(table)

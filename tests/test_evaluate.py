@@ -1,0 +1,287 @@
+"""Offline evaluation core: frozen features and their cache, kNN, the L-BFGS linear probe, result
+files, probes. Real tiny runs of `mixdiff pretrain`, real image trees on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mixdiff.config import load_config
+from mixdiff.errors import DatasetError, MixDiffError, RunDirError
+from mixdiff.evaluate.features import Encoder, ImageSet, labelled_sets
+from mixdiff.evaluate.knn import knn_accuracy, knn_eval, weighted_knn_votes
+from mixdiff.evaluate.linear import LinearProbe, linear_eval, load_probe
+from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
+from mixdiff.evaluate.results import REQUIRED, mean_per_class_accuracy, write_result
+from mixdiff.runs import RunDir
+from mixdiff.train import pretrain
+
+from conftest import make_tree, tiny_overrides
+
+DINO = {"method": "dino", "augment.recipe": "dino"}
+
+
+@pytest.fixture(scope="session")
+def eval_runs(tiny_data, tmp_path_factory):
+    """A DINO run and a SimCLR run (one epoch each), and a toy train/val pair of trees."""
+    base = tmp_path_factory.mktemp("eval")
+    runs = {name: pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), base / name)
+            for name, extra in (("dino", DINO), ("simclr", {}))}
+    toy = {"train": make_tree(base / "toy" / "train", 8, seed=10),
+           "val": make_tree(base / "toy" / "val", 6, seed=11)}
+    return {**runs, **toy}
+
+
+def _forward_counter(encoder: Encoder) -> list[int]:
+    calls = [0]
+    encoder.backbone.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+# --- image sets ----------------------------------------------------------------------------------
+def test_image_set_from_tree_names_and_labels(eval_runs):
+    images = ImageSet.from_tree(eval_runs["val"])
+    assert (images.name, images.split) == ("toy", "val")
+    assert images.classes == ("circle", "square", "stripes")
+    assert images.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert all(p.endswith(".png") for p in images.paths)
+
+
+def test_train_and_val_trees_must_share_classes(eval_runs, tmp_path):
+    other = make_tree(tmp_path / "toy" / "val", 1, classes=("circle", "square", "dots"))
+    with pytest.raises(DatasetError, match=r"only in the train tree: \['stripes'\], only in the "
+                                           r"val tree: \['dots'\]"):
+        labelled_sets(eval_runs["train"], other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found under .*empty"):
+        labelled_sets(eval_runs["train"], tmp_path / "empty")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "a.png")
+    with pytest.raises(DatasetError, match="expected class folders"):
+        labelled_sets(flat, eval_runs["val"])
+
+
+# --- the encoder -------------------------------------------------------------------------------
+def test_dino_defaults_to_the_teacher_and_loads_its_weights(eval_runs):
+    state = torch.load(eval_runs["dino"] / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"]
+    for weights, prefix in (("teacher", "teacher_backbone."), ("student", "backbone.")):
+        encoder = Encoder.from_run(eval_runs["dino"], weights=None if weights == "teacher"
+                                   else weights, device="cpu")
+        assert encoder.weights == weights and encoder.default_weights == "teacher"
+        for key, value in encoder.backbone.state_dict().items():
+            assert torch.equal(value, state[prefix + key]), key
+    # the EMA teacher has moved less than the student: they differ
+    assert not torch.equal(state["backbone.conv1.weight"], state["teacher_backbone.conv1.weight"])
+    simclr = Encoder.from_run(eval_runs["simclr"])
+    assert simclr.weights == simclr.default_weights == "student"
+    saved = torch.load(eval_runs["simclr"] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert simclr.checkpoint_record()["epoch"] == saved["epoch"]
+    assert simclr.checkpoint_record()["global_step"] == saved["global_step"] > 0
+
+
+def test_encoder_errors_are_one_line(eval_runs, tmp_path):
+    with pytest.raises(RunDirError, match="has no teacher weights .*method=simclr.*--weights "
+                                          "student"):
+        Encoder.from_run(eval_runs["simclr"], weights="teacher")
+    with pytest.raises(MixDiffError, match="--weights 'ema'"):
+        Encoder.from_run(eval_runs["dino"], weights="ema")
+    with pytest.raises(RunDirError, match="not a `mixdiff pretrain` run folder"):
+        Encoder.from_run(tmp_path)
+    shutil.copy(eval_runs["simclr"] / "config.yaml", tmp_path / "config.yaml")
+    with pytest.raises(RunDirError, match="has no checkpoints/last.ckpt yet"):
+        Encoder.from_run(tmp_path)
+
+
+def test_feature_cache_hits_and_invalidates(eval_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["dino"], run, ignore=shutil.ignore_patterns("eval", "cache"))
+    images = ImageSet.from_tree(make_tree(tmp_path / "set" / "test", 2, seed=5))
+    encoder = Encoder.from_run(run)
+    calls = _forward_counter(encoder)
+    first = encoder.encode(images, num_workers=0, batch_size=4)
+    assert first.shape == (6, encoder.feature_dim) and first.dtype == torch.float32
+    assert calls[0] == 2  # 6 images in batches of 4
+    again = encoder.encode(images, num_workers=0, batch_size=4)
+    assert calls[0] == 2 and torch.equal(first, again)  # read from the cache
+    assert len(list((run / "cache" / "features").glob("*.pt"))) == 1
+    # a changed input is encoded again: a tag, other weights, a changed file, another checkpoint
+    encoder.encode(images, pre_transform=lambda image, i: image.rotate(90), tag="rot90",
+                   num_workers=0)
+    assert calls[0] == 3
+    student = Encoder.from_run(run, weights="student")
+    student_calls = _forward_counter(student)
+    student.encode(images, num_workers=0)
+    assert student_calls[0] == 1
+    Image.new("RGB", (24, 24), "red").save(images.paths[0])
+    changed = encoder.encode(images, num_workers=0)
+    assert calls[0] == 4 and not torch.equal(changed[0], first[0])
+    assert torch.equal(changed[1:], first[1:])
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["state_dict"]["teacher_backbone.conv1.weight"] += 0.1
+    torch.save(saved, checkpoint)
+    retrained = Encoder.from_run(run)
+    retrained_calls = _forward_counter(retrained)
+    retrained.encode(images, num_workers=0)
+    assert retrained_calls[0] == 1
+    assert len(list((run / "cache" / "features").glob("*.pt"))) == 5
+
+
+def test_encoding_in_loader_workers_matches_and_names_a_broken_image(eval_runs, tmp_path):
+    root = make_tree(tmp_path / "set" / "test", 2, seed=6)
+    images = ImageSet.from_tree(root)
+    encoder = Encoder.from_run(eval_runs["simclr"])
+    inline = encoder._encode(images, None, 4, 0, False)
+    assert torch.equal(encoder._encode(images, None, 4, 2, False), inline)
+    (root / "square" / "img00.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"cannot read image .*square/img00\.png"):
+        encoder.encode(ImageSet.from_tree(root), num_workers=2)
+
+
+# --- kNN -------------------------------------------------------------------------------------------
+def test_knn_votes_for_several_k_in_one_pass():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    queries = torch.tensor([[1.0, 0.05], [0.05, 1.0]])
+    votes = weighted_knn_votes(bank, labels, queries, 3, ks=(1, 3, 5), temperature=0.1)
+    assert votes[1].argmax(1).tolist() == [0, 1]
+    for k in (1, 3, 5):  # each k equals a search with that k alone
+        alone = weighted_knn_votes(bank, labels, queries, 3, ks=(k,), temperature=0.1)[k]
+        assert torch.allclose(votes[k], alone)
+    # k=1 votes only for the nearest neighbour's class; k=5 for all of them
+    assert (votes[1] > 0).sum().item() == 2 and (votes[5] > 0).all()
+    assert knn_accuracy(bank, labels, queries, torch.tensor([0, 1]), 3, k=3) == 1.0
+
+
+# --- the L-BFGS weight-decay sweep --------------------------------------------------------------
+def _sweep(x, y, x_val, y_val, classes, settings=LogisticSettings()):
+    fit, held = stratified_holdout(y.numpy(), settings.heldout_fraction)
+    fitted = select_and_fit(x[fit], y[fit], x[held], y[held], x, y, classes, "top1", settings,
+                            torch.device("cpu"))
+    top1 = (fitted.classifier.logits(x_val).argmax(1) == y_val).float().mean().item()
+    return fitted, top1
+
+
+def test_sweep_picks_heavy_decay_for_few_noisy_samples_and_light_for_many_clean():
+    gen = torch.Generator().manual_seed(0)
+    # two Gaussian classes whose means differ a little along every one of 500 dimensions, 400
+    # samples: light decay fits the noise; heavy decay tends to the class-mean difference, the
+    # best direction here
+    shift = torch.full((500,), 1.2 / 500 ** 0.5)
+
+    def noisy(n):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        return torch.randn(n, 500, generator=gen) + shift * (2 * y - 1)[:, None], y
+    x, y = noisy(400)
+    x_val, y_val = noisy(2000)
+    fitted, top1 = _sweep(x, y, x_val, y_val, 2)
+    assert fitted.sweep.best_weight_decay >= 0.3, fitted.sweep.record()
+    light = _sweep(x, y, x_val, y_val, 2, LogisticSettings(grid_log10=(-6, -6, 1)))[1]
+    assert top1 > light + 0.03, (top1, light)
+    # many samples, few dimensions, labels a deterministic linear function: the lighter the
+    # decay the sharper the boundary
+    w = torch.randn(10, 5, generator=gen)
+
+    def clean(n):
+        x = torch.randn(n, 10, generator=gen)
+        return x, (x @ w).argmax(1)
+    fitted, top1 = _sweep(*clean(3000), *clean(2000), 5)
+    assert fitted.sweep.best_weight_decay <= 1e-3, fitted.sweep.record()
+    assert top1 > 0.97
+    scores = [p.score for p in fitted.sweep.points]
+    assert scores[0] < 0.5 < scores[-1]  # heaviest first: near-constant logits
+
+
+def test_stratified_holdout_is_seeded_and_keeps_every_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2 + [3])
+    fit, held = stratified_holdout(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(18))
+    assert np.bincount(labels[held], minlength=4).tolist() == [2, 1, 1, 0]
+    assert np.array_equal(held, stratified_holdout(labels, 0.2, seed=0)[1])
+    assert not np.array_equal(held, stratified_holdout(labels, 0.2, seed=1)[1])
+
+
+def test_mean_per_class_accuracy_weights_classes_equally():
+    scores = torch.eye(3)[[0, 0, 0, 0, 1, 0]]  # predicts 0,0,0,0,1,0
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    assert mean_per_class_accuracy(scores, labels) == pytest.approx((1 + 1 + 0) / 3)
+
+
+# --- end to end on a run -------------------------------------------------------------------------
+def test_knn_and_linear_probe_are_well_above_chance(eval_runs):
+    run = RunDir(eval_runs["dino"])
+    train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
+    encoder = Encoder.from_run(run)
+    knn = knn_eval(encoder, train, val, ks=(5, 20), num_workers=0)
+    linear = linear_eval(encoder, train, val, num_workers=0)
+    chance = 1 / 3
+    assert knn["top1"] >= 0.7 > chance and linear["top1"] >= 0.7, (knn, linear)
+    for command, result in (("knn", knn), ("linear", linear)):
+        saved = json.loads(run.eval_result(command, "toy").read_text())
+        assert set(REQUIRED) <= set(saved) and saved["online"] is False
+        assert (saved["dataset"], saved["split"], saved["classes"], saved["images"]) == \
+            ("toy", "val", 3, 18)
+        assert saved["weights"] == "teacher" and saved["value"] == saved["top1"]
+        assert saved["checkpoint"]["sha256"] == encoder.checkpoint_sha256
+        assert "top5" not in saved  # 3 classes: top-5 means nothing
+    assert set(knn["details"]["per_k"]) == {"5", "20"}
+    assert knn["top1"] == knn["details"]["per_k"]["5"]["top1"]
+    points = linear["details"]["weight_decay_sweep"]["points"]
+    assert linear["details"]["weight_decay"] in [p["weight_decay"] for p in points]
+    # the saved probe reproduces the score, and a second call gives the same numbers
+    probe = load_probe(run, "toy", "teacher")
+    assert probe.classes == train.classes and probe.dataset == "toy"
+    features = encoder.encode(val, num_workers=0)
+    top1 = (probe.logits(features).argmax(1).numpy() == val.labels).mean()
+    assert top1 == pytest.approx(linear["top1"])
+    assert linear_eval(encoder, train, val, num_workers=0)["top1"] == linear["top1"]
+
+
+def test_load_probe_refuses_other_weights_checkpoints_and_ambiguity(eval_runs, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(eval_runs["dino"], run.root, ignore=shutil.ignore_patterns("eval", "cache"))
+    with pytest.raises(RunDirError, match=r"no linear probe: run `mixdiff eval linear --run"):
+        load_probe(run)
+    train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
+    student = Encoder.from_run(run, weights="student")
+    linear_eval(student, train, val, num_workers=0)
+    assert run.probe("toy-student").is_file()  # not the default weights: its own name
+    with pytest.raises(RunDirError, match="fitted on the student weights, not the teacher"):
+        load_probe(run, "toy-student", weights="teacher")
+    linear_eval(Encoder.from_run(run), train, val, num_workers=0)
+    with pytest.raises(RunDirError, match=r"2 linear probes \(toy-student, toy\).*--probe"):
+        load_probe(run)
+    assert load_probe(run, "toy").weights == "teacher"
+    saved = torch.load(run.last_checkpoint, weights_only=False)
+    saved["global_step"] += 1
+    torch.save(saved, run.last_checkpoint)
+    with pytest.raises(RunDirError, match="another checkpoint .* fit it again"):
+        load_probe(run, "toy")
+
+
+def test_probe_round_trips(tmp_path):
+    probe = LinearProbe(torch.randn(3, 4), torch.randn(3), torch.randn(4), torch.rand(4) + 0.5,
+                        ("a", "b", "c"), 1e-3, "toy", "student", "ab" * 32, {"k": [1, 2]})
+    probe.save(tmp_path / "p.probe.pt")
+    loaded = LinearProbe.load(tmp_path / "p.probe.pt")
+    x = torch.randn(5, 4)
+    assert torch.equal(loaded.logits(x), probe.logits(x)) and loaded.classes == probe.classes
+    assert loaded.settings == {"k": [1, 2]}
+
+
+def test_write_result_checks_fields_and_stamps(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(ValueError, match="lacks"):
+        write_result(run, "knn", "x", {"top1": 0.5})
+    result = {key: 0 for key in REQUIRED}
+    path = write_result(run, "knn", "x", result)
+    saved = json.loads(path.read_text())
+    assert path == tmp_path / "eval" / "knn" / "x.json"
+    assert saved["mixdiff_version"] and saved["created"].endswith("+00:00")
