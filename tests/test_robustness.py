@@ -225,3 +225,190 @@ def test_vizwiz_layout_and_annotation_errors(tmp_path):
     (root / "images" / "VizWiz_test_00000003.jpg").unlink()
     with pytest.raises(MixDiffError, match="1 of the 6 images in annotations.json are missing"):
         read_vizwiz(root)
+
+
+# ------------------------------------------------------------------ end to end, through the CLI
+WNIDS = ("n02701002", "n04099969", "n07753592")  # ambulance 407, rocking chair 765, banana 954
+
+
+@pytest.fixture(scope="session")
+def wnid_run(tmp_path_factory):
+    """A tiny real run whose class folders are wnids, with its linear probe (`eval linear`)."""
+    from mixdiff.config import load_config
+    from mixdiff.evaluate.features import Encoder, labelled_sets
+    from mixdiff.evaluate.linear import linear_eval
+    from mixdiff.train import pretrain
+    from conftest import make_tree, tiny_overrides
+
+    base = tmp_path_factory.mktemp("wnid-run")
+    data = {"real": make_tree(base / "real", classes=WNIDS),
+            "syn0": make_tree(base / "syn0", ext=".jpg", seed=1, classes=WNIDS),
+            "syn1": make_tree(base / "syn1", seed=2, classes=WNIDS),
+            "val": make_tree(base / "val", 3, seed=3, classes=WNIDS)}
+    run = base / "run"
+    pretrain(load_config(None, tiny_overrides(data)), run)
+    train, val = labelled_sets(data["real"], data["val"], name="tiny-imagenet")
+    linear_eval(Encoder.from_run(run, device="cpu"), train, val, num_workers=0,
+                show_progress=False)
+    return run, data
+
+
+def run_suite(run: Path, suite: str, root: Path, *extra: str):
+    from typer.testing import CliRunner
+
+    from mixdiff.cli import app
+    return CliRunner().invoke(app, ["eval", "robustness", "--run", str(run), "--suite", suite,
+                                    "--root", str(root), "--device", "cpu", "--num-workers", "0",
+                                    *extra])
+
+
+def cached_tags(run: Path) -> list[str]:
+    return sorted(torch.load(p, weights_only=True)["tag"]
+                  for p in (run / "cache" / "features").glob("*.pt"))
+
+
+def read_result(run: Path, name: str) -> dict:
+    return json.loads((run / "eval" / "robustness" / f"{name}.json").read_text())
+
+
+def test_cli_imagenet_r_scores_the_shared_classes_and_lists_unknown_folders(wnid_run, tmp_path):
+    from conftest import make_tree
+
+    run, _ = wnid_run
+    # ambulance and banana are ImageNet-R classes; rocking chair is not but the run has it;
+    # goldfish is an ImageNet-R class the run lacks; n99999999 and misc are neither
+    root = make_tree(tmp_path / "imagenet-r", 2, classes=WNIDS + ("n01443537", "n99999999", "misc"))
+    result = run_suite(run, "imagenet-r", root)
+    assert result.exit_code == 0, result.output
+    assert "n99999999 (2 images)" in result.output and "misc (2 images)" in result.output
+    saved = read_result(run, "imagenet-r")
+    assert saved["command"] == "robustness" and saved["dataset"] == "imagenet-r"
+    assert saved["online"] is False and saved["split"] == "test"
+    assert saved["classes"] == 3 and saved["images"] == 6 and "top5" not in saved
+    assert 0 <= saved["top1"] <= 1 and saved["value"] == saved["top1"]
+    assert saved["weights"] == "student" and len(saved["checkpoint"]["sha256"]) == 64
+    assert saved["details"]["unknown_folders"] == {"misc": 2, "n99999999": 2}
+    assert saved["details"]["classes_outside_probe"] == 1 and saved["details"]["logits"] == 3
+    assert saved["settings"]["probe"] == "tiny-imagenet"
+    assert "3 classes the probe shares" in saved["protocol"]
+
+    tags = cached_tags(run)
+    again = run_suite(run, "imagenet-r", root, "--run", str(run))  # two runs: one table
+    assert again.exit_code == 0, again.output
+    assert cached_tags(run) == tags  # the features came from the cache
+    assert read_result(run, "imagenet-r")["top1"] == saved["top1"]
+
+
+def test_cli_objectnet_groups_and_border_crop(wnid_run, tmp_path):
+    from conftest import make_tree
+
+    run, _ = wnid_run
+    images = make_tree(tmp_path / "objectnet-1.0" / "images", 2,
+                       classes=("chair", "banana", "alarm_clock"))
+    for path in images.rglob("*.png"):  # ObjectNet's 1-pixel border
+        framed = Image.open(path).convert("RGB")
+        framed.paste((255, 0, 0), (0, 0, framed.width, 1))
+        framed.save(path)
+    result = run_suite(run, "objectnet", tmp_path / "objectnet-1.0")
+    assert result.exit_code == 0, result.output
+    saved = read_result(run, "objectnet")
+    # Chair (via rocking chair) and Banana are scored; Alarm clock's clocks are not run classes
+    assert saved["classes"] == 2 and saved["images"] == 4
+    assert saved["details"]["classes_scored"] == ["Banana", "Chair"]
+    assert saved["details"]["logits"] == 2 and saved["details"]["masked"] is True
+
+    # the cached features are those of the images without their border
+    from mixdiff.evaluate.features import Encoder, ImageSet
+
+    cache = next(torch.load(p, weights_only=True) for p in (run / "cache" / "features").glob("*.pt")
+                 if torch.load(p, weights_only=True)["tag"] == "objectnet-border-crop")
+    scored = [images / c / f"img{i:02d}.png" for c in ("banana", "chair") for i in range(2)]
+    cropped = []
+    for path in scored:
+        framed = Image.open(path)
+        cropped.append(tmp_path / f"cropped-{path.parent.name}-{path.name}")
+        framed.crop((1, 1, framed.width - 1, framed.height - 1)).save(cropped[-1])
+    encoder = Encoder.from_run(run, device="cpu")
+
+    def encode(paths, name):
+        image_set = ImageSet(name, "test", tuple(map(str, paths)), np.full(4, -1), ())
+        return encoder.encode(image_set, num_workers=0, show_progress=False)
+
+    assert torch.allclose(cache["features"].float(), encode(cropped, "cropped"), atol=1e-5)
+    assert not torch.allclose(cache["features"].float(), encode(scored, "framed"), atol=1e-5)
+
+
+def test_cli_wrong_layout_is_one_clear_line(wnid_run, tmp_path):
+    from conftest import make_tree
+
+    run, _ = wnid_run
+    result = run_suite(run, "imagenet-v2", make_tree(tmp_path / "sketch", 1, classes=WNIDS))
+    assert result.exit_code == 2
+    assert "--suite imagenet-v2 expects one folder per class named by its IN-1k index" in \
+        result.output and "3 folders named by ImageNet wnid" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_vizwiz_writes_the_server_file(wnid_run, tmp_path):
+    run, _ = wnid_run
+    root = tmp_path / "dataset"
+    write_vizwiz(root, None)
+    categories = [{"id": i, "wordnet_id": IN1K[i]} for i in (407, 409, 765, 954)]
+    names = json.loads((root / "annotations.json").read_text())["images"]
+    (root / "annotations.json").write_text(json.dumps({"categories": categories, "images": names}))
+
+    public = run_suite(run, "vizwiz", root)  # no labels: the file for the server only
+    assert public.exit_code == 0, public.output and "no result file written" in public.output
+    assert not (run / "eval" / "robustness" / "vizwiz.json").exists()
+    server_file = run / "eval" / "robustness" / "vizwiz" / "evalai_predictions.json"
+    entries = json.loads(server_file.read_text())
+    assert [name for name, _ in entries] == names
+    assert {index for _, index in entries} <= {407, 765, 954}  # 409 is not a run class
+
+    (root / "labels.json").write_text(json.dumps({names[0]: [407, 409], names[1]: [954],
+                                                  names[2]: [409]}))
+    labelled = run_suite(run, "vizwiz", root)
+    assert labelled.exit_code == 0, labelled.output
+    saved = read_result(run, "vizwiz")
+    # image 2's only label (409) is no run class: 2 images scored, with labels of 2 classes,
+    # predicted among the 3 categories the run has
+    assert saved["images"] == 2 and saved["classes"] == 2 and saved["details"]["logits"] == 3
+    assert saved["details"]["images_predicted"] == 6
+    assert saved["details"]["prediction_file"] == str(server_file)
+    predicted = dict(map(tuple, json.loads(server_file.read_text())))
+    by_hand = ((predicted[names[0]] in (407, 409)) + (predicted[names[1]] == 954)) / 2
+    assert saved["top1"] == by_hand
+
+
+def test_cli_corruptions_grid_is_deterministic_and_cached(wnid_run):
+    from mixdiff.evaluate.features import Encoder
+    from mixdiff.evaluate.robustness import CorruptionView, eval_geometry
+
+    run, data = wnid_run
+    before = cached_tags(run)
+    args = ("--corruptions", "gaussian_noise,pixelate,sketch", "--severities", "1,5")
+    result = run_suite(run, "corruptions", data["val"], *args)
+    assert result.exit_code == 0, result.output
+    saved = read_result(run, "corruptions")
+    grid = saved["details"]["top1_by_corruption"]
+    assert grid.keys() == {"gaussian_noise", "pixelate", "sketch"}
+    assert grid["gaussian_noise"].keys() == {"1", "5"} and grid["sketch"].keys() == {"single"}
+    by_hand = np.mean([np.mean(list(v.values())) for v in grid.values()])
+    assert saved["top1"] == pytest.approx(by_hand) and 0 <= saved["details"]["clean_top1"] <= 1
+    assert saved["images"] == 9 and saved["classes"] == 3 and saved["dataset"] == "corruptions"
+    assert saved["settings"]["pixel_scale"] == pytest.approx(16 / 224)
+    # one encoding per (corruption, severity); the clean images reuse `eval linear`'s features
+    added = sorted(set(cached_tags(run)) - set(before))
+    assert added == sorted(f"corruption-v1/{c}/{s}" for c, s in [
+        ("gaussian_noise", 1), ("gaussian_noise", 5), ("pixelate", 1), ("pixelate", 5),
+        ("sketch", 0)])
+    again = run_suite(run, "corruptions", data["val"], *args)
+    assert again.exit_code == 0 and read_result(run, "corruptions")["details"] == saved["details"]
+
+    # the same image, corruption and severity give the same pixels, whatever else is evaluated
+    resize, crop = eval_geometry(Encoder.from_run(run, device="cpu").transform)
+    image = Image.open(next(data["val"].rglob("*.png"))).convert("RGB")
+    view = CorruptionView("gaussian_noise", 3, ("a/img.png", "b/img.png"), resize, crop / 224)
+    assert view(image, 0).tobytes() == view(image, 0).tobytes()
+    assert view(image, 0).tobytes() != view(image, 1).tobytes()  # another image, other noise
+    assert view(image, 0).size == (18, 18)  # resized as the run's transform does, not cropped

@@ -1,1 +1,86 @@
-"""`mixdiff robustness`."""
+"""`mixdiff eval robustness`: the distribution-shift suites and the on-the-fly corruptions."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mixdiff.cli._app import console, fail
+from mixdiff.cli.evaluate import eval_app
+from mixdiff.errors import MixDiffError
+from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
+from mixdiff.evaluate.robustness import SUITES
+
+SuiteName = Enum("SuiteName", {name: name for name in SUITES}, type=str)
+
+HELP = (
+    "Score runs' saved linear probes on a distribution-shift suite, read in its own layout. "
+    "The probe comes from `mixdiff eval linear`; a probe of some ImageNet classes (ImageNet-100) "
+    "is scored on the classes it shares with the suite. Writes RUN/eval/robustness/SUITE.json."
+    "\n\n" + "\n\n".join(f"{s.name}: {s.summary}." for s in SUITES.values()))
+
+
+@eval_app.command("robustness", help=HELP)
+def robustness(
+    runs: List[Path] = typer.Option(..., "--run", help="A `mixdiff pretrain` run folder with a "
+                                    "linear probe (repeat --run for several)."),
+    suite: SuiteName = typer.Option(..., "--suite", help="The test set (see above)."),
+    root: Path = typer.Option(..., "--root", help="The suite's folder, in its own layout."),
+    probe: Optional[str] = typer.Option(None, "--probe", help="The probe to use when a run has "
+                                        "several (the dataset it was fitted on)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="student | teacher (default: "
+                                          "teacher for DINO runs, else student)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: "
+                                         "the GPU when there is one)."),
+    corruptions: Optional[str] = typer.Option(
+        None, "--corruptions", help=f"--suite corruptions: a comma-separated subset of "
+        f"{', '.join(CORRUPTIONS)} (default: all)."),
+    severities: str = typer.Option(",".join(map(str, SEVERITIES)), "--severities",
+                                   help="--suite corruptions: the severities to run."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per encoding batch."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Image decoding "
+                                              "processes (default: up to 8)."),
+) -> None:
+    from mixdiff.evaluate.features import Encoder
+    from mixdiff.evaluate.linear import load_probe
+    from mixdiff.evaluate.results import print_table, result_name, write_result
+    from mixdiff.evaluate.robustness import (EncodeOptions, evaluate_suite, parse_corruptions,
+                                             parse_severities, prediction_file_path,
+                                             selection_notes)
+    from mixdiff.io import atomic_write_text
+
+    try:
+        spec = SUITES[suite.value]
+        chosen, levels = parse_corruptions(corruptions), parse_severities(severities)
+        images = spec.scan(root)
+        options = EncodeOptions(batch_size, num_workers)
+        results = []
+        for run in runs:
+            encoder = Encoder.from_run(run, weights, device)
+            fitted = load_probe(encoder.run, probe, encoder.weights, encoder.checkpoint_sha256)
+            outcome = evaluate_suite(spec, images, encoder, fitted, chosen, levels, options)
+            for note in selection_notes(images, outcome.selection):
+                console.print(f"[yellow]{run}:[/] {note}", highlight=False)
+            name = result_name(spec.name, encoder.weights, encoder.default_weights)
+            if outcome.prediction_file is not None:
+                path = prediction_file_path(encoder.run, name)
+                atomic_write_text(path, json.dumps(outcome.prediction_file) + "\n")
+                console.print(f"{run}: prediction file for the VizWiz-Classification server "
+                              f"(EvalAI): {path}", highlight=False)
+            if outcome.result is None:
+                console.print(f"{run}: {images.root} has no labels (the public annotations "
+                              "withhold them): upload the prediction file to be scored; no "
+                              "result file written", highlight=False)
+                continue
+            if outcome.prediction_file is not None:
+                outcome.result["details"]["prediction_file"] = str(path)
+            write_result(encoder.run, "robustness", name, outcome.result)
+            results.append({**outcome.result, "run": str(encoder.run.root)})
+    except MixDiffError as exc:
+        fail(exc)
+    if results:
+        print_table(results)

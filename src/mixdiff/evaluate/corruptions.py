@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
-from scipy import ndimage
 
 from mixdiff.errors import ConfigError
+
+# scipy.ndimage and matplotlib.colors are imported where they are used: the registry below (the
+# CLI's help lists it) loads without them.
 
 SEVERITIES = (1, 2, 3, 4, 5)
 VERSION = 1  # bump when any corruption's pixels change: it is in the feature cache's tag
@@ -76,6 +77,8 @@ def _gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
 def defocus_kernel(radius: float, alias_blur: float, alias_size: int) -> np.ndarray:
     """ImageNet-C's `disk`: a flat disk of `radius` px, smoothed by a small Gaussian (OpenCV's
     GaussianBlur with `alias_size` taps and sigma `alias_blur`, reflect-101 borders)."""
+    from scipy import ndimage
+
     half = math.ceil(radius) + alias_size // 2  # room for the smoothing to spread
     offsets = np.arange(-half, half + 1)
     xx, yy = np.meshgrid(offsets, offsets)
@@ -88,6 +91,8 @@ def defocus_kernel(radius: float, alias_blur: float, alias_size: int) -> np.ndar
 
 
 def defocus_blur(x: np.ndarray, severity: int, rng: np.random.Generator, scale: float) -> np.ndarray:
+    from scipy import ndimage
+
     radius, alias_blur = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))[severity - 1]  # ImageNet-C
     alias_size = 3 if radius <= 8 else 5  # ImageNet-C: 3 x 3 smoothing up to radius 8
     kernel = defocus_kernel(radius * scale, alias_blur, alias_size)
@@ -120,6 +125,8 @@ def motion_blur(x: np.ndarray, severity: int, rng: np.random.Generator, scale: f
 def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
     """ImageNet-C's clipped_zoom (for any aspect ratio): enlarge the centre by `factor` (linear
     interpolation) and cut it back to the image's size."""
+    from scipy import ndimage
+
     height, width = x.shape[:2]
     crop_h, crop_w = math.ceil(height / factor), math.ceil(width / factor)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
@@ -142,6 +149,8 @@ def contrast(x: np.ndarray, severity: int, rng: np.random.Generator, scale: floa
 
 
 def brightness(x: np.ndarray, severity: int, rng: np.random.Generator, scale: float) -> np.ndarray:
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
     shift = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]  # ImageNet-C: added to HSV value
     hsv = rgb_to_hsv(x)
     hsv[..., 2] = np.clip(hsv[..., 2] + shift, 0, 1)
@@ -150,6 +159,8 @@ def brightness(x: np.ndarray, severity: int, rng: np.random.Generator, scale: fl
 
 def saturate(x: np.ndarray, severity: int, rng: np.random.Generator, scale: float) -> np.ndarray:
     """Severities 1-2 wash the colours out, 3-5 oversaturate them (ImageNet-C's extra corruption)."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
     factor, shift = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[severity - 1]  # ImageNet-C
     hsv = rgb_to_hsv(x)
     hsv[..., 1] = np.clip(hsv[..., 1] * factor + shift, 0, 1)
@@ -187,6 +198,8 @@ def elastic_transform(x: np.ndarray, severity: int, rng: np.random.Generator, sc
     """A small random affine warp, then a smooth random displacement field. ImageNet-C's constants
     are (field amplitude, field smoothness sigma, affine jitter) in pixels of a 224-px image (its
     comment: "244 should have been 224, but ultimately nothing is incorrect")."""
+    from scipy import ndimage
+
     amplitude, smoothness, jitter = (
         (244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2),
         (244 * 0.05, 244 * 0.01, 244 * 0.02), (244 * 0.07, 244 * 0.01, 244 * 0.02),
@@ -222,6 +235,8 @@ def elastic_transform(x: np.ndarray, severity: int, rng: np.random.Generator, sc
 def sketch(x: np.ndarray, severity: int, rng: np.random.Generator, scale: float) -> np.ndarray:
     """A pencil drawing: the grey image's gradient magnitude (Gaussian derivatives), strongest
     edges darkest, on white. Deterministic; `severity` and `rng` are unused."""
+    from scipy import ndimage
+
     grey = x @ np.array([0.299, 0.587, 0.114])
     edges = ndimage.gaussian_gradient_magnitude(grey, sigma=max(0.7, 1.5 * scale))
     strongest = np.percentile(edges, 99)

@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import PIL.Image
-import torch
-from torch import Tensor
-from torchvision.transforms import v2
 
 from mixdiff.data.tree import list_images
-from mixdiff.errors import DatasetError, MixDiffError
+from mixdiff.errors import ConfigError, DatasetError, MixDiffError
 from mixdiff.evaluate import corruptions as corruption_lib
 from mixdiff.evaluate import imagenet
+
+if TYPE_CHECKING:  # torch loads only when a suite runs: the CLI's help lists the registry fast
+    from torch import Tensor
+    from torchvision.transforms import v2
+
+    from mixdiff.evaluate.features import Encoder, ImageSet
+    from mixdiff.evaluate.linear import LinearProbe
+    from mixdiff.runs import RunDir
 
 TOP5_MIN_CLASSES = 6  # top-5 among 5 classes or fewer is 1 by construction: not reported
 OBJECTNET_BORDER = 1  # ObjectNet images carry a 1-pixel border; it is cropped before evaluation
@@ -274,7 +279,7 @@ def read_labelled_tree(root: Path) -> SuiteImages:
     for folder in folders:
         relpaths += by_folder[folder]
         labels += [frozenset({folder})] * len(by_folder[folder])
-    return SuiteImages("corruptions", root, "test" if root.name != "val" else "val",
+    return SuiteImages("corruptions", root, root.name,
                        tuple(relpaths), tuple(labels), {f: frozenset({f}) for f in folders},
                        outputs=None, unmapped=frozenset(folders),
                        unknown_folders={"": len(by_folder[""])} if "" in by_folder else {})
@@ -325,17 +330,17 @@ def _no_overlap_message(images: SuiteImages, probe_classes: Sequence[str]) -> st
             f"classes ({shown}, ...): nothing to score")
 
 
-def masked_logits(logits: Tensor, selection: Selection) -> Tensor:
-    """The probe's logits cut to the selection's classes: the others can never be predicted."""
-    return logits[:, torch.from_numpy(selection.probe_index)]
+def masked_logits(logits: Tensor | np.ndarray, selection: Selection) -> np.ndarray:
+    """The probe's logits (a CPU tensor or array, one row per selected image) cut to the
+    selection's classes: the others can never be predicted."""
+    return np.asarray(logits, dtype=np.float64)[:, selection.probe_index]
 
 
-def score(logits: Tensor, selection: Selection, top5: bool = True) -> dict[str, float]:
+def score(logits: Tensor | np.ndarray, selection: Selection, top5: bool = True) -> dict[str, float]:
     """top1 (and top5 where asked and meaningful) of `logits` (len(selection.images), probe
     classes) over the scored images: a prediction is correct when it is one of the targets."""
-    scored = torch.from_numpy(selection.scored)
-    cut = masked_logits(logits, selection)[scored]
-    targets = torch.from_numpy(selection.targets)[scored]
+    cut = masked_logits(logits, selection)[selection.scored]
+    targets = selection.targets[selection.scored]
     if not len(cut):
         raise MixDiffError("no labelled image to score")
     found = {"top1": _topk_hit(cut, targets, 1)}
@@ -344,12 +349,12 @@ def score(logits: Tensor, selection: Selection, top5: bool = True) -> dict[str, 
     return found
 
 
-def _topk_hit(logits: Tensor, targets: Tensor, k: int) -> float:
-    top = logits.topk(k, dim=1).indices
-    return targets.gather(1, top).any(dim=1).float().mean().item()
+def _topk_hit(logits: np.ndarray, targets: np.ndarray, k: int) -> float:
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float(np.take_along_axis(targets, top, axis=1).any(axis=1).mean())
 
 
-def predictions(logits: Tensor, selection: Selection) -> list[str]:
+def predictions(logits: Tensor | np.ndarray, selection: Selection) -> list[str]:
     """The predicted class of each selected image, among the selection's classes."""
     return [selection.classes[j] for j in masked_logits(logits, selection).argmax(1).tolist()]
 
@@ -361,6 +366,33 @@ def vizwiz_prediction_file(images: SuiteImages, selection: Selection, predicted:
     index = imagenet.in1k_index()
     return [[PurePosixPath(images.relpaths[i]).name, index[wnid]]
             for i, wnid in zip(selection.images.tolist(), predicted)]
+
+
+def prediction_file_path(run: RunDir, name: str) -> Path:
+    """RUN/eval/robustness/<name>/evalai_predictions.json: beside the result, one folder down so
+    that it is not taken for a result file (RUN/eval/<command>/<name>.json)."""
+    return run.eval_result("robustness", name).with_suffix("") / "evalai_predictions.json"
+
+
+def selection_notes(images: SuiteImages, selection: Selection) -> list[str]:
+    """What the restriction left out, in words, for the terminal."""
+    notes = []
+    if selection.unknown_folders:
+        listed = ", ".join(f"{folder or '(images directly in the root)'} ({count} images)"
+                           for folder, count in list(selection.unknown_folders.items())[:20])
+        notes.append(f"{images.root}: {len(selection.unknown_folders)} folders are neither "
+                     f"{images.suite} classes nor among the probe's classes and were not scored: "
+                     f"{listed}")
+    if selection.outside_probe:
+        notes.append(f"{images.suite}: scored on the {len(selection.suite_classes)} classes the "
+                     f"probe shares with it, {int(selection.scored.sum())} of its "
+                     f"{len(images.relpaths)} images; {len(selection.outside_probe)} of its "
+                     "classes are not among the probe's")
+    if images.excluded_folders:
+        notes.append(f"{images.suite}: {len(images.excluded_folders)} classes without an ImageNet "
+                     f"counterpart ({sum(images.excluded_folders.values())} images) are left out, "
+                     "as in ObjectNet's ImageNet evaluation")
+    return notes
 
 
 def border_crop(image: PIL.Image.Image, i: int) -> PIL.Image.Image:
@@ -384,7 +416,9 @@ class CorruptionView:
     scale: float  # the model's input side / ImageNet-C's 224
 
     def __call__(self, image: PIL.Image.Image, i: int) -> PIL.Image.Image:
-        tensor = self.resize(v2.functional.pil_to_tensor(image.convert("RGB")))
+        import torch
+
+        tensor = self.resize(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
         seed = corruption_lib.seed_for(self.keys[i], self.corruption, self.severity)
         return corruption_lib.corrupt(tensor.permute(1, 2, 0).numpy(), self.corruption,
                                       self.severity, seed, self.scale)
@@ -396,6 +430,8 @@ class CorruptionView:
 
 def eval_geometry(transform: v2.Compose) -> tuple[v2.Resize, int]:
     """The Resize of a run's evaluation transform and the side of its centre crop."""
+    from torchvision.transforms import v2
+
     resize = next((t for t in transform.transforms if isinstance(t, v2.Resize)), None)
     crop = next((t for t in transform.transforms if isinstance(t, v2.CenterCrop)), None)
     if resize is None or crop is None:
@@ -420,6 +456,10 @@ class Suite:
     top5: bool = True
     imagenet: bool = True  # its classes are ImageNet wnids (the probe must have some)
 
+    def scan(self, root: str | Path) -> SuiteImages:
+        """The suite's images under `root` (made absolute: the feature cache keys on paths)."""
+        return self.read(Path(root).absolute())
+
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("imagenet-v2", "ImageNetV2 (folders 0..999 = IN-1k class index), all probe classes",
@@ -439,3 +479,150 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("corruptions", "any labelled tree of the run's classes, corrupted on the fly after "
           "ImageNet-C (plus a sketch rendering)", read_labelled_tree, top5=False, imagenet=False),
 )}
+
+
+# -------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EncodeOptions:
+    batch_size: int = 256
+    num_workers: int | None = None
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    result: dict | None  # the result file's content; None when nothing could be scored (VizWiz's
+    #                      public annotations carry no labels)
+    prediction_file: list | None  # VizWiz: what its evaluation server takes
+    selection: Selection
+
+
+def parse_corruptions(text: str | None) -> tuple[str, ...]:
+    """`--corruptions a,b,...` (None: all of them, in registry order)."""
+    if text is None:
+        return tuple(corruption_lib.CORRUPTIONS)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in corruption_lib.CORRUPTIONS]
+    if unknown or not names:
+        raise ConfigError(f"--corruptions {text!r}: unknown {', '.join(unknown) or '(empty)'}; "
+                          f"choose from: {', '.join(corruption_lib.CORRUPTIONS)}")
+    return names
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    """`--severities 1,2,3`."""
+    try:
+        severities = tuple(sorted({int(s) for s in text.split(",") if s.strip()}))
+    except ValueError:
+        severities = ()
+    if not severities or not set(severities) <= set(corruption_lib.SEVERITIES):
+        raise ConfigError(f"--severities {text!r}: give a comma-separated subset of "
+                          f"{','.join(map(str, corruption_lib.SEVERITIES))}")
+    return severities
+
+
+def _image_set(images: SuiteImages, selection: Selection, name: str) -> ImageSet:
+    from mixdiff.evaluate.features import ImageSet
+
+    paths = images.paths
+    return ImageSet(name=name, split=images.split,
+                    paths=tuple(paths[i] for i in selection.images),
+                    labels=np.full(len(selection.images), -1, dtype=np.int64),  # targets: ours
+                    classes=selection.classes)
+
+
+def evaluate_suite(suite: Suite, images: SuiteImages, encoder: Encoder, probe: LinearProbe,
+                   corruptions: Sequence[str] = tuple(corruption_lib.CORRUPTIONS),
+                   severities: Sequence[int] = corruption_lib.SEVERITIES,
+                   options: EncodeOptions = EncodeOptions()) -> SuiteOutcome:
+    """Score `probe` (on `encoder`'s features) on one suite's images."""
+    selection = restrict(images, probe.classes, predict_all=suite.name == "vizwiz")
+    if suite.name == "corruptions":
+        return _evaluate_corruptions(images, selection, encoder, probe, corruptions, severities,
+                                     options)
+    features = encoder.encode(_image_set(images, selection, suite.name), suite.pre_transform,
+                              suite.tag, options.batch_size, options.num_workers,
+                              options.show_progress)
+    logits = probe.logits(features).cpu()
+    prediction_file = None
+    if suite.name == "vizwiz":
+        prediction_file = vizwiz_prediction_file(images, selection, predictions(logits, selection))
+        if not selection.scored.any():  # the public annotations: the server scores the file
+            return SuiteOutcome(None, prediction_file, selection)
+    scores = score(logits, selection, suite.top5)
+    protocol = (f"offline linear probe (fitted on {probe.dataset}) on frozen features, scored on "
+                f"{suite.summary}; only the {len(selection.suite_classes)} classes the probe "
+                "shares with the set count")
+    result = _result(suite.name, images, selection, encoder, probe, scores, protocol)
+    if suite.name == "vizwiz":
+        result["details"]["images_predicted"] = len(selection.images)
+    return SuiteOutcome(result, prediction_file, selection)
+
+
+def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: Encoder,
+                          probe: LinearProbe, corruptions: Sequence[str],
+                          severities: Sequence[int], options: EncodeOptions) -> SuiteOutcome:
+    """Each (corruption, severity) is one encoding with its own cache tag; the clean images are
+    the plain encoding (the corruption view without a corruption is exactly the run's transform)."""
+    dataset = images.root.parent.name
+    image_set = _image_set(images, selection, dataset)
+    keys = tuple(images.relpaths[i] for i in selection.images)
+    resize, crop = eval_geometry(encoder.transform)
+    scale = crop / corruption_lib.IMAGENET_C_SIZE
+
+    def top1(pre_transform=None, tag: str = "", label: str = "clean") -> float:
+        # the split label only names the encoding in the progress bar; the cache key has the tag
+        shown = replace(image_set, split=f"{image_set.split} {label}")
+        features = encoder.encode(shown, pre_transform, tag, options.batch_size,
+                                  options.num_workers, options.show_progress)
+        return score(probe.logits(features).cpu(), selection, top5=False)["top1"]
+
+    clean = top1()
+    grid: dict[str, dict[str, float]] = {}
+    for name in corruptions:
+        graded = corruption_lib.CORRUPTIONS[name].graded
+        for severity in severities if graded else (0,):
+            view = CorruptionView(name, severity, keys, resize, scale)
+            key = str(severity) if graded else UNGRADED_KEY
+            grid.setdefault(name, {})[key] = top1(view, view.tag, f"{name}/{key}")
+    mean = grid_mean(grid)
+    protocol = (f"offline linear probe (fitted on {probe.dataset}) on frozen features of "
+                f"{dataset}/{images.split} corrupted on the fly after ImageNet-C "
+                f"({len(grid)} corruptions, severities {','.join(map(str, severities))}); top1 = "
+                "mean over corruptions of each one's mean over severities")
+    result = _result("corruptions", images, selection, encoder, probe, {"top1": mean}, protocol)
+    result["settings"].update({"corruptions": list(grid), "severities": list(severities),
+                               "pixel_scale": scale, "corruption_version": corruption_lib.VERSION})
+    result["details"].update({
+        "dataset": dataset, "clean_top1": clean, "top1_by_corruption": grid,
+        "mean_by_corruption": {n: float(np.mean(list(v.values()))) for n, v in grid.items()},
+        "mean_rule": "top1 = mean over corruptions of each one's mean over its severities; "
+                     f"sketch (one rendering, key {UNGRADED_KEY!r}) counts as one corruption",
+    })
+    return SuiteOutcome(result, None, selection)
+
+
+UNGRADED_KEY = "single"  # the key of an ungraded corruption (sketch) in top1_by_corruption
+
+
+def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: Encoder,
+            probe: LinearProbe, scores: dict[str, float], protocol: str) -> dict:
+    return {
+        "command": "robustness", "protocol": protocol, "online": False, "dataset": dataset,
+        "split": images.split, "classes": len(selection.suite_classes),
+        "images": int(selection.scored.sum()), **scores, "metric": "top1",
+        "value": scores["top1"], "weights": encoder.weights,
+        "checkpoint": encoder.checkpoint_record(),
+        "settings": {"suite": images.suite, "root": str(images.root), "probe": probe.dataset,
+                     "probe_classes": len(probe.classes), **encoder.settings()},
+        "details": {
+            "classes_scored": list(selection.suite_classes),
+            "logits": len(selection.classes),  # the probe outputs the predictions come from
+            "masked": images.outputs is not None,
+            "images_found": len(images.relpaths),
+            "classes_outside_probe": len(selection.outside_probe),
+            "images_not_scored": len(images.relpaths) - int(selection.scored.sum()),
+            "unknown_folders": selection.unknown_folders,
+            **({"excluded_folders": images.excluded_folders} if images.excluded_folders else {}),
+        },
+    }
