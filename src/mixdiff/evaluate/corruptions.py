@@ -247,26 +247,21 @@ def sketch(x: np.ndarray, severity: int, rng: np.random.Generator, scale: float)
 # ---------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Corruption:
-    name: str
-    family: str  # "noise", "blur", "digital" (ImageNet-C's groups) or "rendering"
     apply: CorruptionFn
     graded: bool = True  # False: one rendering, no severities (sketch)
 
+    @property
+    def name(self) -> str:
+        return self.apply.__name__
 
+
+# ImageNet-C's noise, blur and digital groups (less the corruptions left out), then the sketch.
 CORRUPTIONS: dict[str, Corruption] = {c.name: c for c in (
-    Corruption("gaussian_noise", "noise", gaussian_noise),
-    Corruption("shot_noise", "noise", shot_noise),
-    Corruption("impulse_noise", "noise", impulse_noise),
-    Corruption("defocus_blur", "blur", defocus_blur),
-    Corruption("motion_blur", "blur", motion_blur),
-    Corruption("zoom_blur", "blur", zoom_blur),
-    Corruption("contrast", "digital", contrast),
-    Corruption("brightness", "digital", brightness),
-    Corruption("saturate", "digital", saturate),
-    Corruption("pixelate", "digital", pixelate),
-    Corruption("jpeg_compression", "digital", jpeg_compression),
-    Corruption("elastic_transform", "digital", elastic_transform),
-    Corruption("sketch", "rendering", sketch, graded=False),
+    Corruption(gaussian_noise), Corruption(shot_noise), Corruption(impulse_noise),
+    Corruption(defocus_blur), Corruption(motion_blur), Corruption(zoom_blur),
+    Corruption(contrast), Corruption(brightness), Corruption(saturate), Corruption(pixelate),
+    Corruption(jpeg_compression), Corruption(elastic_transform),
+    Corruption(sketch, graded=False),
 )}
 
 

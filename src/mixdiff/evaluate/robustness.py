@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # torch loads only when a suite runs: the CLI's help lists th
     from mixdiff.evaluate.linear import LinearProbe
     from mixdiff.runs import RunDir
 
-TOP5_MIN_CLASSES = 6  # top-5 among 5 classes or fewer is 1 by construction: not reported
 OBJECTNET_BORDER = 1  # ObjectNet images carry a 1-pixel border; it is cropped before evaluation
 VIZWIZ_ANNOTATIONS = "annotations.json"  # the dataset's file: categories + image names
 VIZWIZ_LABELS = "labels.json"  # optional ground truth {image: [IN-1k indices]} (not public)
@@ -298,7 +297,6 @@ def restrict(images: SuiteImages, probe_classes: Sequence[str], predict_all: boo
     if not classes:
         raise MixDiffError(_no_overlap_message(images, probe_classes))
     kept_groups = {name: group & mask for name, group in images.groups.items()}
-    column = {c: j for j, c in enumerate(classes)}
     rows, targets, seen = [], [], set()
     for i, labels in enumerate(images.labels):
         wanted = set().union(*(kept_groups[label] for label in labels))
@@ -339,6 +337,8 @@ def masked_logits(logits: Tensor | np.ndarray, selection: Selection) -> np.ndarr
 def score(logits: Tensor | np.ndarray, selection: Selection, top5: bool = True) -> dict[str, float]:
     """top1 (and top5 where asked and meaningful) of `logits` (len(selection.images), probe
     classes) over the scored images: a prediction is correct when it is one of the targets."""
+    from mixdiff.evaluate.results import TOP5_MIN_CLASSES
+
     cut = masked_logits(logits, selection)[selection.scored]
     targets = selection.targets[selection.scored]
     if not len(cut):
@@ -396,7 +396,7 @@ def selection_notes(images: SuiteImages, selection: Selection) -> list[str]:
 
 
 def border_crop(image: PIL.Image.Image, i: int) -> PIL.Image.Image:
-    """ObjectNet's images have a 1-pixel border: cut it off (as ObjectNet's own code does)."""
+    """ObjectNet's images carry a 1-pixel border, not part of the photo: cut it off."""
     width, height = image.size
     b = OBJECTNET_BORDER
     return image.crop((b, b, width - b, height - b)) if width > 2 * b and height > 2 * b else image
@@ -455,6 +455,8 @@ class Suite:
     tag: str = ""  # names the pre_transform in the feature cache key
     top5: bool = True
     imagenet: bool = True  # its classes are ImageNet wnids (the probe must have some)
+    server_file: bool = False  # scored by an evaluation server: every image gets a prediction
+    corruption_grid: bool = False  # encoded once per (corruption, severity)
 
     def scan(self, root: str | Path) -> SuiteImages:
         """The suite's images under `root` (made absolute: the feature cache keys on paths)."""
@@ -475,9 +477,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           pre_transform=border_crop, tag="objectnet-border-crop"),
     Suite("vizwiz", "VizWiz-Classification (multi-label: correct when in the image's label "
           "set), logits masked to its 200 categories; writes the server's prediction file",
-          read_vizwiz, top5=False),
+          read_vizwiz, top5=False, server_file=True),
     Suite("corruptions", "any labelled tree of the run's classes, corrupted on the fly after "
-          "ImageNet-C (plus a sketch rendering)", read_labelled_tree, top5=False, imagenet=False),
+          "ImageNet-C (plus a sketch rendering)", read_labelled_tree, top5=False, imagenet=False,
+          corruption_grid=True),
 )}
 
 
@@ -536,8 +539,8 @@ def evaluate_suite(suite: Suite, images: SuiteImages, encoder: Encoder, probe: L
                    severities: Sequence[int] = corruption_lib.SEVERITIES,
                    options: EncodeOptions = EncodeOptions()) -> SuiteOutcome:
     """Score `probe` (on `encoder`'s features) on one suite's images."""
-    selection = restrict(images, probe.classes, predict_all=suite.name == "vizwiz")
-    if suite.name == "corruptions":
+    selection = restrict(images, probe.classes, predict_all=suite.server_file)
+    if suite.corruption_grid:
         return _evaluate_corruptions(images, selection, encoder, probe, corruptions, severities,
                                      options)
     features = encoder.encode(_image_set(images, selection, suite.name), suite.pre_transform,
@@ -545,7 +548,7 @@ def evaluate_suite(suite: Suite, images: SuiteImages, encoder: Encoder, probe: L
                               options.show_progress)
     logits = probe.logits(features).cpu()
     prediction_file = None
-    if suite.name == "vizwiz":
+    if suite.server_file:
         prediction_file = vizwiz_prediction_file(images, selection, predictions(logits, selection))
         if not selection.scored.any():  # the public annotations: the server scores the file
             return SuiteOutcome(None, prediction_file, selection)
@@ -554,7 +557,7 @@ def evaluate_suite(suite: Suite, images: SuiteImages, encoder: Encoder, probe: L
                 f"{suite.summary}; only the {len(selection.suite_classes)} classes the probe "
                 "shares with the set count")
     result = _result(suite.name, images, selection, encoder, probe, scores, protocol)
-    if suite.name == "vizwiz":
+    if suite.server_file:
         result["details"]["images_predicted"] = len(selection.images)
     return SuiteOutcome(result, prediction_file, selection)
 
@@ -590,7 +593,7 @@ def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: En
                 f"{dataset}/{images.split} corrupted on the fly after ImageNet-C "
                 f"({len(grid)} corruptions, severities {','.join(map(str, severities))}); top1 = "
                 "mean over corruptions of each one's mean over severities")
-    result = _result("corruptions", images, selection, encoder, probe, {"top1": mean}, protocol)
+    result = _result(images.suite, images, selection, encoder, probe, {"top1": mean}, protocol)
     result["settings"].update({"corruptions": list(grid), "severities": list(severities),
                                "pixel_scale": scale, "corruption_version": corruption_lib.VERSION})
     result["details"].update({
