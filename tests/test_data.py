@@ -102,6 +102,39 @@ def test_fashion_mnist_prepare_from_idx_files(tmp_path):
     assert len(ImageTree.scan(tmp_path / "fm" / "test")) == 10
 
 
+def _count(folder):
+    return sum(1 for path in folder.rglob("*") if path.is_file())
+
+
+def test_fashion_mnist_prepare_makes_the_tree_exactly_what_was_asked(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):  # 5 and 2 images of each class
+        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    out = tmp_path / "fm"
+    args = ["data", "prepare", "fashion-mnist", "--source", str(src), "--out", str(out)]
+    first = runner.invoke(app, args + ["--per-class", "4"])
+    assert first.exit_code == 0, first.output
+    assert (_count(out / "train"), _count(out / "test")) == (40, 20)
+    mine = out / "train" / "Bag" / "notes.txt"  # files of other names are never touched
+    mine.write_text("keep me")
+    Image.new("L", (28, 28)).save(out / "train" / "Bag" / "my-own.png")
+    smaller = runner.invoke(app, args + ["--per-class", "2"])
+    assert smaller.exit_code == 0, smaller.output
+    assert _count(out / "test") == 20 and _count(out / "train") == 20 + 2
+    assert len(ImageTree.scan(out / "train")) == 21 and mine.read_text() == "keep me"
+    assert sorted(p.name for p in (out / "train" / "Bag").iterdir()) == [
+        "00008.png", "00018.png", "my-own.png", "notes.txt"]  # the first 2 of class 8
+    assert f"{out / 'train'}: 21 images (0 written; 20 removed" in smaller.output
+    assert "1 not written by this command" in smaller.output
+    assert f"{out / 'test'}: 20 images (0 written)" in smaller.output
+    again = runner.invoke(app, args + ["--per-class", "3"])  # growing again writes only the new
+    assert f"{out / 'train'}: 31 images (10 written; 1 not written" in again.output
+    assert _count(out / "train") == 30 + 2
+
+
 def test_fashion_mnist_missing_files_names_the_package(tmp_path):
     result = runner.invoke(app, ["data", "prepare", "fashion-mnist", "--source", str(tmp_path),
                                  "--out", str(tmp_path / "fm")])
@@ -111,8 +144,8 @@ def test_fashion_mnist_missing_files_names_the_package(tmp_path):
 
 @pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="Debian's files not installed")
 def test_fashion_mnist_from_debian_package(tmp_path):
-    counts = fashion_mnist.prepare(tmp_path, per_class=2)
-    assert counts == {"train": 20, "test": 20}
+    prepared = fashion_mnist.prepare(tmp_path, per_class=2)
+    assert {split: p.images for split, p in prepared.items()} == {"train": 20, "test": 20}
     assert ImageTree.scan(tmp_path / "train").classes == tuple(sorted(fashion_mnist.CLASSES))
 
 
@@ -137,6 +170,32 @@ def test_verify_json_and_strict(tmp_path):
     assert clean.exit_code == 0 and "6 images, 3 classes" in clean.output
 
 
+def test_verify_names_extra_files_and_says_what_no_decode_checked(tmp_path):
+    real = make_tree(tmp_path / "real", per_class=2)
+    syn = make_tree(tmp_path / "syn", per_class=2)
+    (syn / "square" / "img00.png").write_bytes(b"not an image")  # no image header
+    truncated = syn / "circle" / "img01.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])  # header intact, pixels cut off
+    for i in range(12):
+        Image.new("RGB", (4, 4)).save(syn / "stripes" / f"extra{i:02d}.png")
+    args = ["data", "verify", "--real", str(real), "--synthetic", str(syn)]
+    full = runner.invoke(app, args)
+    assert "extra stripes/extra00.png" in full.output and "extra stripes/extra09.png" in full.output
+    assert "extra stripes/extra10.png" not in full.output and "and 2 more" in full.output
+    assert "2 unreadable" in full.output and "header check" not in full.output
+    header = runner.invoke(app, args + ["--no-decode"])
+    assert "header check only" in header.output
+    assert "1 unreadable (header check only" in header.output  # the truncated file passes
+    assert str(syn / "square" / "img00.png") in header.output
+    report = json.loads(runner.invoke(app, args + ["--no-decode", "--json"]).stdout)
+    assert report["check"] == "header"
+    assert [u["path"] for u in report["synthetic"][0]["unreadable"]] == [
+        str(syn / "square" / "img00.png")]
+    assert set(report["synthetic"][0]) == {"root", "matched", "missing", "extra", "unreadable"}
+    decoded = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    assert decoded["check"] == "decode" and len(decoded["synthetic"][0]["unreadable"]) == 2
+
+
 def test_imagenet100_prepare_links_the_cmc_classes(tmp_path):
     from mixdiff.data import imagenet100
 
@@ -145,7 +204,14 @@ def test_imagenet100_prepare_links_the_cmc_classes(tmp_path):
     for split in ("train", "val"):
         for wnid in wnids + ["n99999999"]:
             (tmp_path / "in1k" / split / wnid).mkdir(parents=True)
-    imagenet100.prepare(tmp_path / "in100", tmp_path / "in1k")
+    result = runner.invoke(app, ["data", "prepare", "imagenet100", "--source",
+                                 str(tmp_path / "in1k"), "--out", str(tmp_path / "in100")])
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'in100' / 'val'}: 100 class folders linked" in result.output
     assert sorted(p.name for p in (tmp_path / "in100" / "train").iterdir()) == sorted(wnids)
+    refused = runner.invoke(app, ["data", "prepare", "imagenet100", "--source",
+                                  str(tmp_path / "in1k"), "--out", str(tmp_path / "y"),
+                                  "--per-class", "5"])
+    assert refused.exit_code == 2 and "--per-class applies to fashion-mnist only" in refused.output
     with pytest.raises(DatasetError, match="missing"):
         imagenet100.prepare(tmp_path / "x", tmp_path / "in100" / "train")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,240 @@ def test_bad_model_ids_fail_at_once_naming_them(real, tmp_path):
     result = runner.invoke(app, ["generate", "--real", str(real), "--out", str(tmp_path / "c"),
                                  "--generator", "sdedit", "--model", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "nothing" in result.output
-    assert not list((tmp_path / "a").glob("v*"))  # nothing written
+    assert not (tmp_path / "a").exists()  # nothing written
+
+
+def test_a_missing_local_folder_is_not_called_a_hub_id(real, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model in ("/nonexistent/folder", "./pipes/ddpm", "../ddpm", "~/no-such-pipeline",
+                  "a/b/c"):
+        result = runner.invoke(app, ["generate", "--real", str(real), "--out", "S",
+                                     "--generator", "sdedit", "--model", model])
+        assert result.exit_code == 2, result.output
+        assert "local folder not found" in result.output and model.lstrip("./~") in result.output
+        assert "Hugging Face" not in result.output and "download" not in result.output
+    hub = runner.invoke(app, ["generate", "--real", str(real), "--out", "S", "--generator",
+                              "sdedit", "--model", "no-such-org/no-such-model", "--revision",
+                              "v1"])
+    assert hub.exit_code == 2 and "Hugging Face model id 'no-such-org/no-such-model'" in hub.output
+    # the command the hub client really ships (huggingface_hub's `hf`, not `huggingface-cli`)
+    assert "`hf download no-such-org/no-such-model --revision v1 --local-dir DIR`" in hub.output
+    assert (Path(sys.executable).parent / "hf").is_file()
+
+
+def test_a_failed_start_leaves_out_fresh(models, real, tmp_path):
+    out = tmp_path / "S"
+    good = ["generate", "--real", str(real), "--out", str(out), "--generator", "sdedit",
+            "--model", str(models["sdedit"]), "--steps", "2"]
+    for failing in (["--model", "/nonexistent"], ["--real", str(tmp_path / "no-real")],
+                    ["--device", "no-such-device"], ["--model", str(real)]):  # not a pipeline
+        result = runner.invoke(app, good + failing)  # Typer keeps the last of a repeated option
+        assert result.exit_code == 2, result.output
+        assert not (out / "generate.yaml").exists() and not (out / "manifests").exists()
+    fixed = runner.invoke(app, good)
+    assert fixed.exit_code == 0, fixed.output
+    assert "6 written" in fixed.output
+    # a failed --overwrite start destroys nothing either
+    again = runner.invoke(app, good + ["--steps", "3", "--overwrite", "--model", "/nonexistent"])
+    assert again.exit_code == 2 and len(rows(out)) == 6 and all(r["steps"] == 2 for r in rows(out))
+
+
+def test_a_gpu_device_on_a_machine_without_one_is_one_line(real, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    base = ["generate", "--real", str(real), "--out", str(tmp_path / "S"), "--generator",
+            "sdedit"]
+    for device, expected in (("cuda", "--device cuda: no CUDA GPU"),
+                             ("cuda:1", "--device cuda:1: no CUDA GPU"),
+                             ("gpu0", "--device 'gpu0' is not one of: auto, cpu, cuda"),
+                             ("meta", "--device 'meta' is not one of: auto, cpu, cuda")):
+        result = runner.invoke(app, base + ["--device", device])
+        assert result.exit_code == 2, result.output
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+    assert GenerateSettings(generator="sdedit").resolved().device == "cpu"  # auto
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA GPU"):
+        GenerateSettings(generator="sdedit", device="cuda:2").resolved()
+
+
+def test_zero_and_ill_fitting_values_are_refused(models):
+    for extra, option in (({"steps": 0}, "--steps"), ({"resolution": 0}, "--resolution"),
+                          ({"resolution": -8}, "--resolution"), ({"batch_size": 0}, "--batch-size"),
+                          ({"variants": 0}, "--variants")):
+        for generator in ("sd-image-variations", "sdedit"):
+            with pytest.raises(ConfigError, match=f"{option} must be at least 1"):
+                GenerateSettings(generator=generator, **extra).resolved()
+    for generator in ("sd-image-variations", "versatile-diffusion", "unclip"):
+        with pytest.raises(ConfigError, match=r"--resolution 33: .*multiple of 8 \(e\.g\. 32\)"):
+            GenerateSettings(generator=generator, resolution=33).resolved()
+        assert GenerateSettings(generator=generator, resolution=40).resolved().resolution == 40
+    assert GenerateSettings(generator="sdedit", resolution=33).resolved().resolution == 33
+    with pytest.raises(ConfigError, match="--limit must be at least 1"):
+        generate(".", "out", settings(models), limit=0)
+
+
+def test_a_custom_vae_factor_is_checked_after_loading(tmp_path):
+    from mixdiff.generate.backends import build_backend
+
+    # a VAE that downsamples 16x: a side of 24 passes the settings' check of 8, not the model's
+    folder = tiny_pipelines.sd_image_variations(tmp_path / "vae16", vae_blocks=5)
+    with pytest.raises(ConfigError, match=r"--resolution 24: the VAE of .*vae16 downsamples 16x"):
+        build_backend(GenerateSettings(model=str(folder), resolution=24, steps=1).resolved())
+
+
+def test_sdedit_records_the_resize_of_its_output(models, real, tmp_path):
+    resized = generate(real, tmp_path / "a", settings(models, "sdedit", resolution=20),
+                       show_progress=False)
+    assert resized.written == 6
+    for row in rows(tmp_path / "a"):
+        assert Image.open(tmp_path / "a" / row["path"]).size == (20, 20)
+        assert row["resolution"] == 20
+        assert row["preprocessing"].endswith("; output resized 16 -> 20 px, bicubic")
+    generate(real, tmp_path / "b", settings(models, "sdedit"), show_progress=False)
+    for row in rows(tmp_path / "b"):  # the UNet's own side: nothing resized, nothing claimed
+        assert Image.open(tmp_path / "b" / row["path"]).size == (16, 16)
+        assert row["resolution"] == 16 and "resized 16" not in row["preprocessing"]
+
+
+def test_versatile_diffusion_follows_the_authors(models, real, tmp_path, monkeypatch):
+    from torchvision import transforms as v1
+
+    from mixdiff.generate import backends
+
+    assert GenerateSettings(generator="versatile-diffusion").resolved().guidance == 3.0
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 200, 3), np.uint8))
+    squashed = backends.squash([wide])[0]
+    assert squashed.size == (512, 512)
+    # the authors' transform: ToTensor, Resize((512, 512), bicubic, antialias=False), x255 to 8 bits
+    theirs = v1.Compose([v1.ToTensor(), v1.Resize((512, 512), v1.InterpolationMode.BICUBIC,
+                                                  antialias=False)])(wide)
+    expected = (theirs.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(squashed), expected)
+    # the whole image is kept (no centre crop): the left and right edges survive
+    assert np.abs(np.asarray(squashed)[:, 0].astype(int) - np.asarray(wide.resize(
+        (512, 512), Image.BICUBIC))[:, 0].astype(int)).mean() < 8
+    fed = []
+    real_squash = backends.squash
+    monkeypatch.setattr(backends, "squash", lambda images: fed.extend(
+        real_squash(images)) or fed[-len(images):])
+    generate(real, tmp_path / "vd", settings(models, "versatile-diffusion"), show_progress=False)
+    assert len(fed) == 6 and {im.size for im in fed} == {(512, 512)}
+    row = rows(tmp_path / "vd")[0]
+    assert row["guidance"] == 3.0
+    assert "Resize((512, 512), bicubic, antialias=False) (squashed, not cropped)" in \
+        row["preprocessing"]
+
+
+def test_sharded_overwrite_keeps_every_rank_s_new_rows(models, tmp_path):
+    real = make_tree(tmp_path / "real", per_class=2)
+    out = tmp_path / "S"
+    old = settings(models, "sdedit", steps=2)
+    for i in range(3):  # an earlier run, split in 3 ...
+        generate(real, out, old, shard=(i, 3), show_progress=False)
+    for i in range(2):  # ... then given a second variant, split in 2
+        generate(real, out, replace(old, variants=2), shard=(i, 2), show_progress=False)
+    assert len(rows(out)) == 12
+    (real / "square" / "img01.png").write_bytes(b"not a png")  # its old row says ok
+    new = replace(old, steps=3, variants=2)
+    # rank 1 finishes before rank 0 starts, both with --overwrite
+    first = generate(real, out, new, shard=(1, 2), overwrite=True, show_progress=False)
+    assert first.skipped == 0 and first.planned == 6
+    shard_rows = [json.loads(line) for line in
+                  (out / "manifests" / "shard-1-of-2.jsonl").read_text().splitlines()]
+    assert len(shard_rows) == 6 and all(r["steps"] == 3 for r in shard_rows)
+    generate(real, out, new, shard=(0, 2), overwrite=True, show_progress=False)
+    merged = rows(out)
+    assert sorted(p.name for p in (out / "manifests").iterdir()) == [
+        "shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]  # the 3-shard files are gone
+    assert len(merged) == 12 and len({(r["source"], r["variant"]) for r in merged}) == 12
+    assert all(r["steps"] == 3 for r in merged)  # no stale row survives
+    broken = [r for r in merged if r["source"] == "square/img01.png"]
+    assert [r["status"] for r in broken] == ["failed", "failed"]
+
+
+class FailsOnTheThirdBatch:
+    """A real backend that fails as a GPU running out of memory would, on its third batch."""
+
+    def __init__(self, backend):
+        self.backend, self.settings, self.calls = backend, backend.settings, 0
+
+    def provenance(self) -> dict:
+        return self.backend.provenance()
+
+    def __call__(self, images, seeds):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("CUDA out of memory")
+        return self.backend(images, seeds)
+
+
+def test_the_shard_file_is_closed_when_the_generator_fails(models, real, tmp_path, monkeypatch):
+    from mixdiff.generate import manifest
+    from mixdiff.generate.backends import build_backend
+
+    with manifest.ShardWriter(tmp_path / "m" / "shard-0-of-1.jsonl") as writer:
+        writer.write([{"a": 1}])
+    assert writer.handle.closed
+    closed = []
+    original_close = manifest.ShardWriter.close
+    monkeypatch.setattr(manifest.ShardWriter, "close",
+                        lambda self: closed.append(self) or original_close(self))
+    working = build_backend(settings(models, "sdedit", batch_size=1).resolved())
+    failing = FailsOnTheThirdBatch(working)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        generate(real, tmp_path / "out", failing.settings, backend=failing, show_progress=False)
+    assert len(closed) == 1 and closed[0].handle.closed
+    shard = (tmp_path / "out" / "manifests" / "shard-0-of-1.jsonl").read_text().splitlines()
+    assert len(shard) == 2  # the two outputs written before the failure are recorded
+    resumed = generate(real, tmp_path / "out", failing.settings, show_progress=False)
+    assert (resumed.skipped, resumed.written) == (2, 4)
+
+
+def test_library_noise_stays_out_of_the_output(models, real, tmp_path):
+    """What a user sees from `generate` and `train-generator`: our lines, not the libraries'."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # a user's defaults
+    env["HF_HUB_OFFLINE"] = "1"
+    cli = [sys.executable, "-m", "mixdiff.cli"]
+    generated = subprocess.run(cli + ["generate", "--real", str(real), "--out",
+                                      str(tmp_path / "S"), "--model",
+                                      str(models["sd-image-variations"]), "--steps", "2",
+                                      "--resolution", "16"],
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert generated.returncode == 0, generated.stderr
+    # a real tree smaller than one batch: used to loop for ever (drop_last gave no batch)
+    small = make_tree(tmp_path / "small", per_class=1)
+    trained = subprocess.run(cli + ["train-generator", "--data", str(small), "--out",
+                                    str(tmp_path / "ddpm"), "--steps", "2", "--batch-size", "4",
+                                    "--resolution", "16"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "ddpm" / "training.json").read_text())["images"] == 3
+    for result, ours in ((generated, "6 written"), (trained, "2 steps in")):
+        output = result.stdout + result.stderr
+        assert ours in output
+        for noise in ("accelerate", "Loading pipeline components", "Loading weights",
+                      "should be kept in float32", "FutureWarning", "DeprecationWarning",
+                      "deprecated"):
+            assert noise not in output, output
+
+
+def test_generator_training_settings_are_checked_before_anything(real, tmp_path):
+    fine = GeneratorTraining(resolution=16, block_out_channels=(8, 16), steps=3, batch_size=4,
+                             warmup_steps=1, num_workers=0)
+    for change, message in (({"steps": 0}, "--steps must be at least 1, not 0"),
+                            ({"batch_size": 0}, "--batch-size must be at least 1"),
+                            ({"resolution": 0}, "--resolution must be at least 1"),
+                            ({"resolution": 15}, "--resolution 15: .* multiple of 2"),
+                            ({"channels": 2}, "--channels must be 1 .* or 3"),
+                            ({"lr": 0.0}, "--lr must be positive"),
+                            ({"lr": float("nan")}, "--lr must be positive")):
+        with pytest.raises(ConfigError, match=message):
+            train_generator(real, tmp_path / "ddpm", replace(fine, **change), show_progress=False)
+        assert not (tmp_path / "ddpm").exists()  # nothing written, not even an untrained pipeline
+    result = runner.invoke(app, ["train-generator", "--data", str(real), "--out",
+                                 str(tmp_path / "ddpm"), "--steps", "0"])
+    assert result.exit_code == 2 and "--steps must be at least 1" in result.output
 
 
 def test_embedded_generator_works_offline_out_of_the_box(tmp_path):

@@ -21,13 +21,14 @@ def _unet(cross_attention_dim=32, **extra):
         cross_attention_dim=cross_attention_dim, **extra)
 
 
-def _vae():
+def _vae(blocks: int = 2):
+    """A VAE that downsamples 2 ** (blocks - 1) times (the released models: 4 blocks, 8x)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
-                         down_block_types=["DownEncoderBlock2D"] * 2,
-                         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4)
+    return AutoencoderKL(block_out_channels=[32] + [64] * (blocks - 1), in_channels=3,
+                         out_channels=3, down_block_types=["DownEncoderBlock2D"] * blocks,
+                         up_block_types=["UpDecoderBlock2D"] * blocks, latent_channels=4)
 
 
 def _image_encoder():
@@ -40,12 +41,12 @@ def _image_encoder():
     return encoder.eval(), CLIPImageProcessor(crop_size=32, size=32)
 
 
-def sd_image_variations(folder: Path) -> Path:
+def sd_image_variations(folder: Path, vae_blocks: int = 2) -> Path:
     from diffusers import PNDMScheduler, StableDiffusionImageVariationPipeline
 
     encoder, processor = _image_encoder()
     StableDiffusionImageVariationPipeline(
-        unet=_unet(), scheduler=PNDMScheduler(skip_prk_steps=True), vae=_vae(),
+        unet=_unet(), scheduler=PNDMScheduler(skip_prk_steps=True), vae=_vae(vae_blocks),
         image_encoder=encoder, feature_extractor=processor, safety_checker=None,
         requires_safety_checker=False).save_pretrained(folder)
     return folder

@@ -37,15 +37,28 @@ def data_prepare(
 
     try:
         if dataset is Dataset.fashion_mnist:
-            counts = fashion_mnist.prepare(out, source or fashion_mnist.DEBIAN_DIR, per_class)
+            prepared = fashion_mnist.prepare(out, source or fashion_mnist.DEBIAN_DIR, per_class)
         else:
             if source is None:
                 raise MixDiffError("imagenet100 needs --source IMAGENET_ROOT (with train/ and val/)")
-            counts = imagenet100.prepare(out, source)
+            if per_class is not None:
+                raise MixDiffError("--per-class applies to fashion-mnist only (imagenet100 links "
+                                   "whole class folders)")
+            linked = imagenet100.prepare(out, source)
     except MixDiffError as exc:
         fail(exc)
-    for split, n in counts.items():
-        console.print(f"{out / split}: {n} images")
+    if dataset is Dataset.fashion_mnist:
+        for split, p in prepared.items():
+            changes = [f"{p.written} written"]
+            if p.removed:
+                changes.append(f"{p.removed} removed (left by an earlier prepare, not requested "
+                               "now)")
+            if p.foreign:
+                changes.append(f"{p.foreign} not written by this command, left as they are")
+            console.print(f"{out / split}: {p.images} images ({'; '.join(changes)})")
+    else:
+        for split, classes in linked.items():
+            console.print(f"{out / split}: {classes} class folders linked into {source / split}")
 
 
 @data_app.command("verify")
@@ -55,10 +68,12 @@ def data_verify(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 if any twin is missing or any image is unreadable."),
-    no_decode: bool = typer.Option(False, "--no-decode", help="Skip decoding every image."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Only check that each file opens "
+                                   "as an image (its header), without decoding it: faster, but a "
+                                   "file truncated after its header passes."),
 ) -> None:
     """Count images and classes, match synthetic twins and decode every image."""
-    from mixdiff.data.verify import problems, verify
+    from mixdiff.data.verify import HEADER, problems, verify
 
     try:
         report = verify(real, synthetic, decode=not no_decode, show_progress=not as_json)
@@ -68,19 +83,27 @@ def data_verify(
         typer.echo(json.dumps(report))
     else:
         r = report["real"]
+        how = " (header check only: nothing decoded)" if report["check"] == HEADER else ""
         console.print(f"real {r['root']}: {r['images']} images, {r['classes']} classes, "
-                      f"{len(r['unreadable'])} unreadable")
-        for bad in r["unreadable"][:10]:
-            console.print(f"  unreadable {bad['path']}: {bad['reason']}")
+                      f"{len(r['unreadable'])} unreadable{how}")
+        _first(r["unreadable"], lambda bad: f"unreadable {bad['path']}: {bad['reason']}")
         for s in report["synthetic"]:
             console.print(f"synthetic {s['root']}: {s['matched']} matched, {len(s['missing'])} "
-                          f"missing, {len(s['extra'])} extra, {len(s['unreadable'])} unreadable")
-            for rel in s["missing"][:10]:
-                console.print(f"  missing twin of {rel}")
-            for bad in s["unreadable"][:10]:
-                console.print(f"  unreadable {bad['path']}: {bad['reason']}")
+                          f"missing, {len(s['extra'])} extra, {len(s['unreadable'])} "
+                          f"unreadable{how}")
+            _first(s["missing"], lambda rel: f"missing twin of {rel}")
+            _first(s["extra"], lambda rel: f"extra {rel} (no real image of that name)")
+            _first(s["unreadable"], lambda bad: f"unreadable {bad['path']}: {bad['reason']}")
     if strict and problems(report):
         raise typer.Exit(1)
+
+
+def _first(entries: list, describe, shown: int = 10) -> None:
+    """One line for each of the first `shown` entries, then how many more there are."""
+    for entry in entries[:shown]:
+        console.print(f"  {describe(entry)}", highlight=False)
+    if len(entries) > shown:
+        console.print(f"  ... and {len(entries) - shown} more (--json lists them all)")
 
 
 @data_app.command("grid")

@@ -10,28 +10,34 @@ import typer
 
 from mixdiff.cli._app import app, console, fail
 from mixdiff.errors import MixDiffError
+from mixdiff.generate.settings import (DEFAULTS, DEVICE_TYPES, DTYPES, FORMATS, GENERATORS,
+                                       SCHEDULERS)
+
+_GUIDANCE = ", ".join(f"{name} {default[3]}" for name, default in DEFAULTS.items())
 
 
 @app.command()
 def generate(
     real: Path = typer.Option(..., "--real", help="The real image tree."),
     out: Path = typer.Option(..., "--out", help="Output root: OUT/v<k>/<relative path>."),
-    generator: str = typer.Option("sd-image-variations", "--generator",
-                                  help="sd-image-variations, versatile-diffusion, unclip, sdedit"),
+    generator: str = typer.Option(GENERATORS[0], "--generator", help=", ".join(GENERATORS)),
     model: Optional[str] = typer.Option(None, "--model", help="Hugging Face id or local folder."),
     revision: Optional[str] = typer.Option(None, "--revision"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default 50)."),
     guidance: Optional[float] = typer.Option(None, "--guidance",
-                                             help="Guidance scale (sd-image-variations: 3.0)."),
+                                             help=f"Guidance scale (default: {_GUIDANCE})."),
     scheduler: str = typer.Option("default", "--scheduler", help="default (the pipeline's own), "
-                                  "ddim, pndm, dpm-solver++, euler, euler-ancestral, ddpm"),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Output side in pixels."),
+                                  + ", ".join(SCHEDULERS[1:])),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution", help="Output side in pixels (a multiple of 8 for the latent "
+        "generators; sdedit: the UNet's own, other sides are resized after denoising)."),
     variants: int = typer.Option(1, "--variants", help="Variations per real image."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(8, "--batch-size"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, "
-                              "fp16, bf16"),
-    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), "
+                              + ", ".join(DTYPES[1:])),
+    device: str = typer.Option("auto", "--device", help="auto (this rank's GPU, else the CPU), "
+                               + ", ".join(DEVICE_TYPES) + ", cuda:N"),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: this process's share "
                                         "(default: from torchrun/accelerate, else 0/1)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N real images."),
@@ -40,7 +46,7 @@ def generate(
     safety_checker: bool = typer.Option(False, "--safety-checker/--no-safety-checker"),
     strength: float = typer.Option(0.5, "--strength", help="sdedit: noise level to start from."),
     noise_level: int = typer.Option(0, "--noise-level", help="unclip: image-embedding noise."),
-    image_format: str = typer.Option("png", "--format", help="png, jpg, webp"),
+    image_format: str = typer.Option("png", "--format", help=", ".join(FORMATS)),
     quality: int = typer.Option(95, "--quality", help="jpg/webp quality."),
     compile_unet: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the denoiser (default: on a GPU; "
@@ -75,21 +81,23 @@ def generate(
 def train_generator(
     data: Path = typer.Option(..., "--data", help="Image tree to learn (e.g. Fashion-MNIST train)."),
     out: Path = typer.Option(..., "--out", help="Folder for the DDPMPipeline (safetensors)."),
-    steps: int = typer.Option(2500, "--steps"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    resolution: int = typer.Option(32, "--resolution"),
-    channels: int = typer.Option(1, "--channels", help="1 (grey) or 3 (RGB)."),
-    lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side in pixels."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grey) or 3 (RGB)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
 ) -> None:
-    """Train the small DDPM that `generate --generator sdedit` uses by default."""
+    """Train the small DDPM that `generate --generator sdedit` uses by default. An option left
+    out keeps the value that made the shipped weights (see its training.json)."""
     from mixdiff.generate.embedded import GeneratorTraining
     from mixdiff.generate.embedded import train_generator as run
 
+    given = {"steps": steps, "batch_size": batch_size, "resolution": resolution,
+             "channels": channels, "lr": lr, "seed": seed}
     try:
-        record = run(data, out, GeneratorTraining(resolution=resolution, channels=channels,
-                                                  steps=steps, batch_size=batch_size, lr=lr,
-                                                  seed=seed))
+        record = run(data, out, GeneratorTraining(
+            **{key: value for key, value in given.items() if value is not None}))
     except MixDiffError as exc:
         fail(exc)
     console.print(f"{out}: {record['settings']['steps']} steps in {record['seconds']} s, "

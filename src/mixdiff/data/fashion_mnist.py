@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 from rich.progress import track
 
+from mixdiff.data.tree import list_images
 from mixdiff.errors import DatasetError
 from mixdiff.io import atomic_open
 
@@ -18,6 +22,21 @@ CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
 SPLITS = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8}
+OWN_NAME = re.compile(r"\d{5}\.png")  # what prepare() writes: the image's index in its split
+
+
+def image_name(index: int) -> str:
+    return f"{index:05d}.png"
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """One split after prepare(): what is on disk, and what this call changed."""
+
+    images: int  # image files under OUT/<split> now (counted on disk)
+    written: int  # new files
+    removed: int  # files of an earlier prepare that are not in the requested set
+    foreign: int  # image files this command did not write (never touched)
 
 
 def _find(source: Path, stem: str) -> Path:
@@ -55,26 +74,41 @@ def read_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | None = None
-            ) -> dict[str, int]:
-    """Write `out/{train,test}/<class>/<id>.png`; files already there are kept (a re-run resumes).
+            ) -> dict[str, PreparedSplit]:
+    """Make `out/{train,test}/<class>/<index>.png` exactly the requested set: files already there
+    are kept (a re-run resumes), and files of an earlier prepare that are not in the set (e.g. it
+    kept more per class) are removed. Files of any other name are never touched.
 
-    `per_class` keeps the first N images of each class (for quick experiments). Returns the number
-    of images per split.
+    `per_class` keeps the first N images of each class (for quick experiments).
     """
     source, out = Path(source), Path(out)
     arrays = {split: read_split(source, split) for split in SPLITS}  # fail before writing anything
-    counts = {}
+    prepared = {}
     for split, (images, labels) in arrays.items():
         keep = np.arange(len(labels))
         if per_class is not None:
             keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
             keep.sort()
+        wanted = {(CLASSES[labels[i]], image_name(i)) for i in keep}
+        removed = 0
         for name in CLASSES:
-            (out / split / name).mkdir(parents=True, exist_ok=True)
-        for i in track(keep, description=f"fashion-mnist {split}", transient=True):
-            target = out / split / CLASSES[labels[i]] / f"{i:05d}.png"
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in folder.iterdir():
+                if OWN_NAME.fullmatch(path.name) and (name, path.name) not in wanted \
+                        and path.is_file():
+                    path.unlink()
+                    removed += 1
+        written = 0
+        console = Console(stderr=True)
+        for i in track(keep, description=f"fashion-mnist {split}", transient=True,
+                       console=console, disable=not console.is_terminal):
+            target = out / split / CLASSES[labels[i]] / image_name(i)
             if not target.exists():
                 with atomic_open(target, "wb") as handle:
                     Image.fromarray(images[i], mode="L").save(handle, format="PNG")
-        counts[split] = len(keep)
-    return counts
+                written += 1
+        on_disk = list_images(out / split)
+        prepared[split] = PreparedSplit(images=len(on_disk), written=written, removed=removed,
+                                        foreign=len(on_disk) - len(keep))
+    return prepared

@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import Progress
 
-from mixdiff.data.tree import ImageTree, check_readable, match_twins
+from mixdiff.data.tree import ImageTree, find_unreadable, match_twins
+
+# What the "unreadable" lists of a report are based on (the report's "check" field).
+DECODE, HEADER = "decode", "header"
 
 
-def _unreadable(root: Path, relpaths: list[str], progress: Progress | None, label: str
-                ) -> list[dict]:
-    """Decode every image on a few threads (PIL releases the GIL while decoding)."""
-    task = progress.add_task(f"decoding {label}", total=len(relpaths)) if progress else None
-    failures = []
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for rel, reason in zip(relpaths, pool.map(lambda r: check_readable(root / r), relpaths)):
-            if reason is not None:
-                failures.append({"path": str(root / rel), "reason": reason})
-            if progress:
-                progress.advance(task)
-    return failures
+def _unreadable(root: Path, relpaths: list[str], decode: bool, progress: Progress,
+                label: str) -> list[dict]:
+    action = "decoding" if decode else "reading the headers of"
+    task = progress.add_task(f"{action} {label}", total=len(relpaths))
+    failures = find_unreadable([root / rel for rel in relpaths], decode=decode,
+                               on_checked=lambda: progress.advance(task))
+    return [{"path": path, "reason": reason} for path, reason in failures]
 
 
 def verify(real: str | Path, synthetic: list[str | Path] = (), decode: bool = True,
            show_progress: bool = False) -> dict:
-    """The report `mixdiff data verify --json` prints (see its help for the fields)."""
+    """The report `mixdiff data verify --json` prints. `check` says how "unreadable" was found:
+    "decode" (every image fully decoded) or "header" (format and size parsed only, --no-decode:
+    a file truncated after its header passes)."""
     tree = ImageTree.scan(real)
-    with Progress(transient=True, disable=not show_progress) as progress:
-        report = {"real": {"root": str(tree.root), "images": len(tree),
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True,
+                  disable=not (show_progress and console.is_terminal)) as progress:
+        report = {"check": DECODE if decode else HEADER,
+                  "real": {"root": str(tree.root), "images": len(tree),
                            "classes": len(tree.classes),
-                           "unreadable": _unreadable(tree.root, list(tree.relpaths), progress,
-                                                     "real") if decode else []},
+                           "unreadable": _unreadable(tree.root, list(tree.relpaths), decode,
+                                                     progress, "real")},
                   "synthetic": []}
         for root in synthetic:
             match = match_twins(tree.relpaths, root)
@@ -40,7 +43,7 @@ def verify(real: str | Path, synthetic: list[str | Path] = (), decode: bool = Tr
             report["synthetic"].append({
                 "root": str(root), "matched": len(match.matched), "missing": match.missing,
                 "extra": match.extra,
-                "unreadable": _unreadable(Path(root), twins, progress, str(root)) if decode else []})
+                "unreadable": _unreadable(Path(root), twins, decode, progress, str(root))})
     return report
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
-from mixdiff.errors import MixDiffError
+from mixdiff.errors import ConfigError, MixDiffError
 from mixdiff.generate.settings import GenerateSettings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,6 +37,24 @@ def sd_variation_preprocess(images: list[Image.Image], size: int = 224) -> torch
     return torch.stack([transform(image.convert("RGB")) for image in images])
 
 
+# The MixDiff authors' Versatile Diffusion input: the image squashed to this square (a plain
+# resize, no crop), then handed to the pipeline, whose CLIP processor brings it to 224.
+VD_INPUT_SIDE = 512
+
+
+def squash(images: list[Image.Image], side: int = VD_INPUT_SIDE) -> list[Image.Image]:
+    """The authors' Versatile Diffusion preprocessing: ToTensor, Resize((side, side), bicubic,
+    antialias=False), back to 8 bits. The aspect ratio is not kept, so nothing is cropped away.
+    (Their `(x * 255).byte()` truncates and wraps bicubic overshoots; here they are clamped and
+    rounded.)"""
+    transform = v2.Compose([
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Resize((side, side), interpolation=InterpolationMode.BICUBIC, antialias=False)])
+    return [v2.functional.to_pil_image(
+        transform(image.convert("RGB")).clamp(0, 1).mul(255).round().to(torch.uint8))
+        for image in images]
+
+
 def _scheduler_class(name: str):
     import diffusers
 
@@ -48,20 +66,43 @@ def _scheduler_class(name: str):
             "ddpm": (diffusers.DDPMScheduler, {})}[name]
 
 
+def looks_like_path(model: str) -> bool:
+    """A --model that names a folder rather than a Hugging Face id ("org/name"): absolute, starting
+    with ./ ../ or ~, more than one '/', or a path that exists."""
+    return (model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+            or model.count("/") > 1 or Path(model).exists())
+
+
+def model_source(model: str) -> str | Path:
+    """What `from_pretrained` gets: an existing folder, or a hub id. A path that does not exist
+    is one clear error, not the hub's "neither a valid local path nor a valid repo id"."""
+    if not looks_like_path(model):
+        return model
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise GeneratorLoadError(f"--model: local folder not found: {folder}"
+                                 + (" (it is a file; pass the pipeline's folder, the one with "
+                                    "model_index.json)" if folder.exists() else ""))
+    return folder
+
+
 def load_pipeline(cls, settings: GenerateSettings, source: str | Path | None = None, **kwargs):
     """`cls.from_pretrained` with an error that names the model and says how to go offline."""
+    source = source or model_source(settings.model)
     try:
-        return cls.from_pretrained(source or settings.model, revision=settings.revision,
+        return cls.from_pretrained(source, revision=settings.revision,
                                    dtype=DTYPES[settings.dtype], **kwargs)
     except Exception as exc:  # OSError, ValueError, HFValidationError, EntryNotFoundError...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        at = f" at revision {settings.revision!r}" if settings.revision else ""
+        if isinstance(source, Path):
+            raise GeneratorLoadError(f"cannot load the {settings.generator} pipeline from the "
+                                     f"local folder {source}{at}: {reason}") from None
         revision = f" --revision {settings.revision}" if settings.revision else ""
-        where = "local folder" if Path(settings.model).exists() else "Hugging Face model id"
         raise GeneratorLoadError(
-            f"cannot load the {settings.generator} {where} {settings.model!r}"
-            f"{f' at revision {settings.revision!r}' if settings.revision else ''}: {reason}\n"
-            f"On a machine without network access, download it where there is one "
-            f"(`huggingface-cli download {settings.model}{revision} --local-dir DIR`) and pass "
+            f"cannot load the {settings.generator} Hugging Face model id {settings.model!r}{at}: "
+            f"{reason}\nOn a machine without network access, download it where there is one "
+            f"(`hf download {settings.model}{revision} --local-dir DIR`) and pass "
             f"--model DIR.") from None
 
 
@@ -78,6 +119,7 @@ class Backend:
         if settings.scheduler != "default":
             cls, extra = _scheduler_class(settings.scheduler)
             self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config, **extra)
+        self.check_resolution()
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         denoiser = "image_unet" if hasattr(self.pipe, "image_unet") else "unet"
@@ -94,6 +136,15 @@ class Backend:
                 module.to(memory_format=torch.channels_last)
         if hasattr(denoiser, "fuse_qkv_projections"):
             denoiser.fuse_qkv_projections()
+
+    def check_resolution(self) -> None:
+        """The output side must be a multiple of the pipeline's own VAE factor (the settings
+        checked 8, what the released models use; a custom model may differ)."""
+        factor = getattr(self.pipe, "vae_scale_factor", None)
+        if factor and self.settings.resolution % factor:
+            raise ConfigError(f"--resolution {self.settings.resolution}: the VAE of "
+                              f"{self.settings.model} downsamples {factor}x, so the side must be "
+                              f"a multiple of {factor}")
 
     @property
     def output_resolution(self) -> int | None:
@@ -152,9 +203,12 @@ class SDImageVariations(Backend):
 
 
 class VersatileDiffusion(Backend):
-    """Versatile Diffusion's image-variation pipeline (shi-labs/versatile-diffusion)."""
+    """Versatile Diffusion's image-variation pipeline (shi-labs/versatile-diffusion), fed as the
+    MixDiff authors fed it: the image squashed to 512x512 (no centre crop of a wide image)."""
 
-    preprocessing = "the pipeline's CLIPImageProcessor"
+    preprocessing = (f"ToTensor; Resize(({VD_INPUT_SIDE}, {VD_INPUT_SIDE}), bicubic, "
+                     "antialias=False) (squashed, not cropped); 8-bit; then the pipeline's "
+                     "CLIPImageProcessor")
 
     def load(self):
         from diffusers import VersatileDiffusionImageVariationPipeline
@@ -163,7 +217,7 @@ class VersatileDiffusion(Backend):
 
     def __call__(self, images, seeds):
         s = self.settings
-        return self.pipe(image=[im.convert("RGB") for im in images], height=s.resolution,
+        return self.pipe(image=squash(images), height=s.resolution,
                          width=s.resolution, num_inference_steps=s.steps,
                          guidance_scale=s.guidance, generator=self.generators(seeds),
                          output_type="pil").images
@@ -204,8 +258,12 @@ class SDEdit(Backend):
     def preprocessing(self) -> str:
         unet = self.pipe.unet.config
         mode = "grey" if unet.in_channels == 1 else "RGB"
-        return (f"{mode}; Resize({unet.sample_size}, bicubic, antialias); "
-                f"CenterCrop({unet.sample_size}); scale to [-1, 1]")
+        steps = (f"{mode}; Resize({unet.sample_size}, bicubic, antialias); "
+                 f"CenterCrop({unet.sample_size}); scale to [-1, 1]")
+        if self.output_resolution != unet.sample_size:
+            steps += (f"; output resized {unet.sample_size} -> {self.output_resolution} px, "
+                      "bicubic")
+        return steps
 
     @property
     def output_resolution(self) -> int:
@@ -239,8 +297,9 @@ class SDEdit(Backend):
         pixels = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         outputs = [Image.fromarray(p.squeeze(0).numpy() if channels == 1 else
                                    p.permute(1, 2, 0).numpy()) for p in pixels]
-        if s.resolution and s.resolution != size:
-            outputs = [im.resize((s.resolution, s.resolution), Image.BICUBIC) for im in outputs]
+        if self.output_resolution != size:  # as `preprocessing` records
+            side = self.output_resolution
+            outputs = [im.resize((side, side), Image.BICUBIC) for im in outputs]
         return outputs
 
 

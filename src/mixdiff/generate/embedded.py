@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.tree import ImageTree, load_rgb
+from mixdiff.errors import ConfigError
+from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
 
@@ -42,6 +44,26 @@ class GeneratorTraining:
     seed: int = 0
     num_workers: int = 2
     bf16: bool = True  # autocast
+
+    def check(self) -> None:
+        """Refuse a value that would crash or hang the training (named as the CLI option)."""
+        for option, value, least in (("--steps", self.steps, 1),
+                                     ("--batch-size", self.batch_size, 1),
+                                     ("--resolution", self.resolution, 1),
+                                     ("train_timesteps", self.train_timesteps, 1),
+                                     ("warmup_steps", self.warmup_steps, 0),
+                                     ("num_workers", self.num_workers, 0)):
+            if value < least:
+                raise ConfigError(f"{option} must be at least {least}, not {value}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"--channels must be 1 (grey) or 3 (RGB), not {self.channels}")
+        if not self.lr > 0:  # also refuses NaN
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        halvings = 2 ** (len(self.block_out_channels) - 1)  # one per down block but the last
+        if self.resolution % halvings:
+            raise ConfigError(f"--resolution {self.resolution}: the UNet halves the image "
+                              f"{len(self.block_out_channels) - 1} times, so the side must be a "
+                              f"multiple of {halvings}")
 
 
 class _Grey(Dataset):
@@ -77,13 +99,23 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
                     show_progress: bool = True) -> dict:
     """Train a DDPM on the images under `data`; save a `DDPMPipeline` folder (safetensors, fp16)
     to `out` with `training.json` beside it. Returns that record."""
+    cfg.check()
+    with quiet_libraries():
+        return _train(data, Path(out), cfg, show_progress)
+
+
+def _train(data: str | Path, out: Path, cfg: GeneratorTraining, show_progress: bool) -> dict:
     from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+    from rich.console import Console
     from rich.progress import Progress
 
     torch.manual_seed(cfg.seed)
     tree = ImageTree.scan(data)
-    loader = DataLoader(_Grey(tree, cfg), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    # full batches only, unless the tree is smaller than one batch: then every step is the whole
+    # tree (drop_last there would yield no batch at all, and the step loop would never end)
+    loader = DataLoader(_Grey(tree, cfg), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=len(tree) >= cfg.batch_size, num_workers=cfg.num_workers,
+                        persistent_workers=cfg.num_workers > 0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     unet = build_unet(cfg).to(device).train()
     scheduler = DDPMScheduler(num_train_timesteps=cfg.train_timesteps)
@@ -93,7 +125,9 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
     ema = torch.optim.swa_utils.AveragedModel(
         unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
     start, step, losses = time.perf_counter(), 0, []
-    with Progress(disable=not show_progress, transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True,
+                  disable=not (show_progress and console.is_terminal)) as progress:
         task = progress.add_task("training the DDPM", total=cfg.steps)
         while step < cfg.steps:
             for x0 in loader:
@@ -114,7 +148,6 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
                 progress.update(task, advance=1, description=f"DDPM loss {loss.item():.4f}")
                 if step == cfg.steps:
                     break
-    out = Path(out)
     # shipped with DDIM (same noise schedule): deterministic SDEdit in a few dozen steps
     DDPMPipeline(unet=ema.module.cpu().to(torch.float16),
                  scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(

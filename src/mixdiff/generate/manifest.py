@@ -1,14 +1,20 @@
 """The generation manifest: one JSON row per output, appended per shard, merged into one file.
 
 OUT/manifests/shard-I-of-N.jsonl   appended as outputs are written (a killed run loses at most a
-                                   partial last line, which readers skip)
-OUT/manifest.jsonl                 all shards merged, one row per (source, variant)
+                                   partial last line, which readers skip); the source of truth
+OUT/manifest.jsonl                 all shard files merged, one row per (source, variant); rebuilt
+                                   from them by every rank that finishes, never read back
+
+Each rank writes only its own shard file, so ranks never need to wait for each other: with
+--overwrite a rank empties its own file, and removes only the files of another shard count,
+which no rank of the current run writes.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,8 +25,24 @@ MANIFEST = "manifest.jsonl"
 SHARDS = "manifests"
 
 
+_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
+
+
 def shard_path(out: Path, index: int, count: int) -> Path:
     return out / SHARDS / f"shard-{index}-of-{count}.jsonl"
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(p for p in (out / SHARDS).glob("shard-*.jsonl") if _SHARD_NAME.fullmatch(p.name))
+
+
+def remove_other_shard_counts(out: Path, count: int) -> list[Path]:
+    """Delete the shard files of a run split in another number of shards than `count` (no rank of
+    a run split in `count` writes them, so no rank's current work is lost); returns them."""
+    stale = [p for p in shard_files(out) if int(_SHARD_NAME.fullmatch(p.name)[2]) != count]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def read_rows(path: Path) -> Iterator[dict]:
@@ -35,9 +57,9 @@ def read_rows(path: Path) -> Iterator[dict]:
 
 
 def all_rows(out: Path) -> Iterator[dict]:
-    """Rows of the merged manifest, then of every shard file (later rows win when deduplicated)."""
-    yield from read_rows(out / MANIFEST)
-    for path in sorted((out / SHARDS).glob("shard-*.jsonl")):
+    """The rows of every shard file, each file in the order written (later rows win when
+    deduplicated). Not the merged file: it may hold rows a --overwrite has since replaced."""
+    for path in shard_files(out):
         yield from read_rows(path)
 
 
@@ -73,11 +95,18 @@ def merge(out: Path) -> int:
 
 
 class ShardWriter:
-    """Appends rows to this shard's file, flushed after each batch."""
+    """Appends rows to this shard's file, flushed after each batch; `fresh` empties it first. A
+    context manager, so that the file is closed however the run ends."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fresh: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a")
+        self.handle = open(path, "w" if fresh else "a")
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def write(self, rows: Iterable[dict]) -> None:
         for row in rows:

@@ -4,6 +4,10 @@ Sharded (each shard takes every N-th output; under torchrun or accelerate each r
 resumable (a re-run skips outputs its manifest lists as written whose files are intact), lossless
 (images are written to a temporary name and renamed) and overlapped: reading the next batch and
 encoding and writing the last one run on threads while the generator works.
+
+Nothing is written to OUT until the settings, the real tree and the model have all been checked
+and the model has loaded: a start that fails leaves OUT as it was, so the corrected command runs
+there without --overwrite (and a failed --overwrite destroys nothing).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import yaml
 from PIL import Image
+from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 
@@ -27,6 +31,7 @@ from mixdiff.data.tree import ImageTree, load_rgb, twin_key
 from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate import manifest
 from mixdiff.generate.backends import Backend, build_backend
+from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
 from mixdiff.io import atomic_open, atomic_write_text
 
@@ -81,7 +86,8 @@ def plan(relpaths: Sequence[str], settings: GenerateSettings, shard: tuple[int, 
 
 def check_settings(out: Path, settings: GenerateSettings, overwrite: bool) -> None:
     """Refuse to mix outputs of different settings in one OUT, unless --overwrite (which starts
-    afresh). Raising --variants is allowed: it only adds outputs."""
+    afresh). Raising --variants is allowed: it only adds outputs. Reads only: checked before the
+    model loads, so a refusal costs nothing."""
     path = out / SETTINGS_FILE
     if path.exists() and not overwrite:
         saved = yaml.safe_load(path.read_text()) or {}
@@ -91,11 +97,17 @@ def check_settings(out: Path, settings: GenerateSettings, overwrite: bool) -> No
                                 for k in changed)
             raise ConfigError(f"{out} was generated with other settings ({details}). Use another "
                               "--out, the same settings to resume, or --overwrite to start afresh.")
-    if overwrite:
-        for stale in (out / manifest.MANIFEST, out / manifest.SHARDS):
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def start_run(out: Path, settings: GenerateSettings, shard: tuple[int, int],
+              overwrite: bool) -> None:
+    """Commit OUT to these settings, once the model has loaded. --overwrite removes only the
+    manifest rows no rank of this run will write (shard files of another shard count); each rank
+    empties its own shard file as it opens it, so one rank never deletes another's new rows."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(asdict(settings), sort_keys=False))
+    if overwrite:
+        manifest.remove_other_shard_counts(out, shard[1])
+    atomic_write_text(out / SETTINGS_FILE, yaml.safe_dump(asdict(settings), sort_keys=False))
 
 
 def completed(out: Path, fmt: str) -> set[tuple[str, int]]:
@@ -130,10 +142,11 @@ def _read(root: Path, items: list[WorkItem]) -> list[Image.Image | UnreadableIma
     return images
 
 
-def _progress(disable: bool) -> Progress:
+def _progress(show: bool) -> Progress:
+    console = Console(stderr=True)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]:.2f} img/s"), TimeRemainingColumn(),
-                    disable=disable, transient=False)
+                    console=console, disable=not (show and console.is_terminal), transient=True)
 
 
 def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
@@ -144,57 +157,64 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     the run goes on; the summary lists them."""
     real, out = Path(real), Path(out)
     settings = settings.resolved()
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {limit}")
     shard = shard or shard_from_environment()
     tree = ImageTree.scan(real)
     check_settings(out, settings, overwrite)
     items = plan(tree.relpaths, settings, shard, limit)
-    done = completed(out, settings.format)
+    done = set() if overwrite else completed(out, settings.format)
     todo = [item for item in items if (item.source, item.variant) not in done]
     summary = Summary(planned=len(items), skipped=len(items) - len(todo))
     if todo:
-        backend = backend or build_backend(settings)  # fails at once on a bad model id
-        _run(backend, real, out, todo, shard, summary, show_progress)
-    manifest.merge(out)
+        with quiet_libraries():
+            backend = backend or build_backend(settings)  # fails at once on a bad model id
+            start_run(out, settings, shard, overwrite)
+            _run(backend, real, out, todo, shard, summary, show_progress, fresh=overwrite)
+    if out.is_dir():
+        manifest.merge(out)
     return summary
 
 
 def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: tuple[int, int],
-         summary: Summary, show_progress: bool) -> None:
+         summary: Summary, show_progress: bool, fresh: bool) -> None:
     s = backend.settings
     provenance = backend.provenance()
-    writer = manifest.ShardWriter(manifest.shard_path(out, *shard))
     batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as readers, \
+    with manifest.ShardWriter(manifest.shard_path(out, *shard), fresh=fresh) as writer, \
+            ThreadPoolExecutor(max_workers=2) as readers, \
             ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 4)) as writers, \
-            _progress(not show_progress) as progress:
+            _progress(show_progress) as progress:
         task = progress.add_task(f"{s.generator} shard {shard[0]}/{shard[1]}", total=len(todo),
                                  rate=0.0)
         pending: list[tuple[WorkItem, Future]] = []
         next_read = readers.submit(_read, real, batches[0])
-        for b, batch in enumerate(batches):
-            images = next_read.result()
-            if b + 1 < len(batches):
-                next_read = readers.submit(_read, real, batches[b + 1])
-            good = [(item, im) for item, im in zip(batch, images) if isinstance(im, Image.Image)]
-            failed = [item.row(s.format, provenance, status="failed", error=str(im))
-                      for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
-            summary.failed.extend(failed)
-            writer.write(failed)
-            if good:
-                outputs = backend([im for _, im in good], [item.seed for item, _ in good])
-                for (item, _), image in zip(good, outputs):
-                    target = out / item.output(s.format)
-                    pending.append((item, writers.submit(encode_and_write, image, target,
-                                                         s.format, s.quality)))
-            pending = _collect(pending, writer, provenance, s.format, summary,
-                               wait=len(pending) > 2 * s.batch_size)
-            elapsed = time.perf_counter() - start
-            progress.update(task, completed=summary.written + len(summary.failed),
-                            rate=summary.written / elapsed if elapsed else 0.0)
-        _collect(pending, writer, provenance, s.format, summary, wait=True)
+        try:
+            for b, batch in enumerate(batches):
+                images = next_read.result()
+                if b + 1 < len(batches):
+                    next_read = readers.submit(_read, real, batches[b + 1])
+                good = [(item, im) for item, im in zip(batch, images)
+                        if isinstance(im, Image.Image)]
+                failed = [item.row(s.format, provenance, status="failed", error=str(im))
+                          for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
+                summary.failed.extend(failed)
+                writer.write(failed)
+                if good:
+                    outputs = backend([im for _, im in good], [item.seed for item, _ in good])
+                    for (item, _), image in zip(good, outputs):
+                        target = out / item.output(s.format)
+                        pending.append((item, writers.submit(encode_and_write, image, target,
+                                                             s.format, s.quality)))
+                pending = _collect(pending, writer, provenance, s.format, summary,
+                                   wait=len(pending) > 2 * s.batch_size)
+                elapsed = time.perf_counter() - start
+                progress.update(task, completed=summary.written + len(summary.failed),
+                                rate=summary.written / elapsed if elapsed else 0.0)
+        finally:  # also when the generator fails: what is on disk gets its row, a re-run skips it
+            _collect(pending, writer, provenance, s.format, summary, wait=True)
         progress.update(task, completed=summary.written + len(summary.failed))
-    writer.close()
     summary.seconds = time.perf_counter() - start
 
 

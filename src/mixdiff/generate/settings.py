@@ -6,23 +6,29 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 from mixdiff.errors import ConfigError
 
 GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip", "sdedit")
 SCHEDULERS = ("default", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "ddpm")
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what --device accepts, besides auto
 
 # (model, revision, steps, guidance, resolution) when the user gives none. resolution None: the
 # model's own. sdedit's default is the DDPM shipped in the package (mixdiff.generate.embedded).
+# Versatile Diffusion: guidance 3.0 as in the MixDiff authors' generation script (not the
+# pipeline's 7.5).
 DEFAULTS = {
     "sd-image-variations": ("lambdalabs/sd-image-variations-diffusers", "v2.0", 50, 3.0, 512),
-    "versatile-diffusion": ("shi-labs/versatile-diffusion", None, 50, 7.5, 512),
+    "versatile-diffusion": ("shi-labs/versatile-diffusion", None, 50, 3.0, 512),
     "unclip": ("stabilityai/stable-diffusion-2-1-unclip", None, 50, 10.0, 768),
     "sdedit": ("embedded:fashion-mnist-ddpm", None, 50, 0.0, None),
 }
+
+# Generators that denoise in a VAE's latent space: the output side must be a multiple of the
+# VAE's downsampling factor, 8 for every Stable Diffusion-family VAE these models ship with.
+LATENT_GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip")
+VAE_SCALE_FACTOR = 8
 
 # Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
 OUTPUT_KEYS = ("generator", "model", "revision", "steps", "guidance", "scheduler", "resolution",
@@ -58,12 +64,10 @@ class GenerateSettings:
         done = replace(
             self, model=self.model if self.model is not None else model,
             revision=self.revision if self.revision is not None or self.model else revision,
-            steps=self.steps or steps,
+            steps=self.steps if self.steps is not None else steps,
             guidance=self.guidance if self.guidance is not None else guidance,
-            resolution=self.resolution or resolution)
-        if done.device == "auto":  # under torchrun/accelerate each rank takes its own GPU
-            gpu = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-            done = replace(done, device=gpu if torch.cuda.is_available() else "cpu")
+            resolution=self.resolution if self.resolution is not None else resolution,
+            device=resolve_device(self.device))
         if done.compile is None:
             done = replace(done, compile=done.device.startswith("cuda"))
         if done.dtype == "auto":
@@ -74,15 +78,49 @@ class GenerateSettings:
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r} is not one of: {', '.join(allowed)}")
         for name, value in (("--variants", done.variants), ("--steps", done.steps),
-                            ("--batch-size", done.batch_size)):
-            if value < 1:
+                            ("--batch-size", done.batch_size), ("--resolution", done.resolution)):
+            if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
+        if done.generator in LATENT_GENERATORS and done.resolution % VAE_SCALE_FACTOR:
+            nearest = max(1, round(done.resolution / VAE_SCALE_FACTOR)) * VAE_SCALE_FACTOR
+            raise ConfigError(
+                f"--resolution {done.resolution}: {done.generator} denoises in a VAE latent space "
+                f"{VAE_SCALE_FACTOR}x smaller, so the side must be a multiple of "
+                f"{VAE_SCALE_FACTOR} (e.g. {nearest})")
         if not 0.0 < done.strength <= 1.0:
             raise ConfigError(f"--strength must lie in (0, 1], not {done.strength}")
         return done
 
     def output_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in OUTPUT_KEYS}
+
+
+def resolve_device(text: str) -> str:
+    """'auto' -> this rank's GPU if there is one, else 'cpu'; anything else is checked against the
+    machine, so a missing GPU is one clear line, not a CUDA traceback at model load."""
+    import torch
+
+    if text == "auto":  # under torchrun/accelerate each rank takes its own GPU
+        return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {text!r} is not one of: auto, {', '.join(DEVICE_TYPES)}, "
+                          "cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {text}: no CUDA GPU is visible on this machine "
+                              "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {text}: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {text}: Apple's MPS backend is not available here; "
+                          "use --device cpu or auto")
+    return text
 
 
 def changed_settings(saved: dict, current: dict) -> list[str]:
@@ -105,4 +143,3 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
     return index, count
-
