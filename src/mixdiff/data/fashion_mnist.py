@@ -84,6 +84,7 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
     source, out = Path(source), Path(out)
     arrays = {split: read_split(source, split) for split in SPLITS}  # fail before writing anything
     prepared = {}
+    console = Console(stderr=True)
     for split, (images, labels) in arrays.items():
         keep = np.arange(len(labels))
         if per_class is not None:
@@ -100,7 +101,6 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
                     path.unlink()
                     removed += 1
         written = 0
-        console = Console(stderr=True)
         for i in track(keep, description=f"fashion-mnist {split}", transient=True,
                        console=console, disable=not console.is_terminal):
             target = out / split / CLASSES[labels[i]] / image_name(i)

@@ -23,9 +23,7 @@ from mixdiff.io import atomic_open
 
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifests"
-
-
-_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
+_SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")  # what shard_path() names
 
 
 def shard_path(out: Path, index: int, count: int) -> Path:
@@ -36,13 +34,12 @@ def shard_files(out: Path) -> list[Path]:
     return sorted(p for p in (out / SHARDS).glob("shard-*.jsonl") if _SHARD_NAME.fullmatch(p.name))
 
 
-def remove_other_shard_counts(out: Path, count: int) -> list[Path]:
-    """Delete the shard files of a run split in another number of shards than `count` (no rank of
-    a run split in `count` writes them, so no rank's current work is lost); returns them."""
-    stale = [p for p in shard_files(out) if int(_SHARD_NAME.fullmatch(p.name)[2]) != count]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+def remove_other_shard_counts(out: Path, count: int) -> None:
+    """Delete the shard files of a run split in another number of shards than `count`: no rank of
+    a run split in `count` writes them, so no rank's current work is lost."""
+    for path in shard_files(out):
+        if int(_SHARD_NAME.fullmatch(path.name)[2]) != count:
+            path.unlink(missing_ok=True)
 
 
 def read_rows(path: Path) -> Iterator[dict]:
