@@ -1,1 +1,42 @@
-"""`mixdiff attention`."""
+"""`mixdiff attention --run RUN... --images FILE... --out FIG.png`: where ViT runs look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mixdiff.cli._app import app, console, fail
+from mixdiff.errors import MixDiffError
+
+
+@app.command("attention")
+def attention(
+    runs: List[Path] = typer.Option(..., "--run", help="A ViT run folder; repeat --run for "
+                                    "several: one figure column each."),
+    images: List[Path] = typer.Option(..., "--images", help="An image file; repeat --images for "
+                                      "several: one figure row each."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="student | teacher (default: "
+                                          "teacher where the run has one, as DINO does)."),
+    threshold: float = typer.Option(0.6, "--threshold", help="Mask: the fewest patches holding "
+                                    "this fraction of the head's attention (DINO: 0.6)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the "
+                                         "GPU when there is one)."),
+) -> None:
+    """The last block's CLS self-attention of ViT runs over the same images: per run the most
+    concentrated head (lowest entropy) and DINO's thresholded mask, side by side."""
+    from mixdiff.evaluate.attention import run_attention
+    from mixdiff.report.attention_grid import plot_attention
+
+    names = ["/".join(p.parts[-2:]) for p in images]  # class folder and file: tells twins apart
+    try:
+        maps = [run_attention(run, images, weights, device, threshold) for run in runs]
+        path = plot_attention(maps, names, out)
+    except MixDiffError as exc:
+        fail(exc)
+    console.print(f"wrote {path}")
+    for run in maps:
+        heads = ", ".join(f"{name}: head {m.best_head}" for name, m in zip(names, run.maps))
+        console.print(f"{run.run} ({run.weights}): best heads {heads}", highlight=False)
