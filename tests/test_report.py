@@ -39,12 +39,12 @@ SUITE_OFFSET = {"imagenet-v2": 0.22, "imagenet-sketch": -0.08, "imagenet-a": -0.
 
 
 def _result(command: str, dataset: str, top1: float, classes: int = 100, images: int = 5000,
-            split: str = "val", epoch: int = 99, **extra) -> dict:
+            split: str = "val", epoch: int = 99, weights: str = "student", **extra) -> dict:
     """A result file in the evaluation contract's format."""
     return {"command": command, "protocol": f"offline {command} (test fixture)", "online": False,
             "dataset": dataset, "split": split, "classes": classes, "images": images,
             "top1": round(top1, 4), "metric": "top1", "value": round(top1, 4),
-            "weights": "student", "checkpoint": {"path": "checkpoints/last.ckpt",
+            "weights": weights, "checkpoint": {"path": "checkpoints/last.ckpt",
                                                  "sha256": "0" * 64, "epoch": epoch,
                                                  "global_step": 1000},
             "settings": {}, "details": {}, "mixdiff_version": "test", "created": "now", **extra}
@@ -52,12 +52,13 @@ def _result(command: str, dataset: str, top1: float, classes: int = 100, images:
 
 def write_run(base, method: str, mode: str, seed: int, id_top1: float | None = None,
               shift: dict[str, float] | None = None, knn: float | None = None,
-              dataset: str = "imagenet-100", epochs: int = 5, metrics: bool = True):
+              dataset: str = "imagenet-100", epochs: int = 5, linear: bool = True,
+              weights: str = "student"):
     """A run folder as `mixdiff pretrain` + `mixdiff eval` leave it; numbers given or from PAPER
     with a seeded jitter. Returns (path, the numbers written)."""
     rng = np.random.default_rng(zlib.crc32(f"{method}-{mode}-{seed}".encode()))
     run = RunDir(base / f"{method}-{mode}-s{seed}")
-    paper_id, paper_shift = PAPER[(method, mode)]
+    paper_id, paper_shift = PAPER.get((method, mode), (None, None))
     id_top1 = paper_id + rng.normal(0, 0.006) if id_top1 is None else id_top1
     if shift is None:
         shift = {s: paper_shift + SUITE_OFFSET[s] + rng.normal(0, 0.005) for s in SUITES}
@@ -71,25 +72,26 @@ def write_run(base, method: str, mode: str, seed: int, id_top1: float | None = N
     run.data_summary.write_text(json.dumps({"mode": mode, "classes": [f"n{i:08d}"
                                                                       for i in range(100)],
                                             "val_images": 5000}))
-    online = {}
-    if metrics:
-        with open(run.metrics, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, ["epoch", "step", Metric.TRAIN_LOSS,
-                                             Metric.KNN_VAL_TOP1, Metric.PROBE_VAL_TOP1])
-            writer.writeheader()
-            for epoch in range(epochs):
-                progress = (epoch + 1) / epochs
-                online = {Metric.KNN_VAL_TOP1: round(id_top1 * (0.5 + 0.45 * progress), 4),
-                          Metric.PROBE_VAL_TOP1: round(id_top1 * (0.4 + 0.5 * progress), 4)}
-                writer.writerow({"epoch": epoch, "step": 100 * (epoch + 1),
-                                 Metric.TRAIN_LOSS: round(6 - 2 * progress + rng.normal(0, .05), 4),
-                                 **online})
-    files = {("linear", dataset): _result("linear", dataset, id_top1, top5=min(1, id_top1 + .2))}
+    with open(run.metrics, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["epoch", "step", Metric.TRAIN_LOSS,
+                                         Metric.KNN_VAL_TOP1, Metric.PROBE_VAL_TOP1])
+        writer.writeheader()
+        for epoch in range(epochs):
+            progress = (epoch + 1) / epochs
+            online = {Metric.KNN_VAL_TOP1: round(id_top1 * (0.5 + 0.45 * progress), 4),
+                      Metric.PROBE_VAL_TOP1: round(id_top1 * (0.4 + 0.5 * progress), 4)}
+            writer.writerow({"epoch": epoch, "step": 100 * (epoch + 1),
+                             Metric.TRAIN_LOSS: round(6 - 2 * progress + rng.normal(0, .05), 4),
+                             **online})
+    files = {}
+    if linear:
+        files[("linear", dataset)] = _result("linear", dataset, id_top1, weights=weights,
+                                             top5=min(1, id_top1 + .2))
     if knn is not None:
-        files[("knn", dataset)] = _result("knn", dataset, knn)
+        files[("knn", dataset)] = _result("knn", dataset, knn, weights=weights)
     for suite, top1 in shift.items():
         files[("robustness", suite)] = _result("robustness", suite, top1, classes=200,
-                                               images=3000, split="test")
+                                               images=3000, split="test", weights=weights)
     for (command, name), result in files.items():
         path = run.eval_result(command, name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,17 @@ def grid_runs(tmp_path_factory):
     made = [write_run(base, method, mode, seed) for method in ("simclr", "barlow_twins")
             for mode in ("real", "synthetic", "mixdiff", "pooled") for seed in range(3)]
     return [path for path, _ in made], {path.name: numbers for path, numbers in made}
+
+
+def _md_row(markdown: str, prefix: str) -> dict[str, str]:
+    """The first markdown table row starting with `prefix`, as {header: cell}."""
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(prefix):
+            header = next(lines[j] for j in range(i, -1, -1) if lines[j + 1].startswith("|---"))
+            return dict(zip([c.strip() for c in header.strip("|").split("|")],
+                            [c.strip() for c in line.strip("|").split("|")]))
+    raise AssertionError(f"no row {prefix!r}")
 
 
 def _not_blank(path, min_width=400):
@@ -173,8 +186,15 @@ def test_report_writes_every_file_with_the_inputs_numbers(grid_runs, tmp_path):
     for name in numbers:  # a row per run in the per-run table
         assert sum(line.startswith(f"| {name} |") for line in markdown.splitlines()) >= 1
     some = numbers["simclr-mixdiff-s1"]
-    assert f"{100 * round(some['id'], 4):.1f}" in markdown
-    assert "| simclr · mixdiff | 3 |" in markdown
+    row = _md_row(markdown, "| simclr-mixdiff-s1 | simclr · mixdiff |")
+    assert row["imagenet-100 linear"] == f"{100 * round(some['id'], 4):.1f}"
+    assert row["imagenet-a"] == f"{100 * round(some['shift']['imagenet-a'], 4):.1f}"
+    assert row["shift mean"] == f"{100 * statistics.fmean(some['shift'].values()):.1f}"
+    assert row["online kNN"] == f"{100 * some['online'][Metric.KNN_VAL_TOP1]:.1f}"
+    seeds = [round(numbers[f"simclr-mixdiff-s{i}"]["id"], 4) for i in range(3)]
+    setting = _md_row(markdown, "| simclr · mixdiff | 3 |")
+    assert setting["imagenet-100 linear"] == (f"{100 * statistics.fmean(seeds):.1f} ± "
+                                              f"{100 * statistics.stdev(seeds):.1f}")
     assert len(document["id_vs_ood"]) == 8
     for name in ("id_vs_ood.png", "radar.png", "curves.png"):
         _not_blank(out / name)
@@ -184,28 +204,58 @@ def test_report_writes_every_file_with_the_inputs_numbers(grid_runs, tmp_path):
 def test_missing_results_and_other_datasets_are_reported_not_mixed(tmp_path):
     base = tmp_path / "runs"
     a, _ = write_run(base, "simclr", "mixdiff", 0)
-    b, _ = write_run(base, "simclr", "real", 0, dataset="fashion-mnist", shift={
-        "corruptions": 0.5}, knn=0.8)
+    b, b_numbers = write_run(base, "simclr", "real", 0, dataset="fashion-mnist",
+                             shift={"corruptions": 0.5}, knn=0.8)
+    # same in-distribution set as a, but kNN only and two of a's four shift sets
+    c, _ = write_run(base, "simclr", "pooled", 0, id_top1=0.6, knn=0.55, linear=False,
+                     shift={"imagenet-a": 0.1, "imagenet-r": 0.3})
     bare = base / "bare"
     bare.mkdir()
     OmegaConf.save(load_config(None, ["data.real=/d/x/train"]), bare / "config.yaml")
-    report = write_report([a, b, bare], tmp_path / "out")
+    report = write_report([a, b, c, bare], tmp_path / "out")
     assert any("bare" in n and "no offline results" in n for n in report.notes)
     assert any("bare" in n and "metrics.csv" in n for n in report.notes)
+    assert any("imagenet-sketch, imagenet-v2 left out" in n for n in report.notes)
     document = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [s["label"] for s in document["settings"]] == [
-        "simclr · mixdiff", "simclr · real · fashion-mnist", "simclr · real · x"]
+        "simclr · mixdiff", "simclr · real · fashion-mnist", "simclr · pooled",
+        "simclr · real · x"]
     points = {p["setting"]: p for p in document["id_vs_ood"]}
-    assert set(points) == {"simclr · mixdiff", "simclr · real · fashion-mnist"}
-    assert points["simclr · real · fashion-mnist"]["dataset"].startswith("fashion-mnist")
-    # not averaged with the other run's suites
-    assert points["simclr · real · fashion-mnist"]["shift_suites"] == ["corruptions"]
-    assert points["simclr · mixdiff"]["shift_suites"] == sorted(SUITES)
+    assert set(points) == {"simclr · mixdiff", "simclr · real · fashion-mnist", "simclr · pooled"}
+    fashion = points["simclr · real · fashion-mnist"]
+    assert fashion["dataset"].startswith("fashion-mnist") and fashion["id_command"] == "linear"
+    assert fashion["id_top1"]["mean"] == pytest.approx(b_numbers["id"], abs=1e-4)  # not kNN
+    assert fashion["shift_suites"] == ["corruptions"]  # never averaged with other datasets'
+    pooled = points["simclr · pooled"]
+    assert pooled["id_command"] == "knn" and pooled["id_top1"]["mean"] == 0.55
+    assert pooled["shift_suites"] == points["simclr · mixdiff"]["shift_suites"] == [
+        "imagenet-a", "imagenet-r"]  # the suites both runs of the dataset have
+    assert pooled["shift_top1"]["mean"] == pytest.approx(0.2)
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "## fashion-mnist val, 100 classes" in markdown and "## imagenet-100 val" in markdown
     assert "fashion-mnist kNN" in markdown
-    # the fashion-mnist run has only 3 axes (linear, kNN is not an axis, corruptions): bars
-    assert (tmp_path / "out" / "radar.png").is_file()
+    _not_blank(tmp_path / "out" / "radar.png")  # a radar beside grouped bars (2 axes)
+
+
+def test_dino_teacher_is_the_runs_number_and_the_student_is_labelled(tmp_path):
+    run, numbers = write_run(tmp_path, "dino", "mixdiff", 0, id_top1=0.78, weights="teacher",
+                             shift={"imagenet-r": 0.4, "imagenet-a": 0.2})
+    for command, dataset, top1 in (("linear", "imagenet-100", 0.7), ("robustness", "imagenet-r",
+                                                                     0.3),
+                                   ("robustness", "imagenet-sketch", 0.9)):
+        path = RunDir(run).eval_result(command, f"{dataset}-student")  # as `mixdiff eval` names it
+        path.write_text(json.dumps(_result(command, dataset, top1, weights="student")))
+    settings = group_settings(load_runs([run]))
+    rows = result_rows(settings)
+    (point,), notes = id_vs_ood_points(settings, rows)
+    assert point.x.mean == 0.78 and point.y.mean == pytest.approx(0.3)  # teacher, both sets
+    assert point.suites == ("imagenet-a", "imagenet-r") and not notes
+    columns = {(r.weights, r.command, r.dataset): r.column for r in rows}
+    assert columns[("teacher", "linear", "imagenet-100")] == "imagenet-100 linear"
+    assert columns[("student", "linear", "imagenet-100")] == "imagenet-100 linear (student)"
+    assert columns[("student", "robustness", "imagenet-r")] == "imagenet-r (student)"
+    (panel,), _ = radar_panels(settings, rows)
+    assert panel.axes == ["imagenet-100 linear", "imagenet-a", "imagenet-r"]  # no student sets
 
 
 def test_pairs_from_the_runs_synthetic_roots(tiny_data, tmp_path):

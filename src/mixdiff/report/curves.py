@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdiff.report.figures import pyplot, save
+from mixdiff.report.figures import figure_legend, pyplot, save
 from mixdiff.report.results import SPREADS, Summary
 from mixdiff.report.settings import Setting
 from mixdiff.report.style import setting_styles
@@ -58,12 +58,7 @@ def plot_curves(settings: list[Setting], out: str | Path, spread: str = "std") -
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    legend = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
-               ncol=min(4, max(1, len(legend))), fontsize=8.5, frameon=False)
+    figure_legend(fig, columns=4, loc="outside lower center")
     several = any(len(s.runs) > 1 for s in settings)
     fig.suptitle("Pre-training curves" + (f" (lines: mean over seeds; bands: "
                                           f"{SPREADS[spread]})"

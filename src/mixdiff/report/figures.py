@@ -17,6 +17,17 @@ def pyplot():
     return plt
 
 
+def figure_legend(fig, columns: int = 1, **options):
+    """One legend for the whole figure: every labelled artist of its panels, each label once, in
+    drawing order (the panels share one style per setting), in up to `columns` columns."""
+    entries: dict = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    return fig.legend(list(entries.values()), list(entries), frameon=False, fontsize=8.5,
+                      ncol=max(1, min(columns, len(entries))), **options)
+
+
 def save(fig, out: str | Path) -> Path:
     """Lay out, write the PNG (creating its folder, atomically) and free the figure. The saved
     area is fitted to what was drawn, so legends placed outside the axes are not clipped."""

@@ -2,9 +2,10 @@
 distribution-shift sets, as a mean and a spread over seeds.
 
 A run's in-distribution number is its offline linear result on its own dataset (kNN where it has
-no linear one); its shift number is the mean `top1` of its robustness results over the suites that
-every run of the same in-distribution dataset has (so that the means are comparable). Runs are
-only compared, and seeds only averaged, within one in-distribution dataset, split and class count.
+no linear one), with its default weights (DINO: the teacher); its shift number is the mean `top1`
+of its robustness results with the same weights, over the suites that every run of the same
+in-distribution dataset has (so that the means are comparable). Runs are only compared, and seeds
+only averaged, within one in-distribution dataset, split and class count.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from mixdiff.report.results import ResultRow, Summary, in_distribution, shift_rows
+from mixdiff.report.results import (ResultRow, Summary, evaluated_on, in_distribution,
+                                    shift_rows)
 from mixdiff.report.settings import Setting
 
 
@@ -29,10 +31,6 @@ class Point:
     run_y: tuple[float, ...]
 
 
-def _dataset(row: ResultRow) -> str:
-    return f"{row.dataset} {row.split}, {row.classes} classes"
-
-
 def id_vs_ood_points(settings: list[Setting], rows: list[ResultRow],
                      spread: str = "std") -> tuple[list[Point], list[str]]:
     """One point per (in-distribution dataset, setting), and notes on the runs left out."""
@@ -41,7 +39,8 @@ def id_vs_ood_points(settings: list[Setting], rows: list[ResultRow],
     for setting in settings:
         for record in setting.runs:
             id_row = in_distribution(rows, record)
-            shift = {r.dataset: r.top1 for r in shift_rows(rows, record.name)}
+            shift = {r.dataset: r.top1 for r in shift_rows(rows, record.name, id_row.weights)
+                     } if id_row else {}
             lacking = [what for what, found in (("an in-distribution (linear or kNN) result",
                                                  id_row), ("robustness results", shift))
                        if not found]
@@ -50,8 +49,8 @@ def id_vs_ood_points(settings: list[Setting], rows: list[ResultRow],
                 continue
             per_run[record.name] = {"setting": setting, "id": id_row, "shift": shift}
     points = []
-    for dataset in dict.fromkeys(_dataset(v["id"]) for v in per_run.values()):
-        members = {name: v for name, v in per_run.items() if _dataset(v["id"]) == dataset}
+    for dataset in dict.fromkeys(evaluated_on(v["id"]) for v in per_run.values()):
+        members = {name: v for name, v in per_run.items() if evaluated_on(v["id"]) == dataset}
         suites = sorted(set.intersection(*(set(v["shift"]) for v in members.values())))
         dropped = sorted(set().union(*(v["shift"] for v in members.values())) - set(suites))
         if dropped:

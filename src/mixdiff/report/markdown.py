@@ -5,7 +5,7 @@ then the long table with every number and what it is, then what is missing."""
 from __future__ import annotations
 
 from mixdiff.report.id_ood import Point
-from mixdiff.report.results import SPREADS, ResultRow, Summary, in_distribution
+from mixdiff.report.results import SPREADS, ResultRow, Summary, evaluated_on, in_distribution
 from mixdiff.report.settings import Setting
 
 # columns in this order: in-distribution, shift sets, their mean, transfer, then online
@@ -35,7 +35,7 @@ def _home(setting: Setting, rows: list[ResultRow]) -> str:
     for record in setting.runs:
         row = in_distribution(rows, record)
         if row is not None:
-            return f"{row.dataset} {row.split}, {row.classes} classes"
+            return evaluated_on(row)
     return f"trained on {setting.runs[0].train_dataset}, no offline in-distribution result"
 
 

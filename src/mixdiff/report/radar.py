@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdiff.report.figures import pyplot, save
-from mixdiff.report.results import SHIFT, ResultRow, Summary, in_distribution
+from mixdiff.report.figures import figure_legend, pyplot, save
+from mixdiff.report.results import SHIFT, ResultRow, Summary, evaluated_on, in_distribution
 from mixdiff.report.settings import Setting
 from mixdiff.report.style import setting_styles
 
@@ -49,12 +49,14 @@ def radar_panels(settings: list[Setting], rows: list[ResultRow],
     for setting in settings:
         for record in setting.runs:
             id_row = in_distribution(rows, record)
+            if id_row is None:
+                continue
             chosen = [r for r in rows if r.run == record.name and r.evaluation == "offline"
+                      and r.weights == id_row.weights
                       and (r.command in (SHIFT, "transfer") or r is id_row)]
             for r in chosen:
                 columns.setdefault(setting.label, {}).setdefault(r.column, []).append(r.value)
-            if id_row is not None:
-                home.setdefault(setting.label, f"{id_row.dataset} {id_row.split}")
+            home.setdefault(setting.label, evaluated_on(id_row))
     panels = []
     for dataset in dict.fromkeys(home.values()):
         shown = [s for s in settings if home.get(s.label) == dataset]
@@ -130,12 +132,8 @@ def plot_radar(panels: list[Panel], out: str | Path) -> Path:
         radar = len(panel.axes) >= MIN_AXES
         ax = fig.add_subplot(1, len(panels), k + 1, projection="polar" if radar else None)
         (_radar if radar else _bars)(ax, panel, styles)
-    legend = {}
-    for ax in fig.axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=8.5,
-               frameon=False, ncol=min(4, len(legend)), title="method · data", title_fontsize=9)
+    figure_legend(fig, columns=4, loc="outside lower center", title="method · data",
+                  title_fontsize=9)
     radar = any(len(p.axes) >= MIN_AXES for p in panels)
     fig.suptitle("Accuracy per dataset and suite (mean over seeds)" + (
         "\neach axis scaled min-max over the settings shown: inner ring = lowest, rim = highest;"

@@ -58,21 +58,31 @@ class ResultRow:
 METRIC_NAMES = {"mean_per_class_accuracy": "mean per-class acc."}  # headline metrics not top-1
 
 
-def _column(result: dict) -> str:
+def _column(result: dict, default_weights: str) -> str:
     name = str(result["dataset"])
     if result["command"] in IN_DISTRIBUTION:
         name = f"{name} {COMMAND_NAMES[result['command']]}"
     metric = result.get("metric", "top1")
-    return name if metric == "top1" else f"{name} ({METRIC_NAMES.get(metric, metric)})"
+    if metric != "top1":
+        name = f"{name} ({METRIC_NAMES.get(metric, metric)})"
+    weights = result.get("weights", default_weights)
+    return name if weights == default_weights else f"{name} ({weights})"
+
+
+def default_weights(record: RunRecord) -> str:
+    """The weights `mixdiff eval` uses when not told: the teacher where the run has one (its
+    results say so), else the student. Results of the other weights are labelled as such."""
+    return "teacher" if any(r.get("weights") == "teacher" for r in record.results) else "student"
 
 
 def offline_rows(record: RunRecord, setting: str) -> list[ResultRow]:
     rows = []
+    default = default_weights(record)
     for r in record.results:
         checkpoint = r.get("checkpoint") or {}
         rows.append(ResultRow(
             record.name, setting, record.method, record.mode, record.seed,
-            "online" if r.get("online") else "offline", str(r["command"]), _column(r),
+            "online" if r.get("online") else "offline", str(r["command"]), _column(r, default),
             str(r["protocol"]), str(r["dataset"]), str(r["split"]), int(r["classes"]),
             int(r["images"]), str(r.get("metric", "top1")), float(r.get("value", r["top1"])),
             float(r["top1"]), None if r.get("top5") is None else float(r["top5"]),
@@ -118,22 +128,30 @@ def result_rows(settings: list[Setting]) -> list[ResultRow]:
 
 
 def in_distribution(rows: list[ResultRow], record: RunRecord) -> ResultRow | None:
-    """The run's in-distribution number: its offline linear result, else kNN, preferring the one
-    on its own dataset (by name, then by class count) when it has several."""
+    """The run's in-distribution number: its offline linear result, else kNN, preferring its
+    default weights, then its own dataset (by name, then by class count) when it has several."""
     own = {record.train_dataset, _val_set(record)[0]}
     classes = len(record.data.get("classes", ())) or None
+    default = default_weights(record)
     for command in IN_DISTRIBUTION:
         candidates = [r for r in rows if r.run == record.name and r.command == command
                       and r.evaluation == "offline"]
         if candidates:
-            return min(candidates, key=lambda r: (r.dataset not in own, r.classes != classes,
-                                                  r.dataset))
+            return min(candidates, key=lambda r: (r.weights != default, r.dataset not in own,
+                                                  r.classes != classes, r.dataset))
     return None
 
 
-def shift_rows(rows: list[ResultRow], run: str) -> list[ResultRow]:
-    """The run's distribution-shift results (for `corruptions`: its overall top-1)."""
-    return [r for r in rows if r.run == run and r.command == SHIFT and r.evaluation == "offline"]
+def evaluated_on(row: ResultRow) -> str:
+    """What an in-distribution number measures; runs are compared only within one of these."""
+    return f"{row.dataset} {row.split}, {row.classes} classes"
+
+
+def shift_rows(rows: list[ResultRow], run: str, weights: str) -> list[ResultRow]:
+    """The run's distribution-shift results with these weights (for `corruptions`: its overall
+    top-1, the mean over the corruption grid)."""
+    return [r for r in rows if r.run == run and r.command == SHIFT and r.evaluation == "offline"
+            and r.weights == weights]
 
 
 @dataclass(frozen=True)

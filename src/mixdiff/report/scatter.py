@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from mixdiff.report.figures import pyplot, save
+from mixdiff.report.figures import figure_legend, pyplot, save
 from mixdiff.report.id_ood import Point
 from mixdiff.report.results import SPREADS
 from mixdiff.report.style import setting_styles
@@ -49,13 +49,8 @@ def plot_id_vs_ood(points: list[Point], out: str | Path, spread: str = "std") ->
         ax.margins(0.12)
     many = any(p.x.n > 1 for p in points)
     bars = f"bars: {SPREADS[spread]}" if many else "one seed per point"
-    legend = {}  # label -> handle, over every panel, in drawing order
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside right center",
-               fontsize=8.5, frameon=False,
-               title="method · data (colour · marker)", title_fontsize=9)
+    figure_legend(fig, loc="outside right center", title="method · data (colour · marker)",
+                  title_fontsize=9)
     fig.suptitle(f"In-distribution vs. distribution-shift top-1\n(points: mean over seeds; "
                  f"{bars})", fontsize=10.5)
     return save(fig, out)
