@@ -18,6 +18,12 @@ from mixdiff.runs import DATA_SUMMARY, METRICS, RunDir
 REQUIRED_RESULT_KEYS = ("command", "protocol", "dataset", "split", "classes", "images", "top1")
 
 
+def tree_name(root: str) -> str:
+    """An image tree's dataset name as `mixdiff eval` names it: the folder above the tree
+    (data/fashion-mnist/train -> fashion-mnist)."""
+    return Path(root).parent.name or Path(root).name or "?"
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class RunRecord:
     """One run folder as the report sees it."""
@@ -53,10 +59,7 @@ class RunRecord:
 
     @property
     def train_dataset(self) -> str:
-        """The training dataset's name, named as `mixdiff eval` names image trees: the folder
-        above the tree (data/fashion-mnist/train -> fashion-mnist)."""
-        real = self.setting("data.real") or ""
-        return Path(real).parent.name or Path(real).name or "?"
+        return tree_name(self.setting("data.real") or "")
 
     @property
     def synthetic_roots(self) -> list[str]:

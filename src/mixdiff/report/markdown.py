@@ -58,62 +58,72 @@ def _values(rows: list[ResultRow], runs: set[str], column: str) -> list[float]:
     return [r.value for r in rows if r.run in runs and r.column == column]
 
 
-def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], spread: str,
-           notes: list[str]) -> str:
-    runs = [r for s in settings for r in s.runs]
-    lines = ["# Results", "",
-             (f"{len(runs)} run(s) in {len(settings)} setting(s). Accuracies in %. Numbers are "
-             "offline (`mixdiff eval` on the frozen features of the run's checkpoint) unless "
-             "marked online (measured during pre-training, at the last epoch that evaluated). "
-             f"Setting rows: the mean over their n seeds and the spread ({SPREADS[spread]}). "
-             "The last table says what every number is (protocol, split, classes, images, "
-             "weights, checkpoint epoch); results.csv and results.json hold them as fractions."),
-             ""]
-    point_of = {(p.setting.label, p.dataset): p for p in points}
-    homes = {s.label: _home(s, rows) for s in settings}
-    for home in dict.fromkeys(homes.values()):
-        shown = [s for s in settings if homes[s.label] == home]
-        names = {r.name for s in shown for r in s.runs}
-        scoped = [r for r in rows if r.run in names]
-        columns = _with_shift_mean(_columns(scoped), scoped)
-        means = [p for s in shown if (p := point_of.get((s.label, home)))]
-        lines += [f"## {home}", ""]
-        if means:
-            suites = means[0].suites
-            lines += [(f"`{SHIFT_MEAN}`: mean top-1 over {', '.join(suites)} (the shift sets "
-                       "every run here has)."), ""]
-        body = []
-        for s in shown:
-            point = point_of.get((s.label, home))
+def _setting_table(shown: list[Setting], scoped: list[ResultRow], columns: list[str],
+                   point_of: dict, spread: str) -> list[str]:
+    body = []
+    for s in shown:
+        runs, cells = {r.name for r in s.runs}, []
+        for c in columns:
+            point, values = point_of.get(s.label), _values(scoped, runs, c)
+            if c == SHIFT_MEAN:
+                cells.append(point.y.percent() if point else MISSING)
+            else:
+                cells.append(Summary.of(values, spread).percent() if values else MISSING)
+        body.append([s.label, len(s.runs)] + cells)
+    return _table(["setting", "n"] + columns, body, text=1)
+
+
+def _run_table(shown: list[Setting], scoped: list[ResultRow], columns: list[str],
+               point_of: dict) -> list[str]:
+    run_shift = {run: y for p in point_of.values() for run, y in zip(p.runs, p.run_y)}
+    body = []
+    for s in shown:
+        for r in s.runs:
             cells = []
             for c in columns:
-                if c == SHIFT_MEAN:
-                    cells.append(point.y.percent() if point else MISSING)
-                    continue
-                values = _values(scoped, {r.name for r in s.runs}, c)
-                cells.append(Summary.of(values, spread).percent() if values else MISSING)
-            body.append([s.label, len(s.runs)] + cells)
-        lines += _table(["setting", "n"] + columns, body, text=1) + [""]
-        run_shift = {run: y for p in means for run, y in zip(p.runs, p.run_y)}
-        body = []
-        for s in shown:
-            for r in s.runs:
-                cells = []
-                for c in columns:
-                    values = _values(scoped, {r.name}, c)
-                    value = run_shift.get(r.name) if c == SHIFT_MEAN else (
-                        values[0] if values else None)
-                    cells.append(_percent(value))
-                body.append([r.name, s.label, r.seed] + cells)
-        lines += _table(["run", "setting", "seed"] + columns, body, text=2) + [""]
-    lines += ["## Every number", ""]
-    lines += _table(
+                values = _values(scoped, {r.name}, c)
+                cells.append(_percent(run_shift.get(r.name) if c == SHIFT_MEAN else
+                                      values[0] if values else None))
+            body.append([r.name, s.label, r.seed] + cells)
+    return _table(["run", "setting", "seed"] + columns, body, text=2)
+
+
+def _long_table(rows: list[ResultRow]) -> list[str]:
+    return _table(
         ["run", "online/offline", "command", "dataset", "split", "weights", "metric", "protocol",
          "classes", "images", "epoch", "value (%)", "top-5 (%)"],
         [[r.run, r.evaluation, r.command, r.dataset, r.split, r.weights, r.metric, r.protocol,
           r.classes or MISSING, r.images or MISSING,
           MISSING if r.checkpoint_epoch is None else r.checkpoint_epoch, _percent(r.value),
-          _percent(r.top5)] for r in rows], text=8) + [""]
+          _percent(r.top5)] for r in rows], text=8)
+
+
+def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], spread: str,
+           notes: list[str]) -> str:
+    runs = [r for s in settings for r in s.runs]
+    lines = ["# Results", "",
+             (f"{len(runs)} run(s) in {len(settings)} setting(s). Accuracies in %. Numbers are "
+              "offline (`mixdiff eval` on the frozen features of the run's checkpoint) unless "
+              "marked online (measured during pre-training, at the last epoch that evaluated). "
+              f"Setting rows: the mean over their n seeds and the spread ({SPREADS[spread]}). "
+              "The last table says what every number is (protocol, split, classes, images, "
+              "weights, checkpoint epoch); results.csv and results.json hold them as fractions."),
+             ""]
+    homes = {s.label: _home(s, rows) for s in settings}
+    for home in dict.fromkeys(homes.values()):  # one section per in-distribution dataset
+        shown = [s for s in settings if homes[s.label] == home]
+        names = {r.name for s in shown for r in s.runs}
+        scoped = [r for r in rows if r.run in names]
+        columns = _with_shift_mean(_columns(scoped), scoped)
+        point_of = {p.setting.label: p for p in points if p.dataset == home}
+        lines += [f"## {home}", ""]
+        if point_of:
+            suites = next(iter(point_of.values())).suites
+            lines += [(f"`{SHIFT_MEAN}`: mean top-1 over {', '.join(suites)} (the shift sets "
+                       "every run here has)."), ""]
+        lines += _setting_table(shown, scoped, columns, point_of, spread) + [""]
+        lines += _run_table(shown, scoped, columns, point_of) + [""]
+    lines += ["## Every number", ""] + _long_table(rows) + [""]
     if notes:
         lines += ["## Missing or left out", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)

@@ -114,7 +114,8 @@ def _bars(ax, panel: Panel, styles) -> None:
         ax.bar(x, [100 * v.mean for v in values], width, color=style.colour,
                edgecolor="black", linewidth=0.5, hatch=style.hatch,
                yerr=[[100 * (v.mean - v.low) for v in values],
-                     [100 * (v.high - v.mean) for v in values]], capsize=2,
+                     [100 * (v.high - v.mean) for v in values]] if setting.runs[1:] else None,
+               capsize=2,
                label=setting.label)
     ax.set_xticks(np.arange(len(panel.axes)))
     ax.set_xticklabels(["\n".join(textwrap.wrap(a, 18)) for a in panel.axes], fontsize=8.5)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mixdiff.io import atomic_open, atomic_write_text
-from mixdiff.report.collect import RunRecord
+from mixdiff.report.collect import RunRecord, tree_name
 from mixdiff.report.settings import Setting
 from mixdiff.runs import Metric
 
@@ -94,7 +94,7 @@ def _val_set(record: RunRecord) -> tuple[str, str]:
     """(dataset, split) of the images the online metrics were scored on."""
     val = record.setting("data.val")
     if val:
-        return Path(val).parent.name or Path(val).name, Path(val).name
+        return tree_name(val), Path(val).name
     fraction = record.setting("data.val_fraction", 0.0)
     return record.train_dataset, f"hold-out {fraction:.0%} of train"
 
