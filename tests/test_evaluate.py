@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet, labelled_sets
 from mixdiff.evaluate.knn import knn_accuracy, knn_eval, weighted_knn_votes
 from mixdiff.evaluate.linear import LinearProbe, linear_eval, load_probe
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
-from mixdiff.evaluate.results import REQUIRED, mean_per_class_accuracy, write_result
+from mixdiff.evaluate.results import (REQUIRED, mean_per_class_accuracy, read_result,
+                                      write_result)
 from mixdiff.runs import RunDir
 from mixdiff.train import pretrain
 
@@ -28,12 +31,19 @@ DINO = {"method": "dino", "augment.recipe": "dino"}
 
 @pytest.fixture(scope="session")
 def eval_runs(tiny_data, tmp_path_factory):
-    """A DINO run and a SimCLR run (one epoch each), and a toy train/val pair of trees."""
-    base = tmp_path_factory.mktemp("eval")
-    runs = {name: pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), base / name)
-            for name, extra in (("dino", DINO), ("simclr", {}))}
-    toy = {"train": make_tree(base / "toy" / "train", 8, seed=10),
-           "val": make_tree(base / "toy" / "val", 6, seed=11)}
+    """A DINO run and a SimCLR run (one epoch each), and a toy train/val pair of trees. Made once
+    per session in a fixed folder, so the other test_eval_* modules that import this fixture
+    reuse them instead of training again."""
+    base = tmp_path_factory.getbasetemp() / "eval_runs"
+    runs = {}
+    for name, extra in (("dino", DINO), ("simclr", {})):
+        runs[name] = base / name
+        if not (runs[name] / "checkpoints" / "last.ckpt").is_file():
+            pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), runs[name])
+    toy = {"train": base / "toy" / "train", "val": base / "toy" / "val"}
+    if not toy["val"].is_dir():
+        make_tree(toy["train"], 8, seed=10)
+        make_tree(toy["val"], 6, seed=11)
     return {**runs, **toy}
 
 
@@ -219,8 +229,8 @@ def test_knn_and_linear_probe_are_well_above_chance(eval_runs):
     run = RunDir(eval_runs["dino"])
     train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
     encoder = Encoder.from_run(run)
-    knn = knn_eval(encoder, train, val, ks=(5, 20), num_workers=0)
-    linear = linear_eval(encoder, train, val, num_workers=0)
+    knn = read_result(knn_eval(encoder, train, val, ks=(5, 20), num_workers=0))
+    linear = read_result(linear_eval(encoder, train, val, num_workers=0))
     chance = 1 / 3
     assert knn["top1"] >= 0.7 > chance and linear["top1"] >= 0.7, (knn, linear)
     for command, result in (("knn", knn), ("linear", linear)):
@@ -241,7 +251,7 @@ def test_knn_and_linear_probe_are_well_above_chance(eval_runs):
     features = encoder.encode(val, num_workers=0)
     top1 = (probe.logits(features).argmax(1).numpy() == val.labels).mean()
     assert top1 == pytest.approx(linear["top1"])
-    assert linear_eval(encoder, train, val, num_workers=0)["top1"] == linear["top1"]
+    assert read_result(linear_eval(encoder, train, val, num_workers=0))["top1"] == linear["top1"]
 
 
 def test_load_probe_refuses_other_weights_checkpoints_and_ambiguity(eval_runs, tmp_path):
@@ -285,3 +295,47 @@ def test_write_result_checks_fields_and_stamps(tmp_path):
     saved = json.loads(path.read_text())
     assert path == tmp_path / "eval" / "knn" / "x.json"
     assert saved["mixdiff_version"] and saved["created"].endswith("+00:00")
+
+
+# --- the command line ----------------------------------------------------------------------------
+def _cli(*args):
+    return CliRunner().invoke(app, ["eval", *map(str, args)])
+
+
+def test_cli_knn_and_linear_on_two_runs(eval_runs):
+    trees = ["--train", eval_runs["train"], "--val", eval_runs["val"], "--device", "cpu",
+             "--num-workers", "0"]
+    knn = _cli("knn", "--run", eval_runs["dino"], "--run", eval_runs["simclr"], "--k", 3,
+               "--name", "toy-cli", *trees)
+    assert knn.exit_code == 0, knn.output
+    for run in ("dino", "simclr"):
+        saved = json.loads((eval_runs[run] / "eval" / "knn" / "toy-cli.json").read_text())
+        assert saved["settings"]["k"] == [3] and saved["protocol"].startswith(
+            "offline weighted kNN (cosine, k=3, T=0.07)")
+        assert f"{saved['value']:.2%}" in knn.output
+    linear = _cli("linear", "--run", eval_runs["simclr"], "--name", "toy-cli", *trees)
+    assert linear.exit_code == 0, linear.output
+    assert (eval_runs["simclr"] / "eval" / "linear" / "toy-cli.probe.pt").is_file()
+
+
+@pytest.mark.parametrize("case", ["not_a_run", "teacher", "classes", "empty", "k"])
+def test_cli_errors_are_one_line(eval_runs, tmp_path, case):
+    train, val = eval_runs["train"], eval_runs["val"]
+    run, extra = eval_runs["simclr"], []
+    if case == "not_a_run":
+        run, expected = tmp_path, "is not a `mixdiff pretrain` run folder"
+    elif case == "teacher":
+        extra, expected = ["--weights", "teacher"], "has no teacher weights"
+    elif case == "classes":
+        val = make_tree(tmp_path / "other" / "val", 1, classes=("circle", "square"))
+        expected = "only in the train tree: ['stripes']"
+    elif case == "empty":
+        val = tmp_path / "empty"
+        val.mkdir()
+        expected = "no images found under"
+    else:
+        extra, expected = ["--k", "0"], "--k 0"
+    result = _cli("knn", "--run", run, "--train", train, "--val", val, "--num-workers", 0,
+                  *extra)
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

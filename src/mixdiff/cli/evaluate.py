@@ -3,10 +3,137 @@ robustness suites register themselves from `mixdiff.cli.robustness`)."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Callable, List, Optional
+
 import typer
 
-from mixdiff.cli._app import app
+from mixdiff.cli._app import app, console, fail
+from mixdiff.errors import MixDiffError
+from mixdiff.evaluate.features import WEIGHT_PREFIXES
+from mixdiff.evaluate.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
+from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 
 eval_app = typer.Typer(help="Evaluate pre-trained runs offline: kNN, linear probe, robustness "
-                       "suites, transfer.", no_args_is_help=True)
+                       "suites, transfer. Each writes RUN/eval/<command>/<dataset>.json and "
+                       "prints a table.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+
+TransferName = Enum("TransferName", {name: name for name in TRANSFER_DATASETS}, type=str)
+
+# options every `mixdiff eval` command shares (Typer reads these defaults afresh per command)
+RUNS = typer.Option(..., "--run", help="A `mixdiff pretrain` run folder (repeat --run for "
+                    "several).")
+WEIGHTS = typer.Option(None, "--weights", help=f"{' | '.join(WEIGHT_PREFIXES)} (default: teacher "
+                       "for runs that have one, DINO; else student). Non-default weights are "
+                       "written as <dataset>-<weights>.json.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the GPU when there is "
+                      "one).")
+BATCH_SIZE = typer.Option(256, "--batch-size", help="Images per encoding batch.")
+NUM_WORKERS = typer.Option(None, "--num-workers", help="Image decoding processes (default: up "
+                           "to 8).")
+TRAIN = typer.Option(..., "--train", help="The training tree <class>/<image>.")
+VAL = typer.Option(..., "--val", help="The tree scored, with the same classes; the folder above "
+                   "it names the dataset (data/fashion-mnist/test -> fashion-mnist).")
+NAME = typer.Option(None, "--name", help="The result's file name (default: the dataset's).")
+
+
+def _trees(train: Path, val: Path):
+    from mixdiff.evaluate.features import labelled_sets
+
+    try:
+        return labelled_sets(train, val)
+    except MixDiffError as exc:
+        fail(exc)
+
+
+def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
+                  evaluate: Callable) -> None:
+    """Run `evaluate(encoder)` for each run, print the table, fail with one line on bad input."""
+    from mixdiff.evaluate.features import Encoder
+    from mixdiff.evaluate.results import print_table, read_result
+
+    results = []
+    try:
+        for run in runs:
+            path = evaluate(Encoder.from_run(run, weights, device))
+            results.append(read_result(path))
+            console.print(f"wrote {path}", highlight=False)
+    except MixDiffError as exc:
+        fail(exc)
+    print_table(results, console)
+
+
+@eval_app.command("knn")
+def knn(
+    runs: List[Path] = RUNS,
+    train: Path = TRAIN,
+    val: Path = VAL,
+    name: Optional[str] = NAME,
+    ks: List[int] = typer.Option(list(DEFAULT_KS), "--k", help="Neighbours (repeat for several; "
+                                 "the first is the headline)."),
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, "--temperature",
+                                      help="Vote weight exp(cosine / T)."),
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    num_workers: Optional[int] = NUM_WORKERS,
+) -> None:
+    """Weighted kNN on frozen features (DINO's protocol: cosine, T=0.07, k=20 and k=200).
+    Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
+    from mixdiff.evaluate.knn import knn_eval
+
+    if min(ks) < 1:
+        fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
+    train_set, val_set = _trees(train, val)
+    _for_each_run(runs, weights, device, lambda encoder: knn_eval(
+        encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers))
+
+
+@eval_app.command("linear")
+def linear(
+    runs: List[Path] = RUNS,
+    train: Path = TRAIN,
+    val: Path = VAL,
+    name: Optional[str] = NAME,
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    num_workers: Optional[int] = NUM_WORKERS,
+) -> None:
+    """Offline linear probe: L-BFGS logistic regression on frozen, standardised features, its
+    weight decay chosen on a stratified 20% of the training images, scored on --val (top-1,
+    top-5). Writes RUN/eval/linear/<name>.json and the probe RUN/eval/linear/<name>.probe.pt
+    (used by `mixdiff eval robustness`)."""
+    from mixdiff.evaluate.linear import linear_eval
+
+    train_set, val_set = _trees(train, val)
+    _for_each_run(runs, weights, device, lambda encoder: linear_eval(
+        encoder, train_set, val_set, name, batch_size=batch_size, num_workers=num_workers))
+
+
+@eval_app.command("transfer", help=(
+    "Linear transfer by SynCLR's protocol: frozen features, L-BFGS logistic regression, the "
+    "weight decay swept on a val split, refit on train+val, scored once on test. Writes "
+    "RUN/eval/transfer/<dataset>.json. Datasets (read with torchvision from --root):\n\n"
+    + "\n\n".join(f"{name}: {spec.describe()}, in ROOT/{spec.folder}"
+                  for name, spec in TRANSFER_DATASETS.items())))
+def transfer(
+    runs: List[Path] = RUNS,
+    dataset: TransferName = typer.Option(..., "--dataset", help="The transfer dataset."),
+    root: Path = typer.Option(..., "--root", help="The folder torchvision reads the dataset "
+                              "from (and downloads it to, with --download)."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset into --root "
+                                  "when it is not there (never without this flag)."),
+    name: Optional[str] = NAME,
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    num_workers: Optional[int] = NUM_WORKERS,
+) -> None:
+    from mixdiff.evaluate.transfer import transfer_eval
+
+    _for_each_run(runs, weights, device, lambda encoder: transfer_eval(
+        encoder, dataset.value, root, download, result=name, batch_size=batch_size,
+        num_workers=num_workers))

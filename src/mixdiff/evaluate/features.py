@@ -91,7 +91,9 @@ class ImageSet:
 
 def labelled_sets(train: str | Path, val: str | Path, name: str | None = None
                   ) -> tuple[ImageSet, ImageSet]:
-    """The train and val trees of a probe, labelled in one class order; their classes must match."""
+    """The train and val trees of a probe, labelled in one class order; their classes must match.
+    Both carry one dataset name: `name`, else the folder above `val` (data/fashion-mnist/test)."""
+    name = name or Path(val).absolute().parent.name
     train_set, val_set = ImageSet.from_tree(train, name), ImageSet.from_tree(val, name)
     for image_set, root in ((train_set, train), (val_set, val)):
         if not image_set.classes:

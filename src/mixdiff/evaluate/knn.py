@@ -4,6 +4,7 @@ votes weighted by exp(similarity / T)); used by the online kNN during training a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -59,9 +60,9 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, features: Tensor,
 def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
              ks: Sequence[int] = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE,
              batch_size: int = 256, num_workers: int | None = None,
-             show_progress: bool = True) -> dict:
-    """Weighted kNN of the val images among the training images; writes and returns the result
-    (headline: the first k)."""
+             show_progress: bool = True) -> Path:
+    """Weighted kNN of the val images among the training images (headline: the first k); returns
+    the result file written."""
     ks = tuple(dict.fromkeys(ks))
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be positive, got {ks}")
@@ -85,6 +86,5 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
                      "val": val.root, "bank_images": len(train), **encoder.settings()},
         "details": {"per_k": per_k},
     }
-    write_result(encoder.run, "knn", result_name(train.name, encoder.weights,
-                                                 encoder.default_weights, name), result)
-    return result
+    return write_result(encoder.run, "knn", result_name(train.name, encoder.weights,
+                                                        encoder.default_weights, name), result)

@@ -97,9 +97,9 @@ def load_probe(run: RunDir, dataset: str | None = None, weights: str | None = No
 
 def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
                 settings: LogisticSettings = LogisticSettings(), batch_size: int = 256, num_workers: int | None = None,
-                show_progress: bool = True) -> dict:
+                show_progress: bool = True) -> Path:
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
-    Returns the result (as written)."""
+    Returns the result file."""
     x_train = encoder.encode(train, batch_size=batch_size, num_workers=num_workers,
                              show_progress=show_progress)
     x_val = encoder.encode(val, batch_size=batch_size, num_workers=num_workers,
@@ -133,5 +133,4 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
         "details": {"weight_decay": weight_decay, "probe": str(encoder.run.probe(name)),
                     **fitted.record()},
     }
-    write_result(encoder.run, "linear", name, result)
-    return result
+    return write_result(encoder.run, "linear", name, result)

@@ -12,7 +12,9 @@ row score below the best; the refit on all the data starts from the best point's
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -199,7 +201,31 @@ def select_and_fit(x_fit: Tensor, y_fit: Tensor, x_held: Tensor, y_held: Tensor,
     Each stage standardises with its own training statistics (fit for the sweep, all for the
     refit), as SynCLR does."""
     start = time.perf_counter()
+    with _threads_for(x_all.shape[0] * x_all.shape[1] * num_classes, device):
+        fitted = _select_and_fit(x_fit, y_fit, x_held, y_held, x_all, y_all, num_classes, metric,
+                                 settings, device)
+    return ProbeFit(*fitted, time.perf_counter() - start)
 
+
+SMALL_PROBLEM = 2**26  # multiply-adds per logits pass below which one CPU thread is faster
+
+
+@contextmanager
+def _threads_for(work: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread for small problems: there L-BFGS is thousands of tiny ops, and waking
+    OpenMP threads for each costs more than the op (16x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and work < SMALL_PROBLEM:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _select_and_fit(x_fit: Tensor, y_fit: Tensor, x_held: Tensor, y_held: Tensor, x_all: Tensor,
+                    y_all: Tensor, num_classes: int, metric: str, settings: LogisticSettings,
+                    device: torch.device) -> tuple[Standardised, Sweep, Fit]:
     def prepare(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         return (x.to(device, torch.float32) - mean) / std
 
@@ -216,5 +242,4 @@ def select_and_fit(x_fit: Tensor, y_fit: Tensor, x_held: Tensor, y_held: Tensor,
                          init=sweep.best)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    classifier = Standardised(mean, std, final.weight, final.bias).cpu()
-    return ProbeFit(classifier, sweep, final, time.perf_counter() - start)
+    return Standardised(mean, std, final.weight, final.bias).cpu(), sweep, final

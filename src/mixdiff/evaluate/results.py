@@ -101,4 +101,7 @@ def print_table(results: list[dict], console: Console | None = None) -> None:
                       str(r["classes"]), str(r["images"]), r["metric"], f"{r['value']:.2%}", top5,
                       r["weights"])
     table.caption = "\n".join(dict.fromkeys(f"{r['dataset']}: {r['protocol']}" for r in results))
-    (console or Console(stderr=True)).print(table)
+    console = console or Console(stderr=True)
+    if not console.is_terminal:  # a log file or a pipe: the whole table, not 80 columns of it
+        console = Console(file=console.file, width=200)
+    console.print(table)

@@ -1,0 +1,98 @@
+"""`mixdiff export`: the exported state dict loads strictly into a plain torchvision / timm model,
+in a fresh Python process that never imports MixDiff, and gives the encoder's features."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mixdiff.cli import app
+from mixdiff.config import load_config
+from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.export import export_backbone
+from mixdiff.train import pretrain
+
+from conftest import make_tree, tiny_overrides
+from test_evaluate import eval_runs  # noqa: F401  (the shared session runs)
+
+# run in a fresh interpreter: follow each .json's recipe with torchvision/timm alone
+PLAIN_LOAD = """
+import json, os, sys
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+for job in json.loads(sys.argv[1]):  # {"recipe", "out", "images"}
+    recipe = json.load(open(job["recipe"]))
+    os.chdir(os.path.dirname(job["recipe"]))
+    exec(recipe["load"])
+    p = recipe["preprocessing"]
+    transform = v2.Compose([v2.Resize(p["resize_short_side"], antialias=p["antialias"]),
+                            v2.CenterCrop(p["center_crop"]),
+                            v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(p["mean"], p["std"])])
+    images = [transform(v2.PILToTensor()(Image.open(f).convert("RGB"))) for f in job["images"]]
+    with torch.no_grad():
+        torch.save(model(torch.stack(images)), job["out"])
+assert not [m for m in sys.modules if m.startswith("mixdiff")], "MixDiff was imported"
+"""
+
+
+@pytest.fixture(scope="module")
+def vit_run(tiny_data, tmp_path_factory):
+    return pretrain(load_config(None, tiny_overrides(tiny_data, **{
+        "model.backbone": "vit_tiny", "model.patch_size": 4})), tmp_path_factory.mktemp("vit"))
+
+
+def _plain_features(jobs: list[tuple], tmp_path) -> list[torch.Tensor]:
+    """Features of each (recipe, ImageSet) computed by PLAIN_LOAD in one fresh interpreter."""
+    script = tmp_path / "plain_load.py"
+    script.write_text(PLAIN_LOAD)
+    spec = [{"recipe": str(recipe), "out": str(tmp_path / f"plain{i}.pt"),
+             "images": list(images.paths)} for i, (recipe, images) in enumerate(jobs)]
+    subprocess.run([sys.executable, str(script), json.dumps(spec)], check=True,
+                   capture_output=True, text=True)
+    return [torch.load(job["out"]) for job in spec]
+
+
+def test_exports_give_the_encoders_features_in_plain_torchvision_and_timm(eval_runs, vit_run,
+                                                                          tmp_path):
+    images = ImageSet.from_tree(make_tree(tmp_path / "imgs" / "test", 2, seed=7))
+    jobs, expected = [], []
+    for run, fmt, suffix, weights in ((eval_runs["dino"], "torchvision", ".safetensors", None),
+                                      (eval_runs["dino"], "timm", ".pt", "student"),
+                                      (vit_run, None, ".safetensors", None)):
+        out = tmp_path / f"{len(jobs)}" / f"model{suffix}"
+        if fmt is None:  # through the command line, with its default format
+            result = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            recipe = out.with_suffix(".json")
+        else:
+            recipe = export_backbone(run, out, fmt, weights)[1]
+        saved = json.loads(recipe.read_text())
+        encoder = Encoder.from_run(run, weights, "cpu")
+        assert saved["source"]["weights"] == encoder.weights == (weights or encoder.weights)
+        jobs.append((recipe, images))
+        expected.append(encoder.encode(images, num_workers=0))
+    loads = [json.loads(recipe.read_text())["load"] for recipe, _ in jobs]
+    assert all("model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3" in load  # the small stem
+               for load in loads[:2])
+    assert "torchvision.models.resnet18()" in loads[0] and "timm.create_model('resnet18'" in \
+        loads[1] and "timm.create_model('vit_tiny_patch16_224'" in loads[2]
+    for plain, features in zip(_plain_features(jobs, tmp_path), expected):
+        assert torch.allclose(plain, features, rtol=0, atol=1e-6)
+
+
+def test_export_refusals_are_one_line(vit_run, tmp_path):
+    refused = CliRunner().invoke(app, ["export", "--run", str(vit_run), "--out",
+                                       str(tmp_path / "v.pt"), "--format", "torchvision"])
+    assert refused.exit_code == 2 and "export it with --format timm" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    bad_suffix = CliRunner().invoke(app, ["export", "--run", str(vit_run), "--out",
+                                          str(tmp_path / "v.bin")])
+    assert bad_suffix.exit_code == 2 and ".safetensors, .pt, .pth" in bad_suffix.output
