@@ -234,22 +234,24 @@ WNIDS = ("n02701002", "n04099969", "n07753592")  # ambulance 407, rocking chair 
 @pytest.fixture(scope="session")
 def wnid_run(tmp_path_factory):
     """A tiny real run whose class folders are wnids, with its linear probe (`eval linear`)."""
-    from mixdiff.config import load_config
-    from mixdiff.evaluate.features import Encoder, labelled_sets
-    from mixdiff.evaluate.linear import linear_eval
-    from mixdiff.train import pretrain
     from conftest import make_tree, tiny_overrides
+    from typer.testing import CliRunner
+
+    from mixdiff.cli import app
+    from mixdiff.config import load_config
+    from mixdiff.train import pretrain
 
     base = tmp_path_factory.mktemp("wnid-run")
-    data = {"real": make_tree(base / "real", classes=WNIDS),
+    data = {"real": make_tree(base / "tiny-imagenet" / "train", classes=WNIDS),
             "syn0": make_tree(base / "syn0", ext=".jpg", seed=1, classes=WNIDS),
             "syn1": make_tree(base / "syn1", seed=2, classes=WNIDS),
-            "val": make_tree(base / "val", 3, seed=3, classes=WNIDS)}
+            "val": make_tree(base / "tiny-imagenet" / "val", 3, seed=3, classes=WNIDS)}
     run = base / "run"
     pretrain(load_config(None, tiny_overrides(data)), run)
-    train, val = labelled_sets(data["real"], data["val"], name="tiny-imagenet")
-    linear_eval(Encoder.from_run(run, device="cpu"), train, val, num_workers=0,
-                show_progress=False)
+    fitted = CliRunner().invoke(app, ["eval", "linear", "--run", str(run), "--train",
+                                      str(data["real"]), "--val", str(data["val"]),
+                                      "--device", "cpu", "--num-workers", "0"])
+    assert fitted.exit_code == 0, fitted.output
     return run, data
 
 
