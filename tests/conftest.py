@@ -61,7 +61,7 @@ def tiny_overrides(data: dict[str, Path], **extra) -> list[str]:
         "augment.local_crops_real": 2, "augment.local_crops_synthetic": 1,
         "trainer.batch_size": 4, "trainer.max_epochs": 1, "trainer.limit_train_batches": 2,
         "trainer.precision": "32-true", "trainer.progress_bar": "false",
-        "trainer.accelerator": "cpu", "optim.warmup_epochs": 0,
+        "trainer.accelerator": "cpu", "optim.warmup_epochs": 0, "trainer.logger": "none",
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
-from mixdiff.errors import NonFiniteLossError, RunDirError, UnreadableImageError
+from mixdiff.data.datamodule import MixDiffDataModule, ResumableSampler
+from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.train import pretrain
 
 from conftest import make_tree, tiny_overrides
@@ -27,11 +28,21 @@ def _run(tiny_data, out, **extra):
     return pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), out)
 
 
+def _expected_synthetic_fraction(cfg) -> float:
+    """The share of synthetic samples in the batches epoch 0 trains on (the sampler is seeded)."""
+    dm = MixDiffDataModule(cfg)
+    dm.setup()
+    seen = list(ResumableSampler(dm.train_set, cfg.trainer.seed))
+    seen = seen[:int(cfg.trainer.limit_train_batches) * cfg.trainer.batch_size]
+    return sum(dm.train_set.samples[i].real is None for i in seen) / len(seen)
+
+
 @pytest.mark.parametrize("mode", ["real", "synthetic", "mixdiff", "pooled"])
 @pytest.mark.parametrize("method", ["simclr", "barlow_twins", "dino"])
 def test_every_method_in_every_mode(tiny_data, tmp_path, method, mode):
     extra = {"method": method, "data.mode": mode, **(DINO if method == "dino" else {})}
-    run = _run(tiny_data, tmp_path / "run", **extra)
+    cfg = load_config(None, tiny_overrides(tiny_data, **extra))
+    run = pretrain(cfg, tmp_path / "run")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     saved = OmegaConf.load(run / "config.yaml")
     assert (saved.method, saved.data.mode) == (method, mode)
@@ -39,9 +50,11 @@ def test_every_method_in_every_mode(tiny_data, tmp_path, method, mode):
     for key in ("train/loss", "train/synthetic_fraction", "online_probe/val_top1",
                 "online_knn/val_top1"):
         assert row[key] != "", key
-    assert float(row["train/synthetic_fraction"]) == (1.0 if mode in ("synthetic", "mixdiff")
-                                                      else 0.0 if mode == "real" else
-                                                      float(row["train/synthetic_fraction"]))
+    expected = {"synthetic": 1.0, "mixdiff": 1.0, "real": 0.0}.get(mode)
+    if mode == "pooled":  # real and synthetic samples mixed, as the seeded shuffle drew them
+        expected = _expected_synthetic_fraction(cfg)
+        assert 0.0 < expected < 1.0
+    assert float(row["train/synthetic_fraction"]) == pytest.approx(expected)
     assert 0.0 <= float(row["online_knn/val_top1"]) <= 1.0
     assert torch.isfinite(torch.tensor(float(row["train/loss"])))
 
@@ -79,32 +92,110 @@ def test_init_from_copies_weights(tiny_data, tmp_path):
     after = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     conv = "backbone.conv1.weight"
     assert torch.equal(weights[conv], after[conv])  # lr 0: still exactly the loaded weights
-    with pytest.raises(Exception, match="init_from"):
+    with pytest.raises(ConfigError, match="init_from.*not found"):
         pretrain(load_config(None, tiny_overrides(tiny_data, init_from=tmp_path / "none.ckpt")),
                  tmp_path / "c")
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+def _nan_loss(monkeypatch):
     from mixdiff.methods.simclr import SimCLR
 
+    monkeypatch.setattr(SimCLR, "ssl_loss", lambda self, *a: torch.tensor(float("nan"),
+                                                                          requires_grad=True))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _run(tiny_data, out)
     good = (out / "checkpoints" / "last.ckpt").read_bytes()
-    monkeypatch.setattr(SimCLR, "ssl_loss", lambda self, *a: torch.tensor(float("nan"),
-                                                                          requires_grad=True))
-    with pytest.raises(NonFiniteLossError, match="nan at epoch 1"):
+    _nan_loss(monkeypatch)
+    with pytest.raises(NonFiniteLossError) as error:
         _run(tiny_data, out, **{"trainer.max_epochs": 2})
+    message = str(error.value)
+    assert "became nan at epoch 1" in message
+    assert "last good checkpoint" in message and "epoch 0, step 2" in message
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == good
     assert [r["epoch"] for r in _rows(out)] == ["0"]
 
 
-def test_unreadable_training_image_names_the_file(tmp_path, tiny_data):
+def test_nan_message_claims_no_checkpoint_it_does_not_have(tiny_data, tmp_path, monkeypatch):
+    _nan_loss(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as error:
+        _run(tiny_data, out, **{"trainer.precision": "bf16-mixed"})
+    message = str(error.value)
+    assert "no checkpoint had been written yet" in message
+    assert "bf16" not in message  # it is already in use: no advice to switch to it
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(NonFiniteLossError, match="use trainer.precision=bf16-mixed"):
+        _run(tiny_data, tmp_path / "fp16", **{"trainer.precision": "16-mixed"})
+
+
+def test_unreadable_images_are_all_named_before_training(tmp_path, tiny_data):
     real = make_tree(tmp_path / "real", per_class=4)
-    (real / "square" / "img02.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(UnreadableImageError, match=r"square/img02\.png"):
+    for bad in ("square/img02.png", "circle/img01.png"):
+        (real / bad).write_bytes(b"\x89PNG broken")
+    with pytest.raises(UnreadableImageError) as error:
         pretrain(load_config(None, tiny_overrides(tiny_data, **{
-            "data.real": real, "data.mode": "real", "data.val_fraction": 0.01,
+            "data.real": real, "data.mode": "real"})), tmp_path / "run")
+    message = str(error.value)
+    assert "2 unreadable image(s)" in message
+    assert "square/img02.png" in message and "circle/img01.png" in message
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_that_fails_to_decode_while_training_is_one_clear_error(tmp_path, tiny_data,
+                                                                      workers):
+    real = make_tree(tmp_path / "real", per_class=4)
+    whole = (real / "square" / "img02.png").read_bytes()
+    (real / "square" / "img02.png").write_bytes(whole[:len(whole) * 2 // 3])  # header intact
+    with pytest.raises(UnreadableImageError) as error:
+        pretrain(load_config(None, tiny_overrides(tiny_data, **{
+            "data.real": real, "data.mode": "real", "data.num_workers": workers,
             "trainer.limit_train_batches": 1.0})), tmp_path / "run")
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {real / 'square' / 'img02.png'}: ")
+    assert "mixdiff data verify" in message and "Traceback" not in message
+
+
+def test_a_failed_start_leaves_nothing_that_refuses_the_fixed_command(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="image folder not found"):
+        _run(tiny_data, out, **{"data.real": tmp_path / "absent"})
+    assert not (out / "config.yaml").exists()
+    _run(tiny_data, out)  # the corrected command starts cleanly in the same folder
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPU")
+def test_asking_for_a_gpu_without_one_is_one_clear_line(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+        _run(tiny_data, tmp_path / "run", **{"trainer.accelerator": "gpu"})
+    assert not (tmp_path / "run").exists()
+
+
+def test_loggers(tiny_data, tmp_path):
+    run = _run(tiny_data, tmp_path / "tb", **{"trainer.logger": "tensorboard"})  # the default
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    run = _run(tiny_data, tmp_path / "csv", **{"trainer.logger": "csv"})
+    with open(run / "logs" / "csv" / "version_0" / "metrics.csv", newline="") as handle:
+        assert "train/loss" in next(csv.reader(handle))
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"mixdiff\[wandb\]"):
+            _run(tiny_data, tmp_path / "wandb", **{"trainer.logger": "wandb"})
+
+
+def test_a_run_saved_by_the_previous_version_still_resumes(tiny_data, tmp_path):
+    out = _run(tiny_data, tmp_path / "run")
+    text = (out / "config.yaml").read_text()
+    old = text.replace("online_eval:", "eval:").replace("  proj_layers: 2\n", "")
+    assert old != text
+    (out / "config.yaml").write_text(old)
+    _run(tiny_data, out, **{"trainer.max_epochs": 2})
+    assert [r["epoch"] for r in _rows(out)] == ["0", "1"]
 
 
 def test_cli_pretrain_and_clear_errors(tiny_data, tmp_path):
@@ -133,7 +224,8 @@ def test_two_process_ddp_run_scales_lr_by_global_batch(tiny_data, tmp_path):
 
 
 def test_epochs_without_evaluation_leave_online_columns_empty(tiny_data, tmp_path):
-    run = _run(tiny_data, tmp_path / "run", **{"trainer.max_epochs": 2, "online_eval.every_n_epochs": 2})
+    run = _run(tiny_data, tmp_path / "run", **{"trainer.max_epochs": 2,
+                                                "online_eval.every_n_epochs": 2})
     first, second = _rows(run)
     assert first["online_knn/val_top1"] == "" and second["online_knn/val_top1"] != ""
     assert first["train/loss"] != ""

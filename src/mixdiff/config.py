@@ -33,11 +33,12 @@ class DataConfig:
     missing_synthetic: str = "error"  # error | fallback_real
     num_workers: int = 8
     eval_resize: float = 1.14  # evaluation: resize the short side to image_size * this, centre crop
+    check_images: str = "header"  # before training: header (every file opens), decode, or none
 
 
 @dataclass
 class AugmentConfig:
-    recipe: str = "simclr"  # simclr | asymmetric | dino | none
+    recipe: str = "simclr"  # simclr | asymmetric | byol | dino | none (see data/views.py)
     synthetic_augment: bool = True  # False: views of synthetic images are only resized and cropped
     crop_min_scale: float = 0.08
     color_jitter_p: float = 0.8
@@ -46,8 +47,8 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.1
     grayscale_p: float = 0.2
-    blur_p: float = 0.5  # simclr recipe; asymmetric: 1.0 real / 0.1 synthetic, as in BYOL
-    solarize_p: float = 0.0  # simclr recipe; asymmetric: 0.0 real / 0.2 synthetic
+    blur_p: float = 0.5  # simclr recipe (the others fix blur and solarize per view)
+    solarize_p: float = 0.0  # simclr recipe
     # dino multi-crop
     global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
@@ -63,10 +64,12 @@ class ModelConfig:
     backbone: str = "resnet50"  # resnet18 | resnet50 | vit_tiny | vit_small | vit_base
     small_stem: bool = False  # ResNet: 3x3 stride-1 first conv and no max-pool (32 px images)
     patch_size: int = 16  # ViT
+    drop_path_rate: float = 0.0  # ViT stochastic depth, student only (DINO's ViTs: 0.1)
 
 
 @dataclass
 class SimCLRConfig:
+    proj_layers: int = 2  # linear layers in the projector (SimCLR: 2)
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 128
     temperature: float = 0.2
@@ -74,6 +77,7 @@ class SimCLRConfig:
 
 @dataclass
 class BarlowTwinsConfig:
+    proj_layers: int = 3  # linear layers in the projector (Barlow Twins: 3, 8192-8192-8192)
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 2048
     lambd: float = 0.005
@@ -93,6 +97,7 @@ class DINOConfig:
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # EMA momentum, raised to 1.0 on a cosine schedule
     freeze_last_layer_epochs: int = 1
+    clip_grad: Optional[float] = 3.0  # DINO's clip: each student parameter's gradient norm
 
 
 @dataclass
@@ -100,6 +105,7 @@ class OptimConfig:
     name: str = "adamw"  # adamw | sgd | lars
     lr: float = 5e-4  # per 256 images of global batch: lr = lr * batch_size * world_size / 256
     weight_decay: float = 4e-5
+    weight_decay_end: Optional[float] = None  # cosine schedule to this value (DINO: 0.04 -> 0.4)
     momentum: float = 0.9  # sgd, lars
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     warmup_epochs: float = 10.0
@@ -127,13 +133,15 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    sync_batchnorm: bool = False
+    sync_batchnorm: Optional[bool] = None  # None: on when training on more than one GPU
     seed: int = 0
     channels_last: bool = True
     gradient_clip_val: Optional[float] = None
     limit_train_batches: float = 1.0  # a fraction (<=1.0) or a number of batches (>1)
     log_every_n_steps: int = 50
-    progress_bar: bool = True
+    progress_bar: bool = True  # on a terminal; otherwise (or False) one log line per epoch
+    checkpoint_every_n_steps: Optional[int] = None  # also save last.ckpt every N optimiser steps
+    logger: str = "tensorboard"  # tensorboard | csv | wandb | none, beside metrics.csv
 
 
 @dataclass
@@ -151,26 +159,38 @@ class MixDiffConfig:
     init_from: Optional[str] = None  # a checkpoint whose weights start this run (not its state)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method": ("simclr", "barlow_twins", "dino"),
-    "data.mode": ("real", "synthetic", "mixdiff", "pooled"),
-    "data.missing_synthetic": ("error", "fallback_real"),
-    "augment.recipe": ("simclr", "asymmetric", "dino", "none"),
-    "model.backbone": ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"),
-    "optim.name": ("adamw", "sgd", "lars"),
-    "trainer.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
-}
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+IMAGE_CHECKS = ("header", "decode", "none")
+
+
+def allowed_values() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each key with a fixed set, taken from the registries that define
+    them (imported here, not at the top, so that reading a config stays light)."""
+    from mixdiff.data.paired import MISSING_POLICIES, MODES
+    from mixdiff.data.views import RECIPES
+    from mixdiff.loggers import LOGGERS
+    from mixdiff.methods import METHODS, OPTIMIZERS
+    from mixdiff.models.backbones import BACKBONES
+
+    return {"method": tuple(METHODS), "data.mode": tuple(MODES),
+            "data.missing_synthetic": MISSING_POLICIES, "data.check_images": IMAGE_CHECKS,
+            "augment.recipe": tuple(RECIPES), "model.backbone": tuple(BACKBONES),
+            "optim.name": tuple(OPTIMIZERS), "trainer.precision": PRECISIONS,
+            "trainer.logger": tuple(LOGGERS)}
+
 
 UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
                  "augment.crop_min_scale", "augment.color_jitter_p", "augment.grayscale_p",
-                 "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio")
+                 "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio",
+                 "model.drop_path_rate")
 
 RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mixdiff eval` now)
 
 # Keys that may change when an existing run directory is resumed: they do not change what is learnt
 # (devices and num_nodes do: they set the global batch and so the learning rate).
 RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
-                  "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator")
+                  "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator",
+                  "trainer.checkpoint_every_n_steps", "trainer.logger", "data.check_images")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -201,7 +221,7 @@ def _describe(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
+    for key, allowed in allowed_values().items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key `{key}` = {value!r} is not one of: {', '.join(allowed)}")
@@ -226,9 +246,12 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.model.backbone.startswith("vit") and cfg.data.image_size % cfg.model.patch_size:
         raise ConfigError(f"config key `data.image_size` = {cfg.data.image_size} is not a "
                           f"multiple of model.patch_size = {cfg.model.patch_size}")
-    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size", "online_eval.knn_k"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"config key `{key}` must be at least 1")
+    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size",
+                "online_eval.knn_k", "simclr.proj_layers", "barlow_twins.proj_layers",
+                "trainer.checkpoint_every_n_steps", "online_eval.every_n_epochs"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key `{key}` = {value} must be at least 1")
 
 
 def _user_node(node: DictConfig, where: str) -> DictConfig:
@@ -263,6 +286,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     _check_values(schema)
     OmegaConf.set_readonly(schema, True)
     return schema
+
+
+def load_saved_config(path: str | Path) -> DictConfig:
+    """A run's saved config.yaml, on today's schema: renamed sections take their new names and keys
+    added since it was written take their defaults, so an older run compares cleanly."""
+    node = OmegaConf.load(path)
+    for old, new in RENAMED.items():
+        if old in node and new not in node:
+            node[new] = node.pop(old)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(MixDiffConfig), node)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {_describe(exc)} (written by another version of mixdiff?)"
+                          ) from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

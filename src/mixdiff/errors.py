@@ -1,6 +1,10 @@
 """Errors a user can act on. The CLI prints their message (which names the file, key or value)
 and exits with status 2, without a traceback."""
 
+from __future__ import annotations
+
+import re
+
 
 class MixDiffError(Exception):
     """Base class: anything the user can fix by changing an input."""
@@ -17,9 +21,33 @@ class DatasetError(MixDiffError):
 class UnreadableImageError(DatasetError):
     """An image file that cannot be opened or decoded."""
 
+    SHOWN = 50  # files named in one message; `mixdiff data verify --json` lists them all
+    _TRACEBACK_LINE = re.compile(r"UnreadableImageError: cannot read image (.+?): (.*)$", re.M)
+
     def __init__(self, path, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"cannot read image {path}: {reason}")
+
+    @classmethod
+    def many(cls, failures: list[tuple[str, str]]) -> "UnreadableImageError":
+        """One error naming every unreadable file of a check (the first SHOWN of them)."""
+        error = cls(*failures[0])
+        lines = [f"  {path}: {reason}" for path, reason in failures[:cls.SHOWN]]
+        if len(failures) > cls.SHOWN:
+            lines.append(f"  ... and {len(failures) - cls.SHOWN} more (`mixdiff data verify "
+                         "--json` lists every one)")
+        error.args = (f"{len(failures)} unreadable image(s); fix or remove them:\n"
+                      + "\n".join(lines),)
+        return error
+
+    @classmethod
+    def from_failure(cls, exc: BaseException) -> "UnreadableImageError | None":
+        """The unreadable image behind `exc`, also when a DataLoader worker raised it (PyTorch
+        re-raises a worker's error as a RuntimeError holding its traceback as text)."""
+        if isinstance(exc, cls):
+            return exc
+        match = cls._TRACEBACK_LINE.search(str(exc))
+        return cls(match[1], match[2]) if match else None
 
 
 class MissingSyntheticError(DatasetError):

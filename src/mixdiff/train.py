@@ -1,33 +1,38 @@
-"""`mixdiff pretrain`: a run directory, its resolved config, resume, and the Lightning Trainer.
+"""`mixdiff pretrain`: check the inputs, then the run folder, resume, and the Lightning Trainer.
 
-RUN_DIR/
-  config.yaml          the resolved config (a re-run must match it, but for RESUMABLE_KEYS)
-  data.json            what was trained and evaluated on: split sizes, classes, val source
-  metrics.csv          one row per epoch (train/loss, train/synthetic_fraction, online_* ...)
-  checkpoints/last.ckpt
+The run folder (`mixdiff.runs.RunDir`) is written only once every input has been checked (the
+config, the data, every image's header, the hardware, `init_from`), so a failed start never leaves
+a folder that refuses the corrected command. See `mixdiff.callbacks` for what a kill loses.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from mixdiff.config import differing_keys, to_yaml
+from mixdiff.callbacks import EpochSummary, RunCheckpoint
+from mixdiff.config import differing_keys, load_saved_config, to_yaml
 from mixdiff.data.datamodule import MixDiffDataModule
-from mixdiff.errors import ConfigError, RunDirError
+from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.loggers import build_logger
 from mixdiff.methods import METHODS
+from mixdiff.runs import RunDir
 
 log = logging.getLogger(__name__)
+
+GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -38,54 +43,65 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
-class EpochMetricsCSV(Callback):
-    """RUN_DIR/metrics.csv: one row per epoch of every epoch-level metric.
-
-    A resumed run rewrites the rows of epochs it repeats, so each epoch appears once.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        evaluated = getattr(module, "last_evaluated_epoch", None) == trainer.current_epoch
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if "/" not in key:  # namespaced metrics only (not the progress-bar copy of the loss)
-                continue
-            if key.startswith("online_") and not evaluated:  # stale: from an earlier epoch
-                continue
-            row[key] = round(float(value), 6)
-        rows = []
-        if self.path.exists():
-            with open(self.path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
-        rows.append(row)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.path, buffer.getvalue())
+def quiet_libraries() -> None:
+    """Keep Lightning's start-up chatter and known-harmless library warnings out of the user's
+    way; real warnings and errors still show."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for message in (r".*does not have many workers.*", r".*LeafSpec.*is deprecated.*",
+                    r".*litlogger.*", r".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
-def prepare_run_dir(cfg: DictConfig, out: Path) -> Path | None:
-    """Write RUN_DIR/config.yaml, or check it against the saved one. Returns the checkpoint to
-    resume from, if any."""
-    config_path, last = out / "config.yaml", out / "checkpoints" / "last.ckpt"
-    if config_path.exists():
-        saved = OmegaConf.load(config_path)
-        changed = differing_keys(saved, cfg)
-        if changed:
-            details = "; ".join(f"{k}: {OmegaConf.select(saved, k)!r} -> "
-                                f"{OmegaConf.select(cfg, k)!r}" for k in changed[:10])
-            raise RunDirError(f"{out} holds a run with a different config ({details}). Use another "
-                              "--out, or the saved config.yaml to resume it.")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, to_yaml(cfg))  # refreshed: resumable keys may have changed
-    return last if last.exists() else None
+def resolve_hardware(cfg: DictConfig) -> DictConfig:
+    """The config with `trainer.devices` as a device count (or list) and `trainer.sync_batchnorm`
+    decided, so that config.yaml records what ran and a resume on other hardware is caught
+    (`devices: auto` on 4 GPUs and on 2 would otherwise look the same)."""
+    t = cfg.trainer
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if t.accelerator in GPU_ACCELERATORS and not gpus:
+        raise ConfigError(f"config key `trainer.accelerator` = {t.accelerator!r}, but no CUDA GPU "
+                          "is visible here (torch.cuda.is_available() is False): use "
+                          "trainer.accelerator=cpu (or auto)")
+    on_gpu = gpus > 0 and t.accelerator in ("auto", *GPU_ACCELERATORS)
+    devices = t.devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        devices = gpus if on_gpu else 1
+    count = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else devices
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"config key `trainer.devices` = {t.devices!r}: give a number of "
+                          "devices, a list of device indices, or auto")
+    if on_gpu and count > gpus:
+        raise ConfigError(f"config key `trainer.devices` = {t.devices!r}, but only {gpus} GPU(s) "
+                          "are visible here")
+    several = count * t.num_nodes > 1
+    if t.sync_batchnorm and several and not on_gpu:
+        raise ConfigError("config key `trainer.sync_batchnorm` = true needs GPUs (PyTorch's "
+                          "SyncBatchNorm runs only on CUDA); set it to false on the CPU")
+    # auto: BatchNorm over the global batch, as the authors' code does when distributed
+    sync = t.sync_batchnorm if t.sync_batchnorm is not None else several and on_gpu
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["trainer"].update(devices=devices, sync_batchnorm=sync)
+    resolved = OmegaConf.create(resolved)
+    OmegaConf.set_readonly(resolved, True)
+    return resolved
+
+
+def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:
+    """The checkpoint to resume from, after checking that `run` holds this config (or nothing).
+    Writes nothing."""
+    if not run.config.exists():
+        return None
+    saved = load_saved_config(run.config)
+    changed = differing_keys(saved, cfg)
+    if changed:
+        details = "; ".join(f"{k}: {OmegaConf.select(saved, k)!r} -> "
+                            f"{OmegaConf.select(cfg, k)!r}" for k in changed[:10])
+        raise RunDirError(f"{run.root} holds a run with a different config ({details}). Use "
+                          "another --out, or the saved config.yaml to resume it.")
+    return run.last_checkpoint if run.last_checkpoint.exists() else None
 
 
 def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
@@ -102,42 +118,89 @@ def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
     log.info("init_from %s: loaded %d of %d tensors", checkpoint, len(usable), len(own))
 
 
-def build_trainer(cfg: DictConfig, out: Path) -> L.Trainer:
+def show_progress_bar(cfg: DictConfig) -> bool:
+    """A live progress bar on a terminal; otherwise (a log file, a cluster job) a line per epoch."""
+    return bool(cfg.trainer.progress_bar) and sys.stdout.isatty()
+
+
+def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
     t = cfg.trainer
     limit = t.limit_train_batches
-    callbacks: list[Callback] = [
-        EpochMetricsCSV(out / "metrics.csv"),
-        ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                        save_on_train_epoch_end=True),
+    slurm = SLURMEnvironment.detect()
+    bar = show_progress_bar(cfg)
+    callbacks: list[Callback] = [  # metrics.csv first: an epoch's row precedes its checkpoint
+        EpochSummary(run.metrics, log_lines=not bar),
+        RunCheckpoint(run.last_checkpoint, t.checkpoint_every_n_steps, slurm=slurm),
     ]
-    if t.progress_bar:
+    if bar:
         callbacks.append(RichProgressBar())
-    return L.Trainer(
-        default_root_dir=out, max_epochs=t.max_epochs, precision=t.precision,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        sync_batchnorm=t.sync_batchnorm, gradient_clip_val=t.gradient_clip_val,
-        limit_train_batches=int(limit) if limit > 1 else limit,
-        log_every_n_steps=t.log_every_n_steps, check_val_every_n_epoch=cfg.online_eval.every_n_epochs,
-        num_sanity_val_steps=0, logger=False, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar,
-        enable_model_summary=False)
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if slurm:  # our checkpoint callback handles SLURM's signals; Lightning's must not as well
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    try:
+        return L.Trainer(
+            default_root_dir=run.root, max_epochs=t.max_epochs, precision=t.precision,
+            accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+            strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
+            gradient_clip_val=t.gradient_clip_val,
+            limit_train_batches=int(limit) if limit > 1 else limit,
+            log_every_n_steps=t.log_every_n_steps,
+            check_val_every_n_epoch=cfg.online_eval.every_n_epochs, num_sanity_val_steps=0,
+            logger=build_logger(t.logger, run) or False, enable_checkpointing=False,
+            callbacks=callbacks, plugins=plugins, enable_progress_bar=bar,
+            enable_model_summary=False)
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(f"trainer settings: {str(exc).splitlines()[0]}") from None
+
+
+def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
+    """What happened, what is kept (only what is true), and advice that fits the settings."""
+    kept = "no checkpoint had been written yet"
+    if run.last_checkpoint.exists():
+        saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)
+        kept = (f"the last good checkpoint ({run.last_checkpoint}: epoch {saved['epoch']}, "
+                f"step {saved['global_step']}) is kept")
+    advice = ["lower optim.lr", "raise optim.warmup_epochs"]
+    if cfg.method == "dino":
+        advice.append("lower dino.clip_grad" if cfg.dino.clip_grad else "set dino.clip_grad=3.0")
+    elif cfg.trainer.gradient_clip_val is None:
+        advice.append("set trainer.gradient_clip_val")
+    if cfg.trainer.precision == "16-mixed":
+        advice.append("use trainer.precision=bf16-mixed (fp16's range overflows)")
+    return f"{exc}. The run stopped; {kept}. To go on: {', '.join(advice)}."
 
 
 def pretrain(cfg: DictConfig, out: str | Path) -> Path:
     """Pre-train (or resume) the run in `out`; returns the run directory."""
-    out = Path(out)
-    resume_from = prepare_run_dir(cfg, out)
+    quiet_libraries()
+    run = RunDir(out)
+    cfg = resolve_hardware(cfg)
+    resume_from = resume_point(cfg, run)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = MixDiffDataModule(cfg)
     datamodule.setup()
-    datamodule.write_summary(out / "data.json")
+    datamodule.check_images(cfg.data.check_images, show_progress=show_progress_bar(cfg))
     model = METHODS[cfg.method](OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes)
     if cfg.init_from and resume_from is None:
         load_initial_weights(model, cfg.init_from)
     torch.set_float32_matmul_precision("high")
-    trainer = build_trainer(cfg, out)
+    trainer = build_trainer(cfg, run)
+    # every input is good: only now does the run folder get written
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, to_yaml(cfg))  # refreshed: resumable keys may have changed
+    datamodule.write_summary(run.data_summary)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-    return out
-
+    try:
+        trainer.fit(model, datamodule=datamodule,
+                    ckpt_path=str(resume_from) if resume_from else None)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(nan_message(exc, cfg, run)) from None
+    except Exception as exc:
+        unreadable = UnreadableImageError.from_failure(exc)
+        if unreadable is None:
+            raise
+        raise UnreadableImageError(unreadable.path, f"{unreadable.reason} (found while "
+                                   "training; `mixdiff data verify --real DIR` decodes every "
+                                   "image to find the others)") from None
+    return run.root

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 
 from mixdiff.errors import MixDiffError
 
@@ -18,3 +20,12 @@ def fail(exc: MixDiffError) -> NoReturn:
     """Print the error's message (it names the file, key or value) and exit 2, no traceback."""
     console.print(f"[bold red]error:[/] {exc}", highlight=False)
     raise typer.Exit(2)
+
+
+def log_to_console(level: int = logging.INFO) -> None:
+    """mixdiff's log lines (one per epoch, resume notes...) on the console, once per process.
+    The console finds stderr when it writes, so a replaced stream (tests, notebooks) is honoured."""
+    logger = logging.getLogger("mixdiff")
+    if not any(isinstance(handler, RichHandler) for handler in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
+    logger.setLevel(level)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from mixdiff.cli._app import app, console, fail
+from mixdiff.cli._app import app, console, fail, log_to_console
 from mixdiff.errors import MixDiffError
 
 
@@ -20,14 +19,23 @@ def pretrain(
     out: Path = typer.Option(..., "--out", help="Run directory (re-run the same command there "
                              "to resume)."),
 ) -> None:
-    """Pre-train an SSL method on real, synthetic or MixDiff-paired data."""
+    """Pre-train an SSL method on real, synthetic or MixDiff-paired data.
+
+    last.ckpt is saved after every epoch; SIGTERM or Ctrl-C saves where the run is and stops.
+    """
+    from mixdiff.callbacks import RunInterrupted
     from mixdiff.config import load_config
+    from mixdiff.runs import RunDir
     from mixdiff.train import pretrain as run
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_console()
     try:
-        cfg = load_config(config, overrides or [])
-        run(cfg, out)
+        run(load_config(config, overrides or []), out)
     except MixDiffError as exc:
         fail(exc)
-    console.print(f"run written to {out}: config.yaml, metrics.csv, checkpoints/last.ckpt")
+    except RunInterrupted as stop:
+        console.print(f"[bold yellow]{stop}[/]", highlight=False)
+        raise typer.Exit(128 + stop.signum)
+    folder = RunDir(out)
+    console.print(f"run written to {out}: {folder.config.name}, {folder.metrics.name}, "
+                  f"{folder.last_checkpoint.relative_to(folder.root)}")

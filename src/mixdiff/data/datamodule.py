@@ -4,21 +4,48 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
-from mixdiff.data.tree import ImageTree
+from mixdiff.data.tree import ImageTree, find_unreadable
 from mixdiff.data.views import build_views, eval_view
+from mixdiff.errors import UnreadableImageError
 from mixdiff.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+class ResumableSampler(DistributedSampler):
+    """A seeded shuffle per epoch (each rank its share, as DistributedSampler), that can start an
+    epoch part-way: a run resumed from a mid-epoch checkpoint sees the rest of that epoch's
+    permutation, not a new one. Lightning keeps a DistributedSampler it is given."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        ranks = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and \
+            dist.is_initialized() else (1, 0)
+        super().__init__(dataset, num_replicas=ranks[0], rank=ranks[1], shuffle=True, seed=seed)
+        self._skip = 0
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Start the next iteration at `epoch`, after its first `samples_done` samples."""
+        self.set_epoch(epoch)
+        self._skip = samples_done
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())[self._skip:]
+        self._skip = 0  # once: later epochs start at their beginning
+        return iter(order)
 
 
 class MixDiffDataModule(L.LightningDataModule):
@@ -30,6 +57,7 @@ class MixDiffDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.summary: dict = {}
         self._prepared = False
+        self._resume: dict | None = None  # where a resumed run's epoch starts (load_state_dict)
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +102,7 @@ class MixDiffDataModule(L.LightningDataModule):
         self.summary = {
             "mode": data.mode, "real_images_total": len(tree), "real_images_train": len(positions),
             "train_samples": len(samples), "real_fraction": data.real_fraction,
+            "classes_count": len(self.classes),
             "synthetic_roots": list(data.synthetic), "classes": list(self.classes),
             "val_images": len(val_paths), "val_source": val_source,
             "knn_bank_images": len(bank),
@@ -81,26 +110,68 @@ class MixDiffDataModule(L.LightningDataModule):
                            "and weighted kNN (bank: real training images, plain views), both "
                            "scored on the val images" if val_paths else "disabled",
         }
+        if len(self.classes) == 1:
+            log.warning("%s has a single class (%s): the online kNN and probe accuracies are "
+                        "100%% by construction and say nothing about the representation",
+                        data.real, self.classes[0])
         self._prepared = True
+
+    def image_paths(self) -> list[str]:
+        """Every image file the run will read: training images and twins, val, kNN bank."""
+        paths = {p for s in self.train_set.samples for p in (s.real, *(t for _, t in s.twins))
+                 if p is not None}
+        return sorted(paths | set(self.val_set.paths) | set(self.bank_set.paths))
+
+    def check_images(self, mode: str, show_progress: bool) -> None:
+        """Open (`header`) or decode (`decode`) every image before training starts, and report
+        every unreadable file in one error, rather than failing at the first, epochs in."""
+        if mode == "none":
+            return
+        paths = self.image_paths()
+        start = time.perf_counter()
+        with Progress(transient=True, disable=not show_progress) as progress:
+            task = progress.add_task(f"checking {len(paths)} images ({mode})", total=len(paths))
+            bad = find_unreadable(paths, decode=mode == "decode",
+                                  on_checked=lambda: progress.advance(task))
+        log.info("checked %d images (%s) in %.1f s", len(paths), mode,
+                 time.perf_counter() - start)
+        if bad:
+            raise UnreadableImageError.many(bad)
 
     def write_summary(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.summary, indent=2) + "\n")
 
-    def _loader(self, dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, drop_last: bool, sampler=None) -> DataLoader:
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_size=self.cfg.trainer.batch_size, shuffle=shuffle,
-                          drop_last=drop_last, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=workers > 0,
+        return DataLoader(dataset, batch_size=self.cfg.trainer.batch_size, sampler=sampler,
+                          drop_last=drop_last, num_workers=workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                           prefetch_factor=4 if workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.cfg.trainer.batch_size:
             log.warning("only %d training samples for batch_size %d", len(self.train_set),
                         self.cfg.trainer.batch_size)
-        return self._loader(self.train_set, shuffle=True,
+        sampler = ResumableSampler(self.train_set, self.cfg.trainer.seed)
+        if self._resume is not None:  # every loader made for this fit (Lightning makes two)
+            sampler.resume(**self._resume)
+        return self._loader(self.train_set, sampler=sampler,
                             drop_last=len(self.train_set) >= self.cfg.trainer.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not len(self.val_set):
             return []
-        return [self._loader(self.val_set, False, False), self._loader(self.bank_set, False, False)]
+        return [self._loader(self.val_set, False), self._loader(self.bank_set, False)]
+
+    # --- where a resumed run starts (saved in every checkpoint) -------------------------------
+    def state_dict(self) -> dict:
+        """The position in the training data: the epoch and how many of its batches are done."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        finished = done >= trainer.num_training_batches
+        return {"epoch": trainer.current_epoch + finished,
+                "batches_done": 0 if finished else done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = {"epoch": state["epoch"],
+                        "samples_done": state["batches_done"] * self.cfg.trainer.batch_size}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,23 +63,41 @@ def find_twins(tree: ImageTree, positions: Sequence[int], synthetic_roots: Seque
     return [tuple(t) for t in twins]
 
 
+def _real_samples(paths, labels, twins) -> list[Sample]:
+    return [Sample(j, labels[j], paths[j], ()) for j in range(len(paths))]
+
+
+def _mixdiff_samples(paths, labels, twins) -> list[Sample]:
+    return [Sample(j, labels[j], paths[j], twins[j]) for j in range(len(paths))]
+
+
+def _synthetic_samples(paths, labels, twins) -> list[Sample]:
+    """A real image stands in only where data.missing_synthetic=fallback_real allowed it."""
+    return [Sample(j, labels[j], None if twins[j] else paths[j], twins[j])
+            for j in range(len(paths))]
+
+
+def _pooled_samples(paths, labels, twins) -> list[Sample]:
+    """Every real and synthetic image an independent sample of its own."""
+    pool = [(paths[j], labels[j], ()) for j in range(len(paths))]
+    pool += [(None, labels[j], (twin,)) for j in range(len(paths)) for twin in twins[j]]
+    return [Sample(n, label, real, t) for n, (real, label, t) in enumerate(pool)]
+
+
+# data.mode -> how the samples of that mode are made from (real paths, labels, twins)
+MODES: dict[str, Callable[..., list[Sample]]] = {
+    "real": _real_samples, "synthetic": _synthetic_samples, "mixdiff": _mixdiff_samples,
+    "pooled": _pooled_samples}
+MISSING_POLICIES = ("error", "fallback_real")
+
+
 def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,
                   synthetic_roots: Sequence[str], missing_policy: str) -> list[Sample]:
     paths = [str(tree.path(i)) for i in positions]
     labels = [int(tree.labels[i]) for i in positions]
-    if mode == "real":
-        return [Sample(j, labels[j], paths[j], ()) for j in range(len(positions))]
-    twins = find_twins(tree, positions, synthetic_roots, missing_policy)
-    if mode == "mixdiff":
-        return [Sample(j, labels[j], paths[j], twins[j]) for j in range(len(positions))]
-    if mode == "synthetic":  # a real image stands in only where fallback_real allowed it
-        return [Sample(j, labels[j], None if twins[j] else paths[j], twins[j])
-                for j in range(len(positions))]
-    if mode == "pooled":  # every real and synthetic image an independent sample of its own
-        pool = [(paths[j], labels[j], ()) for j in range(len(positions))]
-        pool += [(None, labels[j], (twin,)) for j in range(len(positions)) for twin in twins[j]]
-        return [Sample(n, label, real, t) for n, (real, label, t) in enumerate(pool)]
-    raise ValueError(f"unknown data.mode {mode!r}")
+    twins = [() for _ in positions] if mode == "real" else \
+        find_twins(tree, positions, synthetic_roots, missing_policy)
+    return MODES[mode](paths, labels, twins)
 
 
 class PairedDataset(Dataset):

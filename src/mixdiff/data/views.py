@@ -61,30 +61,61 @@ def local_crop_size(cfg: DictConfig) -> int:
     return size
 
 
+def _two_views(cfg: DictConfig, anchor: tuple[float, float], partner: tuple[float, float]
+               ) -> list[ViewSpec]:
+    """Two augmented views; (blur_p, solarize_p) of the anchor and of the partner slot."""
+    aug, size = cfg.augment, cfg.data.image_size
+    crop, plain = (aug.crop_min_scale, 1.0), plain_view(size, aug)
+    return [ViewSpec(ANCHOR, size, augmented_view(size, aug, crop, *anchor), plain, True),
+            ViewSpec(PARTNER, size, augmented_view(size, aug, crop, *partner), plain, True)]
+
+
+def _simclr(cfg: DictConfig) -> list[ViewSpec]:
+    """The same augmentation for both views (blur and solarize from augment.blur_p/solarize_p)."""
+    return _two_views(cfg, *[(cfg.augment.blur_p, cfg.augment.solarize_p)] * 2)
+
+
+def _asymmetric(cfg: DictConfig) -> list[ViewSpec]:
+    """The MixDiff authors' code: the anchor (real) view is always blurred; the partner
+    (synthetic in mixdiff mode) is never blurred and solarised with p=0.2."""
+    return _two_views(cfg, (1.0, 0.0), (0.0, 0.2))
+
+
+def _byol(cfg: DictConfig) -> list[ViewSpec]:
+    """BYOL's asymmetric recipe: blur 1.0 / 0.1, solarise 0.0 / 0.2."""
+    return _two_views(cfg, (1.0, 0.0), (0.1, 0.2))
+
+
+def _dino(cfg: DictConfig) -> list[ViewSpec]:
+    """DINO's multi-crop: two global crops (blur 1.0; blur 0.1 + solarise 0.2), then local crops
+    (blur 0.5) cut from the anchor slot (`local_crops_real`) and the partner slot
+    (`local_crops_synthetic`)."""
+    aug, size = cfg.augment, cfg.data.image_size
+    small = local_crop_size(cfg)
+    glob, loc = tuple(aug.global_crop_scale), tuple(aug.local_crop_scale)
+    plain, local, local_plain = plain_view(size, aug), augmented_view(small, aug, loc, 0.5, 0.0), \
+        plain_view(small, aug)
+    return [ViewSpec(ANCHOR, size, augmented_view(size, aug, glob, 1.0, 0.0), plain, True),
+            ViewSpec(PARTNER, size, augmented_view(size, aug, glob, 0.1, 0.2), plain, True),
+            *[ViewSpec(ANCHOR, small, local, local_plain)] * aug.local_crops_real,
+            *[ViewSpec(PARTNER, small, local, local_plain)] * aug.local_crops_synthetic]
+
+
+def _none(cfg: DictConfig) -> list[ViewSpec]:
+    """No augmentation: both views resized and centre-cropped (the paper's no-augmentation run)."""
+    plain = plain_view(cfg.data.image_size, cfg.augment)
+    return [ViewSpec(slot, cfg.data.image_size, plain, plain, True) for slot in (ANCHOR, PARTNER)]
+
+
+# augment.recipe -> the views of one training sample
+RECIPES: dict[str, Callable[[DictConfig], list[ViewSpec]]] = {
+    "simclr": _simclr, "asymmetric": _asymmetric, "byol": _byol, "dino": _dino, "none": _none}
+MULTI_CROP = ("dino",)  # recipes that only DINO can train (views of two sizes)
+
+
 def build_views(cfg: DictConfig) -> list[ViewSpec]:
     """The views of one training sample for `augment.recipe`."""
-    aug, size = cfg.augment, cfg.data.image_size
-    plain = plain_view(size, aug)
-    recipe = aug.recipe
-    if recipe == "none":
-        return [ViewSpec(ANCHOR, size, plain, plain, True), ViewSpec(PARTNER, size, plain, plain, True)]
-    crop = (aug.crop_min_scale, 1.0)
-    if recipe == "simclr":
-        view = augmented_view(size, aug, crop, aug.blur_p, aug.solarize_p)
-        return [ViewSpec(ANCHOR, size, view, plain, True), ViewSpec(PARTNER, size, view, plain, True)]
-    if recipe == "asymmetric":  # the authors' code: BYOL's asymmetric blur/solarize, tied to slots
-        return [ViewSpec(ANCHOR, size, augmented_view(size, aug, crop, 1.0, 0.0), plain, True),
-                ViewSpec(PARTNER, size, augmented_view(size, aug, crop, 0.1, 0.2), plain, True)]
-    if recipe == "dino":
-        small = local_crop_size(cfg)
-        glob, loc = tuple(aug.global_crop_scale), tuple(aug.local_crop_scale)
-        local = augmented_view(small, aug, loc, 0.5, 0.0)
-        local_plain = plain_view(small, aug)
-        return [ViewSpec(ANCHOR, size, augmented_view(size, aug, glob, 1.0, 0.0), plain, True),
-                ViewSpec(PARTNER, size, augmented_view(size, aug, glob, 0.1, 0.2), plain, True),
-                *[ViewSpec(ANCHOR, small, local, local_plain)] * aug.local_crops_real,
-                *[ViewSpec(PARTNER, small, local, local_plain)] * aug.local_crops_synthetic]
-    raise ValueError(f"unknown augment.recipe {recipe!r}")  # config validation catches this first
+    return RECIPES[cfg.augment.recipe](cfg)
 
 
 def eval_view(cfg: DictConfig) -> v2.Compose:

@@ -1,10 +1,10 @@
 """One LightningModule per SSL method, over a shared base (`base.SSLMethod`)."""
 
 from mixdiff.methods.barlow_twins import BarlowTwins
-from mixdiff.methods.base import SSLMethod
+from mixdiff.methods.base import OPTIMIZERS, SSLMethod
 from mixdiff.methods.dino import DINO
 from mixdiff.methods.simclr import SimCLR
 
 METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "barlow_twins": BarlowTwins, "dino": DINO}
 
-__all__ = ["METHODS", "SSLMethod", "SimCLR", "BarlowTwins", "DINO"]
+__all__ = ["METHODS", "OPTIMIZERS", "SSLMethod", "SimCLR", "BarlowTwins", "DINO"]

@@ -16,7 +16,7 @@ class BarlowTwins(SSLMethod):
         super().__init__(cfg, num_classes)
         args = self.cfg.barlow_twins
         self.projector = projection_mlp(self.feature_dim, args.proj_hidden_dim,
-                                        args.proj_output_dim, layers=3)
+                                        args.proj_output_dim, layers=args.proj_layers)
 
     def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
         """The mean of the loss over every pair of views (one pair in the two-view recipes).

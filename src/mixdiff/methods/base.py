@@ -1,9 +1,9 @@
-"""What every SSL method shares: the backbone, the online evaluation, the optimiser and schedule,
-and the NaN guard. A method adds its heads and `ssl_loss`."""
+"""What every SSL method shares: the backbone, the online evaluation, the optimiser and its
+schedules, gradient clipping, and the NaN guard. A method adds its heads and `ssl_loss`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import timm.optim
@@ -15,9 +15,18 @@ from torch import Tensor, nn
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.evaluate.knn import knn_accuracy
 from mixdiff.models import build_backbone
-from mixdiff.schedules import warmup_cosine
+from mixdiff.runs import Metric
+from mixdiff.schedules import cosine, warmup_cosine
 
 VAL, BANK = 0, 1  # the two evaluation loaders: val images, kNN bank of training images
+
+# optim.name -> (parameter groups, lr, optim config) -> optimiser. LARS (timm) skips its trust
+# ratio for groups without weight decay (biases and norms).
+OPTIMIZERS: dict[str, Callable[[list[dict], float, DictConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, lr, o: torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas)),
+    "sgd": lambda groups, lr, o: torch.optim.SGD(groups, lr=lr, momentum=o.momentum),
+    "lars": lambda groups, lr, o: timm.optim.Lars(groups, lr=lr, momentum=o.momentum),
+}
 
 
 class SSLMethod(L.LightningModule):
@@ -28,19 +37,25 @@ class SSLMethod(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg, "num_classes": num_classes})
         self.cfg: DictConfig = OmegaConf.create(cfg)
         self.num_classes = num_classes
-        self.backbone, self.feature_dim = build_backbone(self.cfg.model, self.cfg.data.image_size)
+        self.backbone, self.feature_dim = build_backbone(self.cfg.model, self.cfg.data.image_size,
+                                                         self.cfg.model.drop_path_rate)
         self.channels_last = self.cfg.trainer.channels_last and \
             self.cfg.model.backbone.startswith("resnet")
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         # online probe: trained on detached features, so it never shapes the representation
         self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes else None
-        self._eval_store: dict[int, list[tuple[Tensor, Tensor]]] = {VAL: [], BANK: []}
+        self._eval_store: dict[int, list[tuple[Tensor, ...]]] = {VAL: [], BANK: []}
         self.last_evaluated_epoch: int | None = None  # so metrics.csv never repeats stale values
 
     # --- what a method defines -------------------------------------------------------------
     def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def knn_backbone(self) -> nn.Module:
+        """The network the online kNN scores (DINO: the teacher, as in DINO's own evaluation)."""
+        return self.backbone
 
     # --- shared machinery -----------------------------------------------------------------
     def encode(self, images: Tensor, backbone: nn.Module | None = None) -> Tensor:
@@ -62,20 +77,26 @@ class SSLMethod(L.LightningModule):
             start = end
         return features
 
+    def epochs_done(self) -> float:
+        """Training progress in (fractional) epochs; 0 outside a Trainer (benchmarks, tests)."""
+        if self._trainer is None:
+            return 0.0
+        return self.global_step / max(1, self.trainer.num_training_batches)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         index, views, sources, labels = batch
         features = self.encode_views(views)
         loss = self.ssl_loss(views, features, index)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step}. The run stopped; its last good checkpoint is kept. Lower "
-                "optim.lr, raise optim.warmup_epochs, set trainer.gradient_clip_val, or use "
-                "trainer.precision=bf16-mixed instead of 16-mixed.")
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None:  # every rank stops together, or DDP would hang
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch "
+                                     f"{self.current_epoch}, step {self.global_step}")
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(Metric.TRAIN_LOSS, loss, on_step=False, on_epoch=True, sync_dist=True)
         if sources.shape[1] > 1:  # pairs whose second view is synthetic
-            self.log("train/synthetic_fraction", (sources[:, 1] > 0).float().mean(),
+            self.log(Metric.SYNTHETIC_FRACTION, (sources[:, 1] > 0).float().mean(),
                      on_step=False, on_epoch=True, sync_dist=True)
         return loss + self.probe_loss(features[0].detach(), labels)
 
@@ -85,51 +106,86 @@ class SSLMethod(L.LightningModule):
             return torch.zeros((), device=features.device)
         logits = self.probe(features[labelled].float())
         loss = F.cross_entropy(logits, labels[labelled])
-        self.log("train/online_probe_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/online_probe_top1", (logits.argmax(1) == labels[labelled]).float().mean(),
+        self.log(Metric.TRAIN_PROBE_LOSS, loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(Metric.TRAIN_PROBE_TOP1, (logits.argmax(1) == labels[labelled]).float().mean(),
                  on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False,
-                 on_epoch=True, reduce_fx="max")
+        optimizer = self.trainer.optimizers[0]
+        decay = [g for g in optimizer.param_groups if g.get("scheduled_weight_decay")]
+        for group in decay:
+            group["weight_decay"] = self.weight_decay_at(self.global_step)
+        self.log(Metric.LR, optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        if decay:
+            self.log(Metric.WEIGHT_DECAY, decay[0]["weight_decay"], on_step=False,
+                     on_epoch=True)
+
+    def weight_decay_at(self, step: int) -> float:
+        """optim.weight_decay, or a cosine from it to optim.weight_decay_end over the run (DINO)."""
+        optim = self.cfg.optim
+        if optim.weight_decay_end is None:
+            return optim.weight_decay
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return cosine(step, total, optim.weight_decay, optim.weight_decay_end)
+
+    # --- gradient clipping ------------------------------------------------------------------
+    def ssl_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the SSL loss trains: everything but the online probe."""
+        return (p for name, p in self.named_parameters()
+                if p.requires_grad and not name.startswith("probe."))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """`trainer.gradient_clip_val` clips the SSL parameters only: the online probe's gradients
+        must not change how much the representation is clipped."""
+        if not gradient_clip_val:
+            return
+        params = [p for p in self.ssl_parameters() if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     # --- online evaluation ----------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
-        features = self.encode(images)
-        self._eval_store[dataloader_idx].append((features.half(), labels))
+        knn_net = self.knn_backbone
+        if dataloader_idx == VAL:
+            features = self.encode(images)
+            knn = features if knn_net is self.backbone else self.encode(images, knn_net)
+            self._eval_store[VAL].append((features.half(), knn.half(), labels))
+        else:
+            self._eval_store[BANK].append((self.encode(images, knn_net).half(), labels))
 
-    def _collect(self, which: int) -> tuple[Tensor, Tensor]:
+    def _collect(self, which: int) -> list[Tensor]:
         store = self._eval_store[which]
-        features = torch.cat([f for f, _ in store])
-        labels = torch.cat([y for _, y in store])
+        columns = [torch.cat(column) for column in zip(*store)]
         if self.trainer.world_size > 1:
-            features = self.all_gather(features).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
-        return features, labels
+            columns = [self.all_gather(c).flatten(0, 1) for c in columns]
+        return columns
 
     def on_validation_epoch_end(self) -> None:
         if not self._eval_store[VAL] or not self._eval_store[BANK] or self.probe is None:
             self._eval_store = {VAL: [], BANK: []}
             return
         self.last_evaluated_epoch = self.current_epoch
-        val_features, val_labels = self._collect(VAL)
+        val_features, val_knn, val_labels = self._collect(VAL)
         bank_features, bank_labels = self._collect(BANK)
         self._eval_store = {VAL: [], BANK: []}
         logits = self.probe(val_features.float())
-        self.log("online_probe/val_top1", (logits.argmax(1) == val_labels).float().mean(),
+        self.log(Metric.PROBE_VAL_TOP1, (logits.argmax(1) == val_labels).float().mean(),
                  rank_zero_only=True)
-        self.log("online_probe/val_loss", F.cross_entropy(logits, val_labels), rank_zero_only=True)
-        self.log("online_knn/val_top1",
-                 knn_accuracy(bank_features, bank_labels, val_features, val_labels,
+        self.log(Metric.PROBE_VAL_LOSS, F.cross_entropy(logits, val_labels), rank_zero_only=True)
+        self.log(Metric.KNN_VAL_TOP1,
+                 knn_accuracy(bank_features, bank_labels, val_knn, val_labels,
                               self.num_classes, self.cfg.online_eval.knn_k,
                               self.cfg.online_eval.knn_temperature), rank_zero_only=True)
 
     # --- optimisation ---------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
-        """Weights with weight decay; biases and norms without (when so configured); the probe
-        in a group of its own with its own learning rate."""
+        """Weights with weight decay (scheduled when optim.weight_decay_end is set); biases and
+        norms without (when so configured); the probe in a group of its own with its own lr."""
         optim = self.cfg.optim
         decay, no_decay = [], []
         for name, param in self.named_parameters():
@@ -137,7 +193,8 @@ class SSLMethod(L.LightningModule):
                 continue
             plain = optim.exclude_bias_and_norm and param.ndim <= 1
             (no_decay if plain else decay).append(param)
-        groups = [{"params": decay, "weight_decay": optim.weight_decay},
+        groups = [{"params": decay, "weight_decay": optim.weight_decay,
+                   "scheduled_weight_decay": optim.weight_decay_end is not None},
                   {"params": no_decay, "weight_decay": 0.0}]
         if self.probe is not None:
             groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0,
@@ -151,12 +208,7 @@ class SSLMethod(L.LightningModule):
         groups = self.parameter_groups()
         for group in groups:
             group.setdefault("lr", lr)
-        if optim.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))
-        elif optim.name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
-        else:  # LARS; timm skips the trust ratio for groups without weight decay
-            optimizer = timm.optim.Lars(groups, lr=lr, momentum=optim.momentum)
+        optimizer = OPTIMIZERS[optim.name](groups, lr, optim)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         warmup = min(total, round(optim.warmup_epochs * steps_per_epoch))
@@ -164,4 +216,5 @@ class SSLMethod(L.LightningModule):
                     (lambda step: warmup_cosine(step, warmup, total, optim.min_lr_ratio))
                     for g in optimizer.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -15,7 +15,7 @@ class SimCLR(SSLMethod):
         super().__init__(cfg, num_classes)
         args = self.cfg.simclr
         self.projector = projection_mlp(self.feature_dim, args.proj_hidden_dim,
-                                        args.proj_output_dim, layers=2)
+                                        args.proj_output_dim, layers=args.proj_layers)
 
     def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
         z = self.projector(torch.cat(features))
