@@ -71,12 +71,27 @@ def data_verify(
     no_decode: bool = typer.Option(False, "--no-decode", help="Only check that each file opens "
                                    "as an image (its header), without decoding it: faster, but a "
                                    "file truncated after its header passes."),
+    fidelity_run: Optional[Path] = typer.Option(
+        None, "--fidelity", help="A run whose linear probe (`mixdiff eval linear`) judges each "
+        "synthetic root: the share of twins it assigns to their real image's class, and the "
+        "mean pixel distance. Use a run pre-trained on real images only."),
+    probe: Optional[str] = typer.Option(None, "--probe", help="--fidelity: which of the run's "
+                                        "probes (default: its only one)."),
+    device: Optional[str] = typer.Option(None, "--device", help="--fidelity: cuda or cpu "
+                                         "(default: the GPU when there is one)."),
 ) -> None:
-    """Count images and classes, match synthetic twins and decode every image."""
+    """Count images and classes, match synthetic twins and decode every image; with --fidelity,
+    measure how faithful each synthetic root is to the real images."""
     from mixdiff.data.verify import HEADER, problems, verify
 
     try:
         report = verify(real, synthetic, decode=not no_decode, show_progress=not as_json)
+        if fidelity_run is not None:
+            from mixdiff.evaluate.fidelity import fidelity
+
+            for entry in report["synthetic"]:
+                entry["fidelity"] = fidelity(real, entry["root"], fidelity_run, probe,
+                                             device=device, show_progress=not as_json)
     except MixDiffError as exc:
         fail(exc)
     if as_json:
@@ -94,6 +109,15 @@ def data_verify(
             _first(s["missing"], lambda rel: f"missing twin of {rel}")
             _first(s["extra"], lambda rel: f"extra {rel} (no real image of that name)")
             _first(s["unreadable"], lambda bad: f"unreadable {bad['path']}: {bad['reason']}")
+            if "fidelity" in s:
+                f = s["fidelity"]
+                console.print(f"  fidelity: {f['class_agreement']:.1%} of {f['twins']} twins keep "
+                              f"their real image's class (the probe gets {f['real_accuracy']:.1%} "
+                              f"of the real images right); mean pixel difference "
+                              f"{f['mean_abs_pixel_difference']:.3f}", highlight=False)
+                worst = sorted(f["class_agreement_per_class"].items(), key=lambda kv: kv[1])[:3]
+                console.print("  least kept: " + ", ".join(f"{c} {v:.0%}" for c, v in worst),
+                              highlight=False)
     if strict and problems(report):
         raise typer.Exit(1)
 
