@@ -112,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              f"cpu ({torch.get_num_threads()} threads)", "args": vars(args) | {"out": str(args.out)},
-              "encode": []}
+              f"cpu ({torch.get_num_threads()} threads)",
+              "args": vars(args) | {"out": str(args.out)}, "encode": []}
     with tempfile.TemporaryDirectory() as tmp:
         tree = make_photo_tree(Path(tmp) / "photos" / "val", args.images, args.photo_size)
         images = ImageSet.from_tree(tree)
@@ -125,9 +125,12 @@ def main() -> None:
                    "encode_bf16": encode_rate(encoder, args.batch_size, args.repeats, True),
                    "loader_encode": loader_rate(encoder, images, args.batch_size, args.workers)}
             report["encode"].append(row)
-            print(f"{backbone} @ {args.image_size}px  encode fp32 {row['encode_fp32']:.1f} img/s"
-                  f"  bf16 {row['encode_bf16']:.1f} img/s  loader+encode "
-                  f"{row['loader_encode']:.1f} img/s ({args.workers} workers)", flush=True)
+            if len(report["encode"]) == 1:
+                print(f"images/s on {report['device']}, {args.workers} loader workers\n"
+                      f"{'backbone':<10}{'size':>6}{'encode fp32':>13}{'encode bf16':>13}"
+                      f"{'loader+encode':>15}")
+            print(f"{backbone:<10}{args.image_size:>6}{row['encode_fp32']:>13.1f}"
+                  f"{row['encode_bf16']:>13.1f}{row['loader_encode']:>15.1f}", flush=True)
     report["probe"] = probe_time(args.probe_n, args.probe_dim, args.probe_classes, device)
     probe = report["probe"]
     print(f"probe {probe['n']} x {probe['dim']}, {probe['classes']} classes: "

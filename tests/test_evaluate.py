@@ -155,7 +155,7 @@ def test_encoding_in_loader_workers_matches_and_names_a_broken_image(eval_runs, 
         encoder.encode(ImageSet.from_tree(root), num_workers=2)
 
 
-# --- kNN -------------------------------------------------------------------------------------------
+# --- kNN ---------------------------------------------------------------------------------------
 def test_knn_votes_for_several_k_in_one_pass():
     bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])

@@ -96,8 +96,8 @@ def load_probe(run: RunDir, dataset: str | None = None, weights: str | None = No
 
 
 def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
-                settings: LogisticSettings = LogisticSettings(), batch_size: int = 256, num_workers: int | None = None,
-                show_progress: bool = True) -> Path:
+                settings: LogisticSettings = LogisticSettings(), batch_size: int = 256,
+                num_workers: int | None = None, show_progress: bool = True) -> Path:
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
     x_train = encoder.encode(train, batch_size=batch_size, num_workers=num_workers,
@@ -130,7 +130,6 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
         "classes": len(val.classes), "images": len(val), **scores,
         "metric": "top1", "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(), "settings": run_settings,
-        "details": {"weight_decay": weight_decay, "probe": str(encoder.run.probe(name)),
-                    **fitted.record()},
+        "details": {"probe": str(encoder.run.probe(name)), **fitted.record()},
     }
     return write_result(encoder.run, "linear", name, result)

@@ -59,10 +59,6 @@ def accuracies(scores: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 # --- result files --------------------------------------------------------------------------------
-def checkpoint_record(path: str | Path, sha256: str, epoch: int, global_step: int) -> dict:
-    return {"path": str(path), "sha256": sha256, "epoch": epoch, "global_step": global_step}
-
-
 def result_name(dataset: str, weights: str, default_weights: str, name: str | None = None) -> str:
     """The file name of a result: the dataset, with the weights appended when they are not the
     run's default (so a DINO run's student probe does not overwrite its teacher probe)."""

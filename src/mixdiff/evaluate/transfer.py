@@ -1,5 +1,5 @@
-"""Linear transfer to the paper's eight datasets through `torchvision.datasets`, by SynCLR's protocol
-(google-research/syn-rep-learn, SynCLR/eval/main_downstream_linear.py; see
+"""Linear transfer to the paper's eight datasets through `torchvision.datasets`, by SynCLR's
+protocol (google-research/syn-rep-learn, SynCLR/eval/main_downstream_linear.py; see
 shared/data/classes/transfer_datasets.md):
 
 * train / val: the official splits for Aircraft, DTD and Flowers; for the others a random 20 % of
