@@ -39,6 +39,9 @@ class DataConfig:
 @dataclass
 class AugmentConfig:
     recipe: str = "simclr"  # simclr | asymmetric | byol | dino | none (see data/views.py)
+    # batched: loader workers crop and flip; colour, grey, blur, solarise run per sample on the whole
+    # batch on the training device. per_image: everything per image in the workers (torchvision)
+    backend: str = "batched"
     synthetic_augment: bool = True  # False: views of synthetic images are only resized and cropped
     crop_min_scale: float = 0.08
     color_jitter_p: float = 0.8
@@ -128,7 +131,7 @@ class OnlineEvalConfig:
 class TrainerConfig:
     max_epochs: int = 100
     batch_size: int = 256  # per device
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # auto: bf16-mixed where the hardware has bf16, else 16-mixed / 32-true
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -159,7 +162,7 @@ class MixDiffConfig:
     init_from: Optional[str] = None  # a checkpoint whose weights start this run (not its state)
 
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 IMAGE_CHECKS = ("header", "decode", "none")
 
 
@@ -167,14 +170,15 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
     """The allowed values of each key with a fixed set, taken from the registries that define
     them (imported here, not at the top, so that reading a config stays light)."""
     from mixdiff.data.paired import MISSING_POLICIES, MODES
-    from mixdiff.data.views import RECIPES
+    from mixdiff.data.views import BACKENDS, RECIPES
     from mixdiff.loggers import LOGGERS
     from mixdiff.methods import METHODS, OPTIMIZERS
     from mixdiff.models.backbones import BACKBONES
 
     return {"method": tuple(METHODS), "data.mode": tuple(MODES),
             "data.missing_synthetic": MISSING_POLICIES, "data.check_images": IMAGE_CHECKS,
-            "augment.recipe": tuple(RECIPES), "model.backbone": tuple(BACKBONES),
+            "augment.recipe": tuple(RECIPES), "augment.backend": tuple(BACKENDS),
+            "model.backbone": tuple(BACKBONES),
             "optim.name": tuple(OPTIMIZERS), "trainer.precision": PRECISIONS,
             "trainer.logger": tuple(LOGGERS)}
 
@@ -190,7 +194,8 @@ RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mix
 # (devices and num_nodes do: they set the global batch and so the learning rate).
 RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
                   "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator",
-                  "trainer.checkpoint_every_n_steps", "trainer.logger", "data.check_images")
+                  "trainer.checkpoint_every_n_steps", "trainer.logger", "data.check_images",
+                  "augment.backend")  # the same distribution of views, drawn elsewhere
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:

@@ -9,6 +9,7 @@ RUN/
   logs/                         the logger's files (TensorBoard by default; `trainer.logger`)
   eval/<command>/<name>.json    results of `mixdiff eval <command>` on dataset or suite <name>
   eval/linear/<name>.probe.pt   the linear probe fitted on <name>, with its class list
+  eval/<command>/<name>/...     files an evaluation writes beside its result (VizWiz predictions)
   cache/features/<key>.pt       frozen features, keyed by checkpoint, dataset and transform
 
 Every path is defined here once; the other modules ask a `RunDir` for it.
@@ -95,6 +96,11 @@ class RunDir:
 
     def probes(self) -> list[Path]:
         return sorted((self.root / EVAL / "linear").glob("*.probe.pt"))
+
+    def eval_artifact(self, command: str, name: str, filename: str) -> Path:
+        """A file an evaluation writes beside its result (e.g. a prediction file for a server):
+        RUN/eval/<command>/<name>/<filename>, one folder down so it is never read as a result."""
+        return self.root / EVAL / command / name / filename
 
     def eval_results(self) -> list[Path]:
         return sorted((self.root / EVAL).glob("*/*.json"))

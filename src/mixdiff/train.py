@@ -83,10 +83,30 @@ def resolve_hardware(cfg: DictConfig) -> DictConfig:
     # auto: BatchNorm over the global batch, as the authors' code does when distributed
     sync = t.sync_batchnorm if t.sync_batchnorm is not None else several and on_gpu
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["trainer"].update(devices=devices, sync_batchnorm=sync)
+    resolved["trainer"].update(devices=devices, sync_batchnorm=sync,
+                               precision=resolve_precision(t.precision, on_gpu))
     resolved = OmegaConf.create(resolved)
     OmegaConf.set_readonly(resolved, True)
     return resolved
+
+
+def native_bf16(on_gpu: bool) -> bool:
+    """Whether bf16 arithmetic runs in hardware here (Ampere+ GPUs; CPUs with AVX512-BF16/AMX).
+    Elsewhere PyTorch emulates it, several times slower than fp32."""
+    if on_gpu:
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, on_gpu: bool) -> str:
+    """`auto` -> bf16-mixed where bf16 is native, else 16-mixed on a GPU and 32-true on a CPU."""
+    if precision == "auto":
+        return "bf16-mixed" if native_bf16(on_gpu) else "16-mixed" if on_gpu else "32-true"
+    if precision.startswith("bf16") and not native_bf16(on_gpu):
+        log.warning("trainer.precision=%s: this %s has no native bf16, so it is emulated and "
+                    "several times slower than 32-true; trainer.precision=auto picks the fast "
+                    "one", precision, "GPU" if on_gpu else "CPU")
+    return precision
 
 
 def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:

@@ -369,9 +369,8 @@ def vizwiz_prediction_file(images: SuiteImages, selection: Selection, predicted:
 
 
 def prediction_file_path(run: RunDir, name: str) -> Path:
-    """RUN/eval/robustness/<name>/evalai_predictions.json: beside the result, one folder down so
-    that it is not taken for a result file (RUN/eval/<command>/<name>.json)."""
-    return run.eval_result("robustness", name).with_suffix("") / "evalai_predictions.json"
+    """RUN/eval/robustness/<name>/evalai_predictions.json, for the EvalAI server."""
+    return run.eval_artifact("robustness", name, "evalai_predictions.json")
 
 
 def selection_notes(images: SuiteImages, selection: Selection) -> list[str]:
