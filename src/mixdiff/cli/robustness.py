@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -46,12 +45,9 @@ def robustness(
                                               "processes (default: up to 8)."),
 ) -> None:
     from mixdiff.evaluate.features import Encoder
-    from mixdiff.evaluate.linear import load_probe
-    from mixdiff.evaluate.results import print_table, result_name, write_result
-    from mixdiff.evaluate.robustness import (EncodeOptions, evaluate_suite, parse_corruptions,
-                                             parse_severities, prediction_file_path,
-                                             selection_notes)
-    from mixdiff.io import atomic_write_text
+    from mixdiff.evaluate.results import print_table
+    from mixdiff.evaluate.robustness import (EncodeOptions, parse_corruptions, parse_severities,
+                                             robustness_eval, selection_notes)
 
     try:
         spec = SUITES[suite.value]
@@ -61,24 +57,18 @@ def robustness(
         results = []
         for run in runs:
             encoder = Encoder.from_run(run, weights, device)
-            fitted = load_probe(encoder.run, probe, encoder.weights, encoder.checkpoint_sha256)
-            outcome = evaluate_suite(spec, images, encoder, fitted, chosen, levels, options)
+            path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
+                                                         levels, options)
             for note in selection_notes(images, outcome.selection):
                 console.print(f"[yellow]{run}:[/] {note}", highlight=False)
-            name = result_name(spec.name, encoder.weights, encoder.default_weights)
-            if outcome.prediction_file is not None:
-                path = prediction_file_path(encoder.run, name)
-                atomic_write_text(path, json.dumps(outcome.prediction_file) + "\n")
+            if predictions is not None:
                 console.print(f"{run}: prediction file for the VizWiz-Classification server "
-                              f"(EvalAI): {path}", highlight=False)
-            if outcome.result is None:
+                              f"(EvalAI): {predictions}", highlight=False)
+            if path is None:
                 console.print(f"{run}: {images.root} has no labels (the public annotations "
                               "withhold them): upload the prediction file to be scored; no "
                               "result file written", highlight=False)
                 continue
-            if outcome.prediction_file is not None:
-                outcome.result["details"]["prediction_file"] = str(path)
-            write_result(encoder.run, "robustness", name, outcome.result)
             results.append({**outcome.result, "run": str(encoder.run.root)})
     except MixDiffError as exc:
         fail(exc)

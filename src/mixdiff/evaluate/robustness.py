@@ -607,6 +607,34 @@ def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: En
 UNGRADED_KEY = "single"  # the key of an ungraded corruption (sketch) in top1_by_corruption
 
 
+def robustness_eval(encoder: Encoder, suite: Suite, images: SuiteImages,
+                    probe_name: str | None = None,
+                    corruptions: Sequence[str] = tuple(corruption_lib.CORRUPTIONS),
+                    severities: Sequence[int] = corruption_lib.SEVERITIES,
+                    options: EncodeOptions = EncodeOptions()
+                    ) -> tuple[Path | None, Path | None, SuiteOutcome]:
+    """`mixdiff eval robustness` for one run: score its saved probe on the suite, write the
+    prediction file (VizWiz) and the result file. Returns the result file (None when the suite
+    has no labels to score), the prediction file (None but for VizWiz) and the outcome."""
+    from mixdiff.evaluate.linear import load_probe
+    from mixdiff.evaluate.results import result_name, write_result
+    from mixdiff.io import atomic_write_text
+
+    probe = load_probe(encoder.run, probe_name, encoder.weights, encoder.checkpoint_sha256)
+    outcome = evaluate_suite(suite, images, encoder, probe, corruptions, severities, options)
+    name = result_name(suite.name, encoder.weights, encoder.default_weights)
+    predictions_path = None
+    if outcome.prediction_file is not None:
+        predictions_path = prediction_file_path(encoder.run, name)
+        atomic_write_text(predictions_path, json.dumps(outcome.prediction_file) + "\n")
+        if outcome.result is not None:
+            outcome.result["details"]["prediction_file"] = str(predictions_path)
+    if outcome.result is None:
+        return None, predictions_path, outcome
+    return (write_result(encoder.run, "robustness", name, outcome.result), predictions_path,
+            outcome)
+
+
 def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: Encoder,
             probe: LinearProbe, scores: dict[str, float], protocol: str) -> dict:
     return {
