@@ -27,5 +27,8 @@ def log_to_console(level: int = logging.INFO) -> None:
     The console finds stderr when it writes, so a replaced stream (tests, notebooks) is honoured."""
     logger = logging.getLogger("mixdiff")
     if not any(isinstance(handler, RichHandler) for handler in logger.handlers):
-        logger.addHandler(RichHandler(console=console, show_path=False, markup=False))
+        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False,
+                                      markup=False, log_time_format="%H:%M:%S"))
     logger.setLevel(level)
+    if not console.is_terminal:  # a log file: whole lines, not an 80-column wrap
+        console.width = 160

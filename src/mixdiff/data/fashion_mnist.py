@@ -73,8 +73,8 @@ def read_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | None = None
-            ) -> dict[str, PreparedSplit]:
+def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | None = None,
+            show_progress: bool = True) -> dict[str, PreparedSplit]:
     """Make `out/{train,test}/<class>/<index>.png` exactly the requested set: files already there
     are kept (a re-run resumes), and files of an earlier prepare that are not in the set (e.g. it
     kept more per class) are removed. Files of any other name are never touched.
@@ -102,7 +102,7 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
                     removed += 1
         written = 0
         for i in track(keep, description=f"fashion-mnist {split}", transient=True,
-                       console=console, disable=not console.is_terminal):
+                       console=console, disable=not (show_progress and console.is_terminal)):
             target = out / split / CLASSES[labels[i]] / image_name(i)
             if not target.exists():
                 with atomic_open(target, "wb") as handle:

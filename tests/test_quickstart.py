@@ -1,0 +1,60 @@
+"""`mixdiff quickstart` end to end at its smallest: every real stage (prepare Fashion-MNIST from
+Debian's files, SDEdit twins from the embedded DDPM, pre-training in the four data modes,
+evaluation, report, verdict), then a second run that reuses every stage."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mixdiff.cli import app
+from mixdiff.data.fashion_mnist import DEBIAN_DIR
+
+pytestmark = pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs dataset-fashion-mnist")
+
+SMALLEST = ["--fast", "--per-class", "4", "--epochs", "1"]
+
+
+def _values(node):
+    """Every accuracy-like number of a results.json row list."""
+    for row in node:
+        for key in ("value", "top5"):
+            if row.get(key) is not None:
+                yield row[key]
+
+
+def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
+    out = tmp_path / "qs"
+    first = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    record = json.loads((out / "quickstart.json").read_text())
+    names = [stage["stage"] for stage in record["stages"]]
+    assert names[:2] == ["prepare Fashion-MNIST", "generate SDEdit twins"]
+    assert sum(name.startswith("pretrain simclr-") for name in names) == 4  # the four data modes
+    assert record["stages"][1]["written"] == 40  # one twin per training image (4 per class)
+    for name in ("results.md", "results.csv", "results.json", "id_vs_ood.png", "radar.png",
+                 "curves.png", "pairs.png"):
+        assert (out / "report" / name).stat().st_size > 0, name
+    rows = json.loads((out / "report" / "results.json").read_text())["rows"]
+    values = list(_values(rows))
+    assert len(values) >= 4 * 3 and all(0.0 <= v <= 1.0 for v in values)
+    assert len(record["verdict"]) == 3 and "MixDiff vs real" in record["verdict"][0]
+    assert "MixDiff beats real" in first.output
+
+    again = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    stages = json.loads((out / "quickstart.json").read_text())["stages"]
+    assert stages[0]["train"]["written"] == stages[0]["test"]["written"] == 0
+    assert stages[1]["written"] == 0 and stages[1]["reused"] == 40
+    assert all(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
+    assert all(s["evaluated"] == [] for s in stages if s["stage"].startswith("evaluate"))
+
+
+def test_quickstart_says_which_stage_failed(tmp_path):
+    bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q"),
+                                   "--strength", "1.5"])
+    assert bad.exit_code == 2
+    assert "stage `generate SDEdit twins` failed" in bad.output and "--strength" in bad.output
+    assert "run the same command again" in bad.output
+    wrong = CliRunner().invoke(app, ["quickstart", "--methods", "byol", "--out", str(tmp_path)])
+    assert wrong.exit_code == 2 and "simclr" in wrong.output
