@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from torchvision.transforms.v2 import PILToTensor
 
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.data.decode import load_rgb_for
 from mixdiff.data.paired import build_samples
 from mixdiff.data.tree import ImageTree
 from mixdiff.data.views import build_views
@@ -104,3 +106,27 @@ def test_plain_synthetic_views(tiny_data):
     dm = _datamodule(tiny_data, **{"data.mode": "synthetic", "augment.synthetic_augment": "false"})
     _, views, _, _ = dm.train_set[0]
     assert torch.equal(views[0], views[1])  # no augmentation on synthetic images
+
+
+def test_backends_deliver_crops_or_finished_views(tiny_data):
+    """batched: uint8 crops from the workers, finished on the device by the data module's
+    transfer hooks; per_image: finished float views. A synthetic view with
+    synthetic_augment=false is the same plain view either way."""
+    extra = {"data.mode": "mixdiff", "augment.synthetic_augment": "false"}
+    batched = _datamodule(tiny_data, **extra)
+    per_image = _datamodule(tiny_data, **extra, **{"augment.backend": "per_image"})
+    _, crops, sources, _ = batched.train_set[0]
+    _, finished, _, _ = per_image.train_set[0]
+    assert [c.dtype for c in crops] == [torch.uint8] * 2 and crops[0].shape == (3, 16, 16)
+    assert [f.dtype for f in finished] == [torch.float32] * 2
+    assert per_image.batch_augment is None and sources.tolist()[1] > 0
+    batch = next(iter(batched.train_dataloader()))
+    index, views, sources, labels = batched.on_after_batch_transfer(
+        batched.on_before_batch_transfer(batch, 0), 0)
+    assert [v.dtype for v in views] == [torch.float32] * 2 and views[1].shape == (4, 3, 16, 16)
+    assert torch.equal(index, batch[0]) and (sources[:, 1] > 0).all()
+    plain = per_image.train_set.views[1].plain  # the per-image plain view...
+    for i, sample in enumerate(index.tolist()):  # ...of the twin this batch drew
+        path = dict(per_image.train_set.samples[sample].twins)[int(sources[i, 1]) - 1]
+        expected = plain(PILToTensor()(load_rgb_for(path, batched.train_set.needs["partner"])))
+        torch.testing.assert_close(views[1][i], expected, atol=1e-6, rtol=0)

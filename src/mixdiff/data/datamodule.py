@@ -1,4 +1,5 @@
-"""The Lightning data module: which images train, which evaluate, and their loaders."""
+"""The Lightning data module: which images train, which evaluate, their loaders, and (with
+`augment.backend=batched`) the half of each training view made on the training device."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mixdiff.data.batch_augment import BatchAugment, GroupPlan, step_seed
 from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
@@ -58,6 +60,8 @@ class MixDiffDataModule(L.LightningDataModule):
         self.summary: dict = {}
         self._prepared = False
         self._resume: dict | None = None  # where a resumed run's epoch starts (load_state_dict)
+        self.batch_augment: BatchAugment | None = None  # augment.backend=batched
+        self._augment_plan: list[GroupPlan] | None = None  # drawn before the batch moves
 
     @property
     def num_classes(self) -> int:
@@ -89,8 +93,12 @@ class MixDiffDataModule(L.LightningDataModule):
                                                 seed + 1)]
         samples = build_samples(tree, positions, data.mode, list(data.synthetic),
                                 data.missing_synthetic)
-        self.train_set = PairedDataset(samples, build_views(self.cfg), data.mode, data.p_synthetic,
-                                       self.cfg.augment.synthetic_augment)
+        augment = self.cfg.augment
+        views = build_views(self.cfg)
+        self.train_set = PairedDataset(samples, views, data.mode, data.p_synthetic,
+                                       augment.synthetic_augment, augment.backend)
+        if augment.backend == "batched":
+            self.batch_augment = BatchAugment(views, augment.synthetic_augment)
         bank = positions[tree.labels[positions] >= 0]
         limit = self.cfg.online_eval.knn_max_train_images
         if limit is not None and limit < len(bank):
@@ -162,6 +170,28 @@ class MixDiffDataModule(L.LightningDataModule):
         if not len(self.val_set):
             return []
         return [self._loader(self.val_set, False), self._loader(self.bank_set, False)]
+
+    # --- augment.backend=batched: drawn on the CPU batch, applied to the device batch ----------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Draw the training batch's photometric parameters, seeded by (trainer.seed, rank,
+        global step): a resumed run draws what the uninterrupted one would have."""
+        trainer = self.trainer
+        if self.batch_augment is not None and (trainer is None or trainer.training):
+            rank, step = (trainer.global_rank, trainer.global_step) if trainer else (0, 0)
+            generator = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, rank, step))
+            self._augment_plan = self.batch_augment.plan(batch[2], generator)
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 crops -> augmented, normalised float views, on the device the batch is on."""
+        plans, self._augment_plan = self._augment_plan, None
+        if plans is None:
+            return batch
+        index, views, sources, labels = batch
+        views = self.batch_augment.apply(views, plans)
+        if self.trainer is not None:  # e.g. bf16-true: float inputs in the model's dtype
+            views = self.trainer.precision_plugin.convert_input(views)
+        return index, views, sources, labels
 
     # --- where a resumed run starts (saved in every checkpoint) -------------------------------
     def state_dict(self) -> dict:

@@ -2,7 +2,9 @@
 
 `sources[v]` says what view v was cut from: 0 for a real image, k + 1 for synthetic variant k
 (the k-th entry of `data.synthetic`). A synthetic view carries its real image's index, so losses
-find positives by index whatever the mode or the number of views.
+find positives by index whatever the mode or the number of views. With `augment.backend=batched`
+the views are uint8 crops that the training device finishes (`mixdiff.data.batch_augment`); with
+`per_image` they are finished, normalised float views.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from mixdiff.data.decode import ViewNeed, load_rgb_for
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.data.views import ANCHOR, PARTNER, ViewSpec
+from mixdiff.data.views import ANCHOR, BACKENDS, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,15 @@ class PairedDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], views: list[ViewSpec], mode: str,
-                 p_synthetic: float = 1.0, synthetic_augment: bool = True):
+                 p_synthetic: float = 1.0, synthetic_augment: bool = True,
+                 backend: str = "per_image"):
         self.samples, self.views, self.mode = samples, views, mode
         self.p_synthetic, self.synthetic_augment = p_synthetic, synthetic_augment
+        self.transforms = [BACKENDS[backend](view) for view in views]  # (augmented, plain)
+        # what each slot's views read from its image, so JPEG decoding can skip what none uses
+        self.needs: dict[str, list[ViewNeed]] = {
+            slot: [need for view in views if view.slot == slot for need in view.needs]
+            for slot in (ANCHOR, PARTNER)}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -134,12 +143,15 @@ class PairedDataset(Dataset):
     def __getitem__(self, i: int):
         sample = self.samples[i]
         slots = self._slots(sample)
-        images = {path: _to_tensor(load_rgb(path)) for _, path in slots.values()}
+        needs: dict[str, list[ViewNeed]] = {}
+        for slot, (_, path) in slots.items():  # one decode per file, serving both slots' views
+            needs.setdefault(path, []).extend(self.needs[slot])
+        images = {path: _to_tensor(load_rgb_for(path, need)) for path, need in needs.items()}
         views, sources = [], []
-        for spec in self.views:
+        for spec, (augmented, plain) in zip(self.views, self.transforms):
             source, path = slots[spec.slot]
-            plain = source != REAL and not self.synthetic_augment
-            views.append((spec.plain if plain else spec.augmented)(images[path]))
+            plain_view = source != REAL and not self.synthetic_augment
+            views.append((plain if plain_view else augmented)(images[path]))
             sources.append(source)
         return sample.index, views, torch.tensor(sources), sample.label
 

@@ -3,55 +3,133 @@
 Every view is cut from one of two *slots* of a sample. In `mixdiff` mode the `anchor` slot holds the
 real image and the `partner` slot its synthetic twin; in the other modes both slots hold the same
 image. A recipe is a list of views, so a two-view recipe and DINO's multi-crop are the same thing.
+
+A view is described once (`ViewSpec`: its crop and its `Photometric` ops) and run by either backend
+(`augment.backend`, registry `BACKENDS`): `per_image` runs everything per image in the loader
+workers (torchvision v2); `batched` has the workers crop and flip to uint8 tensors and runs the
+photometric ops on the whole batch on the training device (`mixdiff.data.batch_augment`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 from torchvision.transforms import v2
 
+from mixdiff.data.decode import ViewNeed
+
 ANCHOR, PARTNER = "anchor", "partner"
+BLUR_SIGMA = (0.1, 2.0)  # SimCLR's Gaussian blur: sigma uniform in this range (both backends)
+SOLARIZE_THRESHOLD = 128  # of 255: pixels at or above are inverted
+
+
+def blur_kernel_size(size: int) -> int:
+    """~10% of the view's side, odd (23 px at 224), at least 3."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """The colour and filter ops of an augmented view, applied after its crop and flip, in this
+    order: colour jitter (p, the four factors in a random order), greyscale, blur, solarise."""
+
+    color_jitter_p: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale_p: float
+    blur_p: float
+    solarize_p: float
+
+    @classmethod
+    def from_config(cls, aug: DictConfig, blur_p: float, solarize_p: float) -> "Photometric":
+        return cls(aug.color_jitter_p, aug.brightness, aug.contrast, aug.saturation, aug.hue,
+                   aug.grayscale_p, blur_p, solarize_p)
 
 
 @dataclass(frozen=True)
 class ViewSpec:
+    """One view of a training sample. `scale` and `photometric` are None for a plain view (resize
+    the short side, centre crop), which is also what a synthetic image gets when
+    `augment.synthetic_augment=false`."""
+
     slot: str  # ANCHOR or PARTNER
     size: int
-    augmented: Callable[[torch.Tensor], torch.Tensor]
-    plain: Callable[[torch.Tensor], torch.Tensor]  # for synthetic images when synthetic_augment=False
+    scale: tuple[float, float] | None  # RandomResizedCrop's area range
+    photometric: Photometric | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     teacher: bool = False  # DINO: the teacher sees this view (the global crops)
 
+    @property
+    def augmented_view(self) -> bool:
+        return self.photometric is not None
 
-def _finish(aug: DictConfig) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(aug.mean), list(aug.std))]
+    @cached_property
+    def crop(self) -> v2.Compose:
+        """The geometric part, on uint8 images: random-resized crop and flip (a plain view's resize
+        and centre crop when the view is not augmented)."""
+        if self.scale is None:
+            return self.plain_crop
+        return v2.Compose([v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True),
+                           v2.RandomHorizontalFlip()])
+
+    @cached_property
+    def plain_crop(self) -> v2.Compose:
+        return v2.Compose(_resize_and_centre_crop(self.size))
+
+    @cached_property
+    def augmented(self) -> v2.Compose:
+        """The whole view, per image (the `per_image` backend): crop, photometric ops, normalise."""
+        if self.photometric is None:
+            return self.plain
+        p = self.photometric
+        steps = [*self.crop.transforms,
+                 v2.RandomApply([v2.ColorJitter(p.brightness, p.contrast, p.saturation, p.hue)],
+                                p=p.color_jitter_p),
+                 v2.RandomGrayscale(p=p.grayscale_p)]
+        if p.blur_p > 0:
+            steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(self.size),
+                                                         sigma=BLUR_SIGMA)], p=p.blur_p))
+        if p.solarize_p > 0:  # views are uint8 here
+            steps.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=p.solarize_p))
+        return v2.Compose(steps + _normalise(self.mean, self.std))
+
+    @cached_property
+    def plain(self) -> v2.Compose:
+        return plain_view(self.size, self.mean, self.std)
+
+    @property
+    def needs(self) -> list[ViewNeed]:
+        """What this view reads from its image (for JPEG draft decoding): the smallest crop, and
+        the plain view a synthetic image may get instead."""
+        crop = [ViewNeed(self.size, self.scale[0])] if self.scale is not None else []
+        return crop + [ViewNeed(self.size, None)]
 
 
-def plain_view(size: int, aug: DictConfig, resize_ratio: float = 1.0) -> v2.Compose:
+def _resize_and_centre_crop(size: int, resize_ratio: float = 1.0) -> list:
+    return [v2.Resize(round(size * resize_ratio), antialias=True), v2.CenterCrop(size)]
+
+
+def _normalise(mean, std) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def plain_view(size: int, mean, std, resize_ratio: float = 1.0) -> v2.Compose:
     """Resize the short side, centre crop, normalise: evaluation, and the `none` recipe."""
-    return v2.Compose([v2.Resize(round(size * resize_ratio), antialias=True), v2.CenterCrop(size),
-                       *_finish(aug)])
+    return v2.Compose(_resize_and_centre_crop(size, resize_ratio) + _normalise(mean, std))
 
 
-def augmented_view(size: int, aug: DictConfig, scale: tuple[float, float], blur_p: float,
-                   solarize_p: float) -> v2.Compose:
-    """The SimCLR/BYOL family of augmentations (crop, flip, colour, grey, blur, solarize)."""
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the side, odd (23 px at 224)
-    steps = [
-        v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
-                       p=aug.color_jitter_p),
-        v2.RandomGrayscale(p=aug.grayscale_p),
-    ]
-    if blur_p > 0:
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
-    if solarize_p > 0:
-        steps.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # views are uint8 here
-    return v2.Compose(steps + _finish(aug))
+def _view(cfg: DictConfig, slot: str, size: int, scale, blur_p: float, solarize_p: float,
+          teacher: bool) -> ViewSpec:
+    aug = cfg.augment
+    return ViewSpec(slot, size, tuple(scale), Photometric.from_config(aug, blur_p, solarize_p),
+                    tuple(aug.mean), tuple(aug.std), teacher)
 
 
 def local_crop_size(cfg: DictConfig) -> int:
@@ -64,10 +142,9 @@ def local_crop_size(cfg: DictConfig) -> int:
 def _two_views(cfg: DictConfig, anchor: tuple[float, float], partner: tuple[float, float]
                ) -> list[ViewSpec]:
     """Two augmented views; (blur_p, solarize_p) of the anchor and of the partner slot."""
-    aug, size = cfg.augment, cfg.data.image_size
-    crop, plain = (aug.crop_min_scale, 1.0), plain_view(size, aug)
-    return [ViewSpec(ANCHOR, size, augmented_view(size, aug, crop, *anchor), plain, True),
-            ViewSpec(PARTNER, size, augmented_view(size, aug, crop, *partner), plain, True)]
+    size, crop = cfg.data.image_size, (cfg.augment.crop_min_scale, 1.0)
+    return [_view(cfg, ANCHOR, size, crop, *anchor, teacher=True),
+            _view(cfg, PARTNER, size, crop, *partner, teacher=True)]
 
 
 def _simclr(cfg: DictConfig) -> list[ViewSpec]:
@@ -90,27 +167,32 @@ def _dino(cfg: DictConfig) -> list[ViewSpec]:
     """DINO's multi-crop: two global crops (blur 1.0; blur 0.1 + solarise 0.2), then local crops
     (blur 0.5) cut from the anchor slot (`local_crops_real`) and the partner slot
     (`local_crops_synthetic`)."""
-    aug, size = cfg.augment, cfg.data.image_size
-    small = local_crop_size(cfg)
-    glob, loc = tuple(aug.global_crop_scale), tuple(aug.local_crop_scale)
-    plain, local, local_plain = plain_view(size, aug), augmented_view(small, aug, loc, 0.5, 0.0), \
-        plain_view(small, aug)
-    return [ViewSpec(ANCHOR, size, augmented_view(size, aug, glob, 1.0, 0.0), plain, True),
-            ViewSpec(PARTNER, size, augmented_view(size, aug, glob, 0.1, 0.2), plain, True),
-            *[ViewSpec(ANCHOR, small, local, local_plain)] * aug.local_crops_real,
-            *[ViewSpec(PARTNER, small, local, local_plain)] * aug.local_crops_synthetic]
+    aug, size, small = cfg.augment, cfg.data.image_size, local_crop_size(cfg)
+    glob, loc = aug.global_crop_scale, aug.local_crop_scale
+    return [_view(cfg, ANCHOR, size, glob, 1.0, 0.0, teacher=True),
+            _view(cfg, PARTNER, size, glob, 0.1, 0.2, teacher=True),
+            *[_view(cfg, ANCHOR, small, loc, 0.5, 0.0, teacher=False)] * aug.local_crops_real,
+            *[_view(cfg, PARTNER, small, loc, 0.5, 0.0, teacher=False)]
+            * aug.local_crops_synthetic]
 
 
 def _none(cfg: DictConfig) -> list[ViewSpec]:
     """No augmentation: both views resized and centre-cropped (the paper's no-augmentation run)."""
-    plain = plain_view(cfg.data.image_size, cfg.augment)
-    return [ViewSpec(slot, cfg.data.image_size, plain, plain, True) for slot in (ANCHOR, PARTNER)]
+    aug, size = cfg.augment, cfg.data.image_size
+    return [ViewSpec(slot, size, None, None, tuple(aug.mean), tuple(aug.std), True)
+            for slot in (ANCHOR, PARTNER)]
 
 
 # augment.recipe -> the views of one training sample
 RECIPES: dict[str, Callable[[DictConfig], list[ViewSpec]]] = {
     "simclr": _simclr, "asymmetric": _asymmetric, "byol": _byol, "dino": _dino, "none": _none}
 MULTI_CROP = ("dino",)  # recipes that only DINO can train (views of two sizes)
+
+# augment.backend -> what the loader workers do to a view: (augmented, plain) transforms.
+# batched: crop and flip only, to uint8; the training device does the rest (batch_augment.py).
+BACKENDS: dict[str, Callable[[ViewSpec], tuple[Callable, Callable]]] = {
+    "batched": lambda view: (view.crop, view.plain_crop),
+    "per_image": lambda view: (view.augmented, view.plain)}
 
 
 def build_views(cfg: DictConfig) -> list[ViewSpec]:
@@ -119,4 +201,5 @@ def build_views(cfg: DictConfig) -> list[ViewSpec]:
 
 
 def eval_view(cfg: DictConfig) -> v2.Compose:
-    return plain_view(cfg.data.image_size, cfg.augment, cfg.data.eval_resize)
+    aug = cfg.augment
+    return plain_view(cfg.data.image_size, aug.mean, aug.std, cfg.data.eval_resize)
