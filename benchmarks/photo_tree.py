@@ -9,8 +9,9 @@ from PIL import Image
 
 
 def make_photo_tree(root: Path, n: int, size: int, ext: str = ".jpg", classes: int = 8,
-                    seed: int = 0) -> Path:
-    """`root/class<i % classes>/<i>.<ext>`: n random square crops resized to `size`."""
+                    seed: int = 0, quality: int = 90) -> Path:
+    """`root/class<i % classes>/<i>.<ext>`: n random square crops resized to `size` (JPEG and
+    WebP at `quality`)."""
     from skimage import data as photos
 
     sources = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket()]
@@ -23,5 +24,5 @@ def make_photo_tree(root: Path, n: int, size: int, ext: str = ".jpg", classes: i
         folder = root / f"class{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size)).save(
-            folder / f"{i:05d}{ext}", quality=90)
+            folder / f"{i:05d}{ext}", quality=quality)
     return root

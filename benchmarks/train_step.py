@@ -1,134 +1,213 @@
-"""Throughput of MixDiff pre-training against plain SSL, measured in one run.
+"""Training throughput: does the input pipeline keep up with the training step?
 
-For `data.mode=real` and `data.mode=mixdiff` with the same backbone, recipe and batch:
-  * loader   samples/s of the training DataLoader alone (decode + augment + collate),
-  * step     samples/s of a training step alone (forward, backward, optimiser) on a fixed batch,
-  * end2end  samples/s of the loader feeding the step, as in training.
-A sample is one pair of views. The image tree is made from scikit-image's photos: real images as
-JPEG, twins as PNG (what `mixdiff generate` writes by default), at sizes you choose.
+For every combination of --backends x --modes x --recipes x --backbones, in samples per second (a
+sample: one real image with all its views, a pair for the two-view recipes):
+  * end2end  the training DataLoader (workers decode and crop, and with `per_image` augment too)
+             feeding the transfer hooks (`batched`: the photometric ops on the device) and the
+             training step, as in training; timed over --steps batches in steady state, after the
+             workers' first round (one batch per worker, also the model's warm-up) is consumed;
+  * step     the training step alone (forward, backward, AdamW; bf16 autocast where bf16 is
+             native, else fp32; channels_last for ResNets) on one fixed, finished batch on the
+             device: the ceiling (the same model for both backends: measured once per round);
+  * ratio    end2end / step: 1.0 means the input pipeline costs the step nothing;
+  * augment  the batched backend's device half alone (draw + ops + normalise), in views/s.
+--repeats R measures every combination R times, interleaved (each round visits all of them), and
+reports medians: on a shared machine both backends see the same noise. The image tree is cut from
+scikit-image's photos: real images as JPEG, twins as --synthetic-format (`mixdiff generate`'s
+default, JPEG q95), at the sizes given. DINO's teacher EMA (an optimiser hook) is not run.
 
-  python benchmarks/train_step.py                         # 32 px, ResNet-18 small stem, bf16, CPU
-  python benchmarks/train_step.py --image-size 224 --real-size 375 --synthetic-size 512 \
-      --backbone resnet50 --batch-size 128 --device cuda --workers 12
+  python benchmarks/train_step.py                                 # CPU: 32 px, ResNet-18 small stem
+  python benchmarks/train_step.py --device cuda --image-size 224 --real-size 375 \\
+      --synthetic-size 512 --backbones resnet50 --recipes asymmetric simclr --small-stem false \\
+      --workers 15 --steps 100                                    # see benchmarks/gpu_check.sh
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
+import math
+import statistics
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.methods import METHODS
+from mixdiff.train import native_bf16
 from photo_tree import make_photo_tree
 
-
-def cycle(loader, batches: int):
-    """`batches` batches from the loader, starting new epochs as needed."""
-    produced = 0
-    while True:
-        for batch in loader:
-            if produced == batches:
-                return
-            produced += 1
-            yield batch
+METHOD_OF_RECIPE = {"dino": "dino"}  # other recipes train SimCLR
 
 
-def loader_rate(loader, batches: int) -> float:
-    iterator = cycle(loader, batches + 1)
-    next(iterator)  # start the workers
-    start, seen = time.perf_counter(), 0
-    for _ in range(batches):
-        seen += len(next(iterator)[0])
-    return seen / (time.perf_counter() - start)
-
-
-def train_rate(model, optimizer, batches, device, precision: str) -> float:
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" \
-        else nullcontext()
-    start, seen = None, 0
-    for i, (index, views, _, _) in enumerate(batches):
-        if i == 1:  # the first step warms up kernels and allocators
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start, seen = time.perf_counter(), 0
-        views = [v.to(device, non_blocking=True) for v in views]
-        index = index.to(device)
-        with autocast:
-            loss = model.ssl_loss(views, model.encode_views(views), index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(index)
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - start)
+        torch.cuda.synchronize(device)
 
 
-def measure(mode: str, root: Path, args) -> dict[str, float]:
-    cfg = load_config(None, [
-        f"method={args.method}", f"data.real={root / 'real'}", f"data.synthetic=[{root / 'syn'}]",
-        f"data.mode={mode}", f"data.image_size={args.image_size}", f"data.num_workers={args.workers}",
-        f"model.backbone={args.backbone}", f"model.small_stem={args.small_stem}",
-        f"augment.recipe={args.recipe}", f"trainer.batch_size={args.batch_size}",
-        "data.val_fraction=0.0"])
-    dm = MixDiffDataModule(cfg)
-    dm.setup()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = METHODS[cfg.method](OmegaConf.to_container(cfg), dm.num_classes).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loader = dm.train_dataloader()
-    fixed = next(iter(loader))
-    return {
-        "loader": loader_rate(loader, args.steps),
-        "step": train_rate(model, optimizer, [fixed] * (args.steps + 1), device, args.precision),
-        "end2end": train_rate(model, optimizer, cycle(loader, args.steps + 1), device,
-                              args.precision),
-    }
+class Bench:
+    """One combination: its data module, model and optimiser, and the three measurements."""
+
+    def __init__(self, args, root: Path, backend: str, mode: str, recipe: str, backbone: str):
+        self.args, self.device = args, torch.device(args.device)
+        cfg = load_config(None, [
+            f"method={METHOD_OF_RECIPE.get(recipe, 'simclr')}", f"data.real={root / 'real'}",
+            f"data.synthetic=[{root / 'syn'}]", f"data.mode={mode}",
+            f"data.image_size={args.image_size}", f"data.num_workers={args.workers}",
+            f"model.backbone={backbone}", f"model.small_stem={args.small_stem}",
+            f"augment.recipe={recipe}", f"augment.backend={backend}",
+            f"augment.local_crops_real={args.local_crops - 2}", "augment.local_crops_synthetic=2",
+            f"trainer.batch_size={args.batch_size}", "data.val_fraction=0.0"])
+        self.dm = MixDiffDataModule(cfg)
+        self.dm.setup()
+        batches = args.steps + args.workers + 3  # one epoch holds the whole measurement
+        repeat = math.ceil(batches * args.batch_size / len(self.dm.train_set))
+        self.dm.train_set.samples = self.dm.train_set.samples * repeat
+        torch.manual_seed(0)
+        self.model = METHODS[cfg.method](OmegaConf.to_container(cfg), self.dm.num_classes)
+        self.model = self.model.to(self.device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) \
+            if args.precision == "bf16" else nullcontext()
+
+    def finish(self, batch):
+        """What Lightning does between the loader and the step: the transfer hooks."""
+        batch = self.dm.on_before_batch_transfer(batch, 0)
+        return self.dm.on_after_batch_transfer(move_data_to_device(batch, self.device), 0)
+
+    def train_step(self, batch) -> None:
+        index, views, _, _ = batch
+        with self.autocast:
+            loss = self.model.ssl_loss(views, self.model.encode_views(views), index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def _rate(self, batches, count: int, samples: int) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(count):
+            self.train_step(next(batches))
+        sync(self.device)
+        return count * samples / (time.perf_counter() - start)
+
+    def measure(self, step: float | None = None) -> dict[str, float]:
+        """end2end, then (unless given) step, then the device half alone."""
+        a, b = self.args, self.args.batch_size
+        loader = self.dm.train_dataloader()
+        raw = iter(loader)
+        finished = (self.finish(batch) for batch in raw)
+        for _ in range(max(1, a.workers) + 2):  # the workers' first round; the model warms up
+            self.train_step(next(finished))
+        end2end = self._rate(finished, a.steps, b)
+        kept = next(raw)
+        del finished, raw, loader  # stop the workers before timing the device alone
+        gc.collect()
+        if step is None:
+            step = self._rate(itertools.repeat(self.finish(kept)), a.step_steps, b)
+        augment = 0.0
+        if self.dm.batch_augment is not None:
+            on_device = move_data_to_device(kept, self.device)
+            views = len(kept[1]) * b * a.step_steps
+            sync(self.device)
+            start = time.perf_counter()
+            for _ in range(a.step_steps):
+                self.dm.on_before_batch_transfer(kept, 0)
+                self.dm.on_after_batch_transfer(on_device, 0)
+            sync(self.device)
+            augment = views / (time.perf_counter() - start)
+        return {"end2end": end2end, "step": step, "ratio": end2end / step,
+                "augment_views": augment}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="simclr")
-    parser.add_argument("--recipe", default="simclr")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backends", nargs="+", default=["batched", "per_image"])
+    parser.add_argument("--modes", nargs="+", default=["real", "mixdiff"])
+    parser.add_argument("--recipes", nargs="+", default=["simclr", "asymmetric"])
+    parser.add_argument("--backbones", nargs="+", default=["resnet18"])
     parser.add_argument("--small-stem", default="true")
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--local-crops", type=int, default=8, help="DINO: local crops (2 of "
+                        "them synthetic), besides the 2 global ones")
     parser.add_argument("--real-size", type=int, default=32)
     parser.add_argument("--synthetic-size", type=int, default=64)
+    parser.add_argument("--synthetic-format", default=".jpg", choices=(".jpg", ".png", ".webp"))
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=100, help="end2end batches timed")
+    parser.add_argument("--step-steps", type=int, default=None,
+                        help="steps timed for step and augment (default: --steps)")
+    parser.add_argument("--allow-few-steps", action="store_true",
+                        help="allow fewer than 100 timed batches (a slow CPU)")
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 autocast where bf16 is native, else fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="Also write the figures to this file.")
     args = parser.parse_args()
+    if args.steps < 100 and not args.allow_few_steps:
+        parser.error("--steps below 100 is not steady state on a GPU; add --allow-few-steps")
+    args.step_steps = args.step_steps or args.steps
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(args.device.startswith("cuda")) else "fp32"
+    combos = list(itertools.product(args.backends, args.modes, args.recipes, args.backbones))
+    runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_photo_tree(root / "real", args.images, args.real_size, ".jpg", seed=0)
-        make_photo_tree(root / "syn", args.images, args.synthetic_size, ".png", seed=1)
-        results = {mode: measure(mode, root, args) for mode in ("real", "mixdiff")}
+        make_photo_tree(root / "syn", args.images, args.synthetic_size, args.synthetic_format,
+                        seed=1, quality=95)  # as `mixdiff generate` writes them
+        for _ in range(args.repeats):
+            steps: dict[tuple, float] = {}  # the step does not depend on the backend
+            for combo in combos:
+                result = Bench(args, root, *combo).measure(steps.get(combo[1:]))
+                steps[combo[1:]] = result["step"]
+                runs[combo].append(result)
+                print(combo, {k: round(v, 2) for k, v in result.items()}, flush=True)
+    medians = {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+               for combo, rs in runs.items()}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{args.method} {args.backbone} {args.image_size}px batch {args.batch_size} "
-          f"{args.precision} on {device}; real {args.real_size}px jpg, synthetic "
-          f"{args.synthetic_size}px png; {args.workers} loader workers")
-    print(f"{'samples/s':<10}{'real':>10}{'mixdiff':>10}{'mixdiff/real':>14}")
-    for key in ("loader", "step", "end2end"):
-        r, m = results["real"][key], results["mixdiff"][key]
-        print(f"{key:<10}{r:>10.1f}{m:>10.1f}{m / r:>14.3f}")
+    print(f"\n{args.image_size} px, batch {args.batch_size}, {args.precision}, {device}, "
+          f"{args.workers} loader workers; real {args.real_size} px JPEG, twins "
+          f"{args.synthetic_size} px {args.synthetic_format[1:].upper()}; medians of "
+          f"{args.repeats} interleaved repeats; samples/s (augment: views/s)")
+    print(f"{'backend':<10}{'mode':<8}{'recipe':<11}{'backbone':<10}{'end2end':>9}{'step':>9}"
+          f"{'e2e/step':>9}{'augment':>10}")
+    for (backend, mode, recipe, backbone), m in medians.items():
+        print(f"{backend:<10}{mode:<8}{recipe:<11}{backbone:<10}{m['end2end']:>9.1f}"
+              f"{m['step']:>9.1f}{m['ratio']:>9.3f}{m['augment_views']:>10.0f}")
+    for mode, recipe, backbone in itertools.product(args.modes, args.recipes, args.backbones):
+        if {"batched", "per_image"} <= set(args.backends):
+            ratios = [b["end2end"] / p["end2end"] for b, p in
+                      zip(runs["batched", mode, recipe, backbone],
+                          runs["per_image", mode, recipe, backbone])]
+            print(f"batched / per_image end2end, {mode} {recipe} {backbone}: "
+                  f"{statistics.median(ratios):.3f} (per repeat: "
+                  f"{', '.join(f'{r:.3f}' for r in ratios)})")
+    for backend, recipe, backbone in itertools.product(args.backends, args.recipes,
+                                                       args.backbones):
+        if {"real", "mixdiff"} <= set(args.modes):
+            real, mix = medians[backend, "real", recipe, backbone], \
+                medians[backend, "mixdiff", recipe, backbone]
+            print(f"mixdiff / real end2end, {backend} {recipe} {backbone}: "
+                  f"{mix['end2end'] / real['end2end']:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "args": vars(args) | {"json": None},
-                                         "results": results}, indent=2, default=str))
+        args.json.write_text(json.dumps({
+            "device": device, "args": vars(args) | {"json": None},
+            "results": [{"backend": c[0], "mode": c[1], "recipe": c[2], "backbone": c[3],
+                         "median": medians[c], "repeats": runs[c]} for c in combos]},
+            indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import typer
 from mixdiff.cli._app import app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.generate.settings import (DEFAULTS, DEVICE_TYPES, DTYPES, FORMATS, GENERATORS,
-                                       SCHEDULERS)
+                                       SCHEDULERS, GenerateSettings)
 
 _GUIDANCE = ", ".join(f"{name} {default[3]}" for name, default in DEFAULTS.items())
 
@@ -46,15 +46,19 @@ def generate(
     safety_checker: bool = typer.Option(False, "--safety-checker/--no-safety-checker"),
     strength: float = typer.Option(0.5, "--strength", help="sdedit: noise level to start from."),
     noise_level: int = typer.Option(0, "--noise-level", help="unclip: image-embedding noise."),
-    image_format: str = typer.Option("png", "--format", help=", ".join(FORMATS)),
-    quality: int = typer.Option(95, "--quality", help="jpg/webp quality."),
+    image_format: str = typer.Option(GenerateSettings.format, "--format",
+                                     help=", ".join(FORMATS) + " (jpg: fast to decode)."),
+    quality: int = typer.Option(GenerateSettings.quality, "--quality", help="jpg/webp quality."),
+    save_size: Optional[int] = typer.Option(
+        None, "--save-size", help="Store each twin with its short side resized to N px (the "
+        "MixDiff authors stored 256); default: as generated."),
     compile_unet: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the denoiser (default: on a GPU; "
         "about a minute of compilation, then ~1.5x faster)."),
 ) -> None:
     """Generate diffusion variations of every real image: sharded, resumable, deterministic."""
     from mixdiff.generate.runner import generate as run
-    from mixdiff.generate.settings import GenerateSettings, parse_shard
+    from mixdiff.generate.settings import parse_shard
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -62,7 +66,7 @@ def generate(
             generator=generator, model=model, revision=revision, steps=steps, guidance=guidance,
             scheduler=scheduler, resolution=resolution, variants=variants, seed=seed,
             batch_size=batch_size, dtype=dtype, device=device, strength=strength,
-            noise_level=noise_level, format=image_format, quality=quality,
+            noise_level=noise_level, format=image_format, quality=quality, save_size=save_size,
             safety_checker=safety_checker, compile=compile_unet)
         summary = run(real, out, settings, parse_shard(shard) if shard else None, limit,
                       overwrite)

@@ -121,8 +121,19 @@ def completed(out: Path, fmt: str) -> set[tuple[str, int]]:
     return done
 
 
-def encode_and_write(image: Image.Image, target: Path, fmt: str, quality: int) -> tuple[str, int]:
-    """Encode, write atomically; returns (sha256, bytes)."""
+def stored(image: Image.Image, save_size: int | None) -> Image.Image:
+    """The image resized (Lanczos) to a short side of `save_size`, aspect kept; None: as is."""
+    if save_size is None or min(image.size) == save_size:
+        return image
+    scale = save_size / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def encode_and_write(image: Image.Image, target: Path, fmt: str, quality: int,
+                     save_size: int | None = None) -> tuple[str, int]:
+    """Resize to the stored side, encode, write atomically; returns (sha256, bytes)."""
+    image = stored(image, save_size)
     buffer = io.BytesIO()
     options = {} if fmt == "png" else {"quality": quality}
     image.save(buffer, format=FORMATS[fmt], **options)
@@ -179,7 +190,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
 def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: tuple[int, int],
          summary: Summary, show_progress: bool, fresh: bool) -> None:
     s = backend.settings
-    provenance = backend.provenance()
+    provenance = backend.provenance() | {"save_size": s.save_size}
     batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
     start = time.perf_counter()
     with manifest.ShardWriter(manifest.shard_path(out, *shard), fresh=fresh) as writer, \
@@ -206,7 +217,7 @@ def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: t
                     for (item, _), image in zip(good, outputs):
                         target = out / item.output(s.format)
                         pending.append((item, writers.submit(encode_and_write, image, target,
-                                                             s.format, s.quality)))
+                                                             s.format, s.quality, s.save_size)))
                 pending = _collect(pending, writer, provenance, s.format, summary,
                                    wait=len(pending) > 2 * s.batch_size)
                 elapsed = time.perf_counter() - start
