@@ -31,3 +31,6 @@ python3 benchmarks/generate_throughput.py --full-size --images 96 --batch-size 3
 echo "== generation throughput with torch.compile"
 timeout 240 python3 benchmarks/generate_throughput.py --full-size --images 96 --batch-size 32 \
   --compile --json "$OUT/generate_compile.json" 2>&1 | grep -v -i warn
+echo "== offline evaluation speed (ResNet-50 encoding at 224 px, ImageNet-100-sized linear probe)"
+python3 benchmarks/eval_speed.py --device cuda --image-size 224 --images 2048 --batch-size 256 \
+  --workers 12 --probe-n 126689 --out "$OUT/eval_speed.json" 2>&1 | grep -v -i warn

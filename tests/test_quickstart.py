@@ -49,6 +49,12 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert all(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
     assert all(s["evaluated"] == [] for s in stages if s["stage"].startswith("evaluate"))
 
+    longer = CliRunner().invoke(app, ["quickstart", *SMALLEST[:-1], "2", "--out", str(out)])
+    assert longer.exit_code == 0, longer.output  # runs of another length are not reused
+    stages = json.loads((out / "quickstart.json").read_text())["stages"]
+    assert not any(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
+    assert (out / "runs" / "simclr-mixdiff-s0" / "metrics.csv").read_text().count("\n") == 3
+
 
 def test_quickstart_says_which_stage_failed(tmp_path):
     bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q"),
@@ -58,3 +64,17 @@ def test_quickstart_says_which_stage_failed(tmp_path):
     assert "run the same command again" in bad.output
     wrong = CliRunner().invoke(app, ["quickstart", "--methods", "byol", "--out", str(tmp_path)])
     assert wrong.exit_code == 2 and "simclr" in wrong.output
+
+
+def test_a_bug_in_a_stage_leaves_its_traceback_in_a_log(tmp_path, monkeypatch):
+    import mixdiff.quickstart
+
+    def broken(settings, paths):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(mixdiff.quickstart, "_prepare", broken)
+    bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q")])
+    assert bad.exit_code == 2 and "stage `prepare Fashion-MNIST` failed: RuntimeError: a bug" \
+        in bad.output
+    log = tmp_path / "q" / "logs" / "prepare Fashion-MNIST.log"
+    assert "RuntimeError: a bug" in log.read_text()

@@ -310,3 +310,27 @@ def test_pairs_grid_shows_real_beside_each_variant(tmp_path):
     assert result.exit_code == 0, result.output
     width, height = Image.open(tmp_path / "g.png").size
     assert width < height < 2 * width  # 4 rows of 3 columns
+
+
+def _setting(method: str, mode: str):
+    from mixdiff.report.collect import RunRecord
+    from mixdiff.report.settings import Setting
+
+    config = {"method": method, "data": {"mode": mode}}
+    record = RunRecord(f"{method}-{mode}", RunDir("unused"), config, {}, [], [])
+    return Setting(f"{method} · {mode}", (record,))
+
+
+def test_colour_is_the_method_or_with_one_method_the_mode():
+    from mixdiff.report.style import legend_title, setting_styles
+
+    one = [_setting("simclr", mode) for mode in ("real", "mixdiff", "pooled")]
+    styles = setting_styles(one)
+    assert len({s.colour for s in styles.values()}) == 3  # the modes told apart by colour too
+    assert "colour and marker: data" in legend_title(one)
+    two = [_setting(m, d) for m in ("simclr", "dino") for d in ("real", "mixdiff")]
+    styles = setting_styles(two)
+    assert styles["simclr · real"].colour == styles["simclr · mixdiff"].colour
+    assert styles["simclr · real"].colour != styles["dino · real"].colour
+    assert styles["simclr · real"].marker != styles["simclr · mixdiff"].marker
+    assert legend_title(two) == "method · data (colour · marker)"

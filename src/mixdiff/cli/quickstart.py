@@ -9,7 +9,9 @@ import typer
 
 from mixdiff.cli._app import app, console, fail, log_to_console
 from mixdiff.errors import ConfigError, MixDiffError
-from mixdiff.quickstart import METHODS, MODES
+from mixdiff.quickstart import METHODS, MODES, PRESETS
+
+_DEFAULT, _FAST, _GPU = PRESETS["default"], PRESETS["fast"], PRESETS["gpu"]
 
 
 def _names(text: Optional[str], allowed: tuple[str, ...], option: str) -> Optional[tuple]:
@@ -26,7 +28,7 @@ def _names(text: Optional[str], allowed: tuple[str, ...], option: str) -> Option
 def quickstart(
     out: Path = typer.Option(Path("quickstart"), "--out", help="Where everything goes; run the "
                              "same command again to resume."),
-    fast: bool = typer.Option(False, "--fast", help="A smoke check of every stage (~3 min on a "
+    fast: bool = typer.Option(False, "--fast", help="A smoke check of every stage (2-3 min on a "
                               "2-core CPU)."),
     methods: Optional[str] = typer.Option(None, "--methods", help=f"Comma-separated, from "
                                           f"{','.join(METHODS)} (default: simclr on a CPU, all "
@@ -37,11 +39,15 @@ def quickstart(
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda: the whole training set "
                                "and more epochs."),
     per_class: Optional[int] = typer.Option(None, "--per-class", min=1, help="Training and test "
-                                            "images per class (default: 100; 20 with --fast; "
-                                            "all with --device cuda)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+                                            f"images per class (default: {_DEFAULT.per_class}; "
+                                            f"{_FAST.per_class} with --fast; all with --device "
+                                            "cuda)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help=f"Default: "
+                                         f"{_DEFAULT.epochs}; {_FAST.epochs} with --fast; "
+                                         f"{_GPU.epochs} with --device cuda."),
     strength: Optional[float] = typer.Option(None, "--strength", help="SDEdit strength of the "
-                                             "embedded generator."),
+                                             f"embedded generator (default: {_DEFAULT.strength}: "
+                                             "it keeps the class best; see README)."),
     real_fraction: Optional[float] = typer.Option(None, "--real-fraction", help="Train on this "
                                                   "stratified fraction of the real images (the "
                                                   "paper's 'less real data')."),

@@ -9,7 +9,7 @@ from pathlib import Path
 from mixdiff.report.figures import figure_legend, pyplot, save
 from mixdiff.report.id_ood import Point
 from mixdiff.report.results import SPREADS
-from mixdiff.report.style import setting_styles
+from mixdiff.report.style import legend_title, setting_styles
 
 ID_PROTOCOLS = {"linear": "offline linear probe", "knn": "offline kNN",
                 "linear/knn": "offline linear probe (kNN where a run has none)"}
@@ -49,7 +49,7 @@ def plot_id_vs_ood(points: list[Point], out: str | Path, spread: str = "std") ->
         ax.margins(0.12)
     many = any(p.x.n > 1 for p in points)
     bars = f"bars: {SPREADS[spread]}" if many else "one seed per point"
-    figure_legend(fig, loc="outside right center", title="method · data (colour · marker)",
+    figure_legend(fig, loc="outside right center", title=legend_title(settings),
                   title_fontsize=9)
     fig.suptitle(f"In-distribution vs. distribution-shift top-1\n(points: mean over seeds; "
                  f"{bars})", fontsize=10.5)

@@ -1,5 +1,6 @@
 """How a setting looks in every figure of a report: colour = method, marker and line style = data
-mode, so that one reading of the legend serves all plots. Methods and modes take their colour and
+mode, so that one reading of the legend serves all plots (with a single method, colour = data mode
+too: one colour would leave the modes' bands and bars hard to tell apart). Methods and modes take their colour and
 marker in sorted order of the names present (the registries that list them import the training
 stack, which the report does not need)."""
 
@@ -34,6 +35,18 @@ def setting_styles(settings: list[Setting]) -> dict[str, Style]:
     styles = {}
     for i, s in enumerate(settings):
         marker, line, hatch = MODE_LOOKS[modes.index(s.mode) % len(MODE_LOOKS)]
-        colour = PALETTE[(methods.index(s.method) if by_method else i) % len(PALETTE)]
+        if not by_method:
+            colour = PALETTE[i % len(PALETTE)]
+        elif len(methods) == 1:
+            colour = PALETTE[modes.index(s.mode) % len(PALETTE)]
+        else:
+            colour = PALETTE[methods.index(s.method) % len(PALETTE)]
         styles[s.label] = Style(colour, marker, line, hatch)
     return styles
+
+
+def legend_title(settings: list[Setting]) -> str:
+    """The legend's title, saying what colour and marker stand for (see setting_styles)."""
+    if len({s.method for s in settings}) == 1:
+        return "method · data (colour and marker: data)"
+    return "method · data (colour · marker)"
