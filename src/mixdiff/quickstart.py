@@ -194,15 +194,14 @@ def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
     return {"reused": False}
 
 
-def _current(run: RunDir, command: str, name: str) -> bool:
-    """Whether the run already has this result, made from its current checkpoint."""
-    from mixdiff.evaluate.features import file_sha256
+def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str) -> bool:
+    """Whether the run already has this result, made from the checkpoint with this hash."""
     from mixdiff.evaluate.results import read_result
 
     path = run.eval_result(command, name)
     if not path.is_file():
         return False
-    return read_result(path)["checkpoint"]["sha256"] == file_sha256(run.last_checkpoint)
+    return read_result(path)["checkpoint"]["sha256"] == checkpoint_sha256
 
 
 def _evaluate(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int) -> dict:
@@ -216,15 +215,15 @@ def _evaluate(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
     encoder = Encoder.from_run(run, device=s.device)
     train, test = labelled_sets(paths.train, paths.test, DATASET)
     done = []
-    if not _current(run, "linear", DATASET):
+    if not _current(run, "linear", DATASET, encoder.checkpoint_sha256):
         linear_eval(encoder, train, test, num_workers=s.workers, show_progress=False)
         done.append("linear")
-    if not _current(run, "knn", DATASET):
+    if not _current(run, "knn", DATASET, encoder.checkpoint_sha256):
         knn_eval(encoder, train, test, num_workers=s.workers, show_progress=False)
         done.append("knn")
     suite = SUITES["corruptions"]
-    if not _current(run, "robustness", suite.name):
-        corruptions = parse_corruptions(",".join(s.corruptions) if s.corruptions else None)
+    if not _current(run, "robustness", suite.name, encoder.checkpoint_sha256):
+        corruptions = s.corruptions or parse_corruptions(None)  # none named: all of them
         robustness_eval(encoder, suite, suite.scan(paths.test), DATASET, corruptions,
                         s.severities, EncodeOptions(num_workers=s.workers, show_progress=False))
         done.append("robustness")

@@ -177,7 +177,8 @@ def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
     """What happened, what is kept (only what is true), and advice that fits the settings."""
     kept = "no checkpoint had been written yet"
     if run.last_checkpoint.exists():
-        saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)
+        saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False,
+                           mmap=True)  # two integers wanted: map, do not read, the weights
         kept = (f"the last good checkpoint ({run.last_checkpoint}: epoch {saved['epoch']}, "
                 f"step {saved['global_step']}) is kept")
     advice = ["lower optim.lr", "raise optim.warmup_epochs"]

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from mixdiff.data.decode import load_rgb_for
 from mixdiff.errors import DatasetError, UnreadableImageError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -120,14 +121,7 @@ def match_twins(real_relpaths: tuple[str, ...] | list[str], synthetic_root: str 
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open and fully decode an image as RGB; a broken file raises an error naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "file not found") from None
-    except Exception as exc:  # PIL raises many types for corrupt or truncated data
-        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+    return load_rgb_for(path, None)
 
 
 def check_readable(path: str | Path) -> str | None:

@@ -104,10 +104,11 @@ def _labels_of(dataset: Dataset) -> np.ndarray:
     return np.array([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
 
 
-def load_split(name: str, root: str | Path, split: str, download: bool = False) -> ImageSet:
+def load_split(name: str, root: str | Path, split: str, download: bool = False,
+               sources: tuple[str, ...] | None = None) -> ImageSet:
     """One split of a transfer dataset as an ImageSet that Encoder.encode reads through
     torchvision (items are named `<folder>#<split>/<index>`; the cache fingerprints the files of
-    the dataset's folder)."""
+    the dataset's folder: `sources`, when the caller has already listed them)."""
     spec = TRANSFER_DATASETS[name]
     root = Path(root).absolute()
     folder = root / spec.folder
@@ -120,10 +121,15 @@ def load_split(name: str, root: str | Path, split: str, download: bool = False) 
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"{name}: torchvision could not read {folder} ({exc}); pass "
                            "--download to fetch it again") from None
-    sources = tuple(sorted(str(p) for p in folder.rglob("*") if p.is_file()))
+    if sources is None:
+        sources = _files_under(folder)
     return ImageSet(name, split, tuple(f"{folder}#{split}/{i}" for i in range(len(dataset))),
                     _labels_of(dataset), tuple(dataset.classes),
                     reader=_TorchvisionImage(dataset), source_files=sources, root=str(folder))
+
+
+def _files_under(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(p) for p in folder.rglob("*") if p.is_file()))
 
 
 def synclr_val_split(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +146,10 @@ def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool 
                   show_progress: bool = True) -> Path:
     """Fit on train, sweep on val, refit on train+val, score on test; returns the result file."""
     spec = TRANSFER_DATASETS[name]
-    sets = {split: load_split(name, root, split, download) for split in spec.splits}
+    first, *others = spec.splits  # the first split downloads the dataset if asked to
+    sets = {first: load_split(name, root, first, download)}
+    sources = sets[first].source_files  # every split reads the same folder: list it once
+    sets.update({split: load_split(name, root, split, download, sources) for split in others})
     classes = sets["train"].classes
     for split, images in sets.items():
         if images.classes != classes:
