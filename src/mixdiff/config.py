@@ -34,6 +34,9 @@ class DataConfig:
     num_workers: int = 8
     eval_resize: float = 1.14  # evaluation: resize the short side to image_size * this, centre crop
     check_images: str = "header"  # before training: header (every file opens), decode, or none
+    # where training images are decoded and cropped: cpu (loader workers) or device (the training
+    # device, nvJPEG on a GPU; workers only read files; needs augment.backend=batched)
+    decode: str = "cpu"
 
 
 @dataclass
@@ -169,7 +172,7 @@ IMAGE_CHECKS = ("header", "decode", "none")
 def allowed_values() -> dict[str, tuple[str, ...]]:
     """The allowed values of each key with a fixed set, taken from the registries that define
     them (imported here, not at the top, so that reading a config stays light)."""
-    from mixdiff.data.paired import MISSING_POLICIES, MODES
+    from mixdiff.data.paired import DECODE_PLACES, MISSING_POLICIES, MODES
     from mixdiff.data.views import BACKENDS, RECIPES
     from mixdiff.loggers import LOGGERS
     from mixdiff.methods import METHODS, OPTIMIZERS
@@ -177,6 +180,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
 
     return {"method": tuple(METHODS), "data.mode": tuple(MODES),
             "data.missing_synthetic": MISSING_POLICIES, "data.check_images": IMAGE_CHECKS,
+            "data.decode": DECODE_PLACES,
             "augment.recipe": tuple(RECIPES), "augment.backend": tuple(BACKENDS),
             "model.backbone": tuple(BACKBONES),
             "optim.name": tuple(OPTIMIZERS), "trainer.precision": PRECISIONS,
@@ -195,7 +199,7 @@ RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mix
 RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
                   "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator",
                   "trainer.checkpoint_every_n_steps", "trainer.logger", "data.check_images",
-                  "augment.backend")  # the same distribution of views, drawn elsewhere
+                  "augment.backend", "data.decode")  # the same views, made elsewhere
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -241,6 +245,9 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.data.mode != "real" and not cfg.data.synthetic:
         raise ConfigError(f"config key `data.synthetic` is empty, but data.mode={cfg.data.mode} "
                           "needs at least one synthetic root")
+    if cfg.data.decode == "device" and cfg.augment.backend != "batched":
+        raise ConfigError("config key `data.decode` = 'device' needs augment.backend=batched (the "
+                          f"views are finished on the device), not {cfg.augment.backend!r}")
     dino_method, dino_recipe = cfg.method == "dino", cfg.augment.recipe == "dino"
     if dino_recipe and not dino_method:
         raise ConfigError(f"config key `augment.recipe` = 'dino' (multi-crop) needs method=dino, "

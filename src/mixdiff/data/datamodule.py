@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mixdiff.data import device_decode
 from mixdiff.data.batch_augment import BatchAugment, GroupPlan, step_seed
 from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
@@ -62,6 +63,8 @@ class MixDiffDataModule(L.LightningDataModule):
         self._resume: dict | None = None  # where a resumed run's epoch starts (load_state_dict)
         self.batch_augment: BatchAugment | None = None  # augment.backend=batched
         self._augment_plan: list[GroupPlan] | None = None  # drawn before the batch moves
+        # data.decode=device: where the batch is decoded (None: the trainer's root device)
+        self.decode_device: torch.device | None = None
 
     @property
     def num_classes(self) -> int:
@@ -96,7 +99,8 @@ class MixDiffDataModule(L.LightningDataModule):
         augment = self.cfg.augment
         views = build_views(self.cfg)
         self.train_set = PairedDataset(samples, views, data.mode, data.p_synthetic,
-                                       augment.synthetic_augment, augment.backend)
+                                       augment.synthetic_augment, augment.backend,
+                                       data.decode)
         if augment.backend == "batched":
             self.batch_augment = BatchAugment(views, augment.synthetic_augment)
         bank = positions[tree.labels[positions] >= 0]
@@ -149,10 +153,10 @@ class MixDiffDataModule(L.LightningDataModule):
     def write_summary(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.summary, indent=2) + "\n")
 
-    def _loader(self, dataset, drop_last: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset, drop_last: bool, sampler=None, collate_fn=None) -> DataLoader:
         workers = self.cfg.data.num_workers
         return DataLoader(dataset, batch_size=self.cfg.trainer.batch_size, sampler=sampler,
-                          drop_last=drop_last, num_workers=workers,
+                          drop_last=drop_last, num_workers=workers, collate_fn=collate_fn,
                           pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
                           prefetch_factor=4 if workers > 0 else None)
 
@@ -163,7 +167,8 @@ class MixDiffDataModule(L.LightningDataModule):
         sampler = ResumableSampler(self.train_set, self.cfg.trainer.seed)
         if self._resume is not None:  # every loader made for this fit (Lightning makes two)
             sampler.resume(**self._resume)
-        return self._loader(self.train_set, sampler=sampler,
+        collate = device_decode.collate if self.cfg.data.decode == "device" else None
+        return self._loader(self.train_set, sampler=sampler, collate_fn=collate,
                             drop_last=len(self.train_set) >= self.cfg.trainer.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -173,9 +178,14 @@ class MixDiffDataModule(L.LightningDataModule):
 
     # --- augment.backend=batched: drawn on the CPU batch, applied to the device batch ----------
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Draw the training batch's photometric parameters, seeded by (trainer.seed, rank,
-        global step): a resumed run draws what the uninterrupted one would have."""
+        """Decode and crop the training batch on the device (data.decode=device); draw its
+        photometric parameters, seeded by (trainer.seed, rank, global step): a resumed run draws
+        what the uninterrupted one would have."""
         trainer = self.trainer
+        if isinstance(batch[1], device_decode.EncodedBatch):
+            device = self.decode_device or trainer.strategy.root_device
+            sizes = [view.size for view in self.train_set.views]
+            batch = (batch[0], device_decode.decode_batch(batch[1], sizes, device), *batch[2:])
         if self.batch_augment is not None and (trainer is None or trainer.training):
             rank, step = (trainer.global_rank, trainer.global_step) if trainer else (0, 0)
             generator = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, rank, step))

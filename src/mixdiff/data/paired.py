@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed, load_rgb_for
+from mixdiff.data.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
 from mixdiff.data.views import ANCHOR, BACKENDS, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
@@ -92,6 +93,8 @@ MODES: dict[str, Callable[..., list[Sample]]] = {
     "real": _real_samples, "synthetic": _synthetic_samples, "mixdiff": _mixdiff_samples,
     "pooled": _pooled_samples}
 MISSING_POLICIES = ("error", "fallback_real")
+# data.decode: where training images are decoded and cropped (device: data/device_decode.py)
+DECODE_PLACES = ("cpu", "device")
 
 
 def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,
@@ -115,8 +118,8 @@ class PairedDataset(Dataset):
 
     def __init__(self, samples: list[Sample], views: list[ViewSpec], mode: str,
                  p_synthetic: float = 1.0, synthetic_augment: bool = True,
-                 backend: str = "per_image"):
-        self.samples, self.views, self.mode = samples, views, mode
+                 backend: str = "per_image", decode: str = "cpu"):
+        self.samples, self.views, self.mode, self.decode = samples, views, mode, decode
         self.p_synthetic, self.synthetic_augment = p_synthetic, synthetic_augment
         self.transforms = [BACKENDS[backend](view) for view in views]  # (augmented, plain)
         # what each slot's views read from its image, so JPEG decoding can skip what none uses
@@ -143,6 +146,8 @@ class PairedDataset(Dataset):
     def __getitem__(self, i: int):
         sample = self.samples[i]
         slots = self._slots(sample)
+        if self.decode == "device":
+            return self._undecoded(sample, slots)
         needs: dict[str, list[ViewNeed]] = {}
         for slot, (_, path) in slots.items():  # one decode per file, serving both slots' views
             needs.setdefault(path, []).extend(self.needs[slot])
@@ -154,6 +159,21 @@ class PairedDataset(Dataset):
             views.append((plain if plain_view else augmented)(images[path]))
             sources.append(source)
         return sample.index, views, torch.tensor(sources), sample.label
+
+    def _undecoded(self, sample: Sample, slots: dict[str, tuple[int, str]]):
+        """data.decode=device: `(index, files, crops, sources, label)`, the files as read and
+        each view's crop drawn as its transform would have (collated by device_decode.collate)."""
+        paths = list(dict.fromkeys(path for _, path in slots.values()))
+        files = [ImageFile.read(path) for path in paths]
+        crops, sources = [], []
+        for spec, (augmented, plain) in zip(self.views, self.transforms):
+            source, path = slots[spec.slot]
+            plain_view = source != REAL and not self.synthetic_augment
+            image = paths.index(path)
+            crops.append((image, *draw_crop(plain if plain_view else augmented,
+                                            files[image].height, files[image].width)))
+            sources.append(source)
+        return sample.index, files, torch.tensor(crops), torch.tensor(sources), sample.label
 
 
 class LabelledImages(Dataset):

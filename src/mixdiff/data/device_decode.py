@@ -1,0 +1,202 @@
+"""`data.decode=device`: the training device decodes the batch's JPEGs and cuts its crops.
+
+With `data.decode=cpu` a loader worker decodes every image and crops its views; at 224 px the
+decode is most of a worker's time. With `device`, a worker only reads each file's bytes, parses
+its header for the size, and draws each view's crop box and flip, exactly as `ViewSpec.crop` would
+(the same torchvision `make_params` calls, in the same order, from the worker's random state). Once
+the batch reaches the main process (`on_before_batch_transfer`), the JPEGs are decoded together
+(`torchvision.io.decode_jpeg` on a list: nvJPEG's batched decoder on CUDA, libjpeg-turbo on the
+CPU) and each group of same-size views is cut and resized in one `torchvision.ops.roi_align` call.
+The views then go on as uint8 crops to the batched photometric ops (`mixdiff.data.batch_augment`).
+
+Resampling: roi_align with an adaptive sampling ratio averages ceil(box side / output side)
+bilinear samples per output pixel along each axis: a box filter when a crop shrinks (as OpenCV's
+INTER_AREA, which FFCV, the MixDiff authors' loader, uses) and plain bilinear when it grows. The
+CPU path's antialiased bilinear (tent) filter is softer: at the reductions of the 224 px recipes
+(at most about 3x) the two differ by 1-4 grey levels on average on photos; the crop boxes and
+flips are the same (tests/test_device_decode.py).
+
+A file nvJPEG cannot take (not a JPEG; a CMYK or YCCK JPEG) is decoded by the worker instead and
+travels as pixels; the crops are cut the same way.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+from mixdiff.data.decode import load_rgb_for
+from mixdiff.errors import UnreadableImageError
+
+DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU
+_to_tensor = v2.PILToTensor()
+BUCKET = 128  # px: images whose sides round up to the same multiple of this share a canvas
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image as a worker ships it: its JPEG bytes (1-D uint8) or, when the device decoder
+    cannot take it, its decoded pixels (3, H, W)."""
+
+    payload: Tensor
+    encoded: bool
+    height: int
+    width: int
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ImageFile":
+        try:
+            data = Path(path).read_bytes()
+            with Image.open(io.BytesIO(data)) as image:  # parses the header only
+                if image.format == "JPEG" and image.mode in DEVICE_JPEG_MODES:
+                    width, height = image.size
+                    return cls(torch.frombuffer(bytearray(data), dtype=torch.uint8), True,
+                               height, width)
+        except FileNotFoundError:
+            raise UnreadableImageError(path, "file not found") from None
+        except Exception as exc:  # PIL raises many types for corrupt or truncated data
+            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+        pixels = _to_tensor(load_rgb_for(path, None))
+        return cls(pixels, False, *pixels.shape[-2:])
+
+
+# a crop, as (file, top, left, height, width, flip); a sample's file indices count its own files
+CROP_FIELDS = 6
+
+
+def draw_crop(crop: v2.Compose, height: int, width: int) -> tuple[int, int, int, int, int]:
+    """(top, left, height, width, flip) of one view, drawn as `crop` (ViewSpec.crop: a random-
+    resized crop and a flip, or a plain view's resize and centre crop) would draw it on a
+    height x width image, consuming the same random numbers."""
+    first = crop.transforms[0]
+    if isinstance(first, v2.RandomResizedCrop):
+        box = first.make_params([torch.empty((0, height, width))])
+        flip = bool(torch.rand(1) < crop.transforms[1].p)  # RandomHorizontalFlip's own test
+        return box["top"], box["left"], box["height"], box["width"], flip
+    side = min(height, width)  # a plain view: the centred square the resize and crop keep
+    return (height - side) // 2, (width - side) // 2, side, side, False
+
+
+@dataclass
+class EncodedBatch:
+    """A collated batch's images before decoding, packed in one flat uint8 tensor (one buffer to
+    pass between processes, not one per file): file i is `data`'s i-th piece of `lengths[i]`
+    bytes, JPEG bytes when `encoded[i]`, else pixels of `shapes[i]`. crops[b, v] is sample b's
+    view v: (file i, top, left, height, width, flip)."""
+
+    data: Tensor
+    lengths: list[int]
+    encoded: list[bool]
+    shapes: list[tuple[int, int]]  # (height, width)
+    crops: Tensor  # (batch, views, CROP_FIELDS), int64
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+def collate(samples: Sequence[tuple]) -> tuple:
+    """DataLoader collate for `(index, files, crops, sources, label)` samples: the files of all
+    the samples packed in one EncodedBatch, each crop's file index counted across the batch."""
+    files: list[ImageFile] = []
+    crops = []
+    for _, sample_files, sample_crops, _, _ in samples:
+        shifted = sample_crops.clone()
+        shifted[:, 0] += len(files)
+        files.extend(sample_files)
+        crops.append(shifted)
+    batch = EncodedBatch(torch.cat([f.payload.flatten() for f in files]),
+                         [f.payload.numel() for f in files], [f.encoded for f in files],
+                         [(f.height, f.width) for f in files], torch.stack(crops))
+    index = torch.tensor([s[0] for s in samples])
+    sources = torch.stack([s[3] for s in samples])
+    labels = torch.tensor([s[4] for s in samples])
+    return index, batch, sources, labels
+
+
+def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
+    """Every file of the batch as uint8 (3, H, W) on `device`; the JPEGs in one batched decode."""
+    pieces = batch.data.split(batch.lengths)
+    images: list[Tensor | None] = [None] * len(pieces)
+    jpegs = [i for i, encoded in enumerate(batch.encoded) if encoded]
+    if jpegs:
+        decoded = decode_jpeg([pieces[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        for i, image in zip(jpegs, decoded):
+            images[i] = image
+    for i, encoded in enumerate(batch.encoded):
+        if not encoded:
+            images[i] = pieces[i].view(3, *batch.shapes[i]).to(device, non_blocking=True)
+    return images  # type: ignore[return-value]
+
+
+def canvas_of(images: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """The images in one (N, 3, H + 1, W + 1) tensor for roi_align, each at the top left; the
+    row and column past each image repeat its edge, so samples within half a pixel of the edge
+    (roi_align reads up to there) see the image, not the padding."""
+    height = max(image.shape[1] for image in images) + 1
+    width = max(image.shape[2] for image in images) + 1
+    canvas = torch.zeros(len(images), 3, height, width, dtype=dtype, device=images[0].device)
+    for i, image in enumerate(images):
+        h, w = image.shape[1:]
+        canvas[i, :, :h, :w] = image
+        canvas[i, :, h, :w] = image[:, h - 1]
+        canvas[i, :, :h + 1, w] = canvas[i, :, :h + 1, w - 1]
+    return canvas
+
+
+def size_buckets(images: Sequence[Tensor]) -> list[list[int]]:
+    """The images grouped by size, each side rounded up to BUCKET px: a group shares a canvas,
+    which wastes little memory, and an unusually large image does not inflate everyone's."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        h, w = image.shape[1:]
+        groups.setdefault((-(-h // BUCKET), -(-w // BUCKET)), []).append(i)
+    return list(groups.values())
+
+
+def cut_views(images: Sequence[Tensor], crops: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """The uint8 views (batch, 3, S, S), view v at side sizes[v], cut from the decoded images by
+    `crops` (on the CPU): one roi_align call per size bucket of images and size of view."""
+    device, batch = images[0].device, len(crops)
+    groups = {size: [v for v, s in enumerate(sizes) if s == size] for size in sizes}
+    # per view size, its views' crops view after view, and the uint8 output they fill
+    chosen = {size: crops[:, group].transpose(0, 1).reshape(-1, CROP_FIELDS)
+              for size, group in groups.items()}
+    stacked = {size: torch.empty(len(group) * batch, 3, size, size, dtype=torch.uint8,
+                                 device=device) for size, group in groups.items()}
+    for bucket in size_buckets(images):
+        biggest = max(max(images[i].shape[1:]) for i in bucket)
+        # fp16 halves the canvas on a GPU; it holds integers (and box corners) exactly to 2048
+        dtype = torch.float16 if device.type == "cuda" and biggest < 2048 else torch.float32
+        canvas = canvas_of([images[i] for i in bucket], dtype)
+        local = torch.full((len(images),), -1, dtype=torch.long)
+        local[bucket] = torch.arange(len(bucket))
+        for size, rows_crops in chosen.items():
+            rows = (local[rows_crops[:, 0]] >= 0).nonzero().flatten()
+            if not len(rows):
+                continue
+            file, top, left, height, width, flip = rows_crops[rows].unbind(1)
+            boxes = torch.stack([local[file], left, top, left + width, top + height], 1)
+            out = roi_align(canvas, boxes.to(device, dtype), output_size=size,
+                            spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+            flipped = flip.bool().to(device)[:, None, None, None]
+            out = torch.where(flipped, out.flip(-1), out).round_().clamp_(0, 255)
+            stacked[size][rows.to(device)] = out.to(torch.uint8)
+    views: list[Tensor | None] = [None] * len(sizes)
+    for size, group in groups.items():
+        for v, chunk in zip(group, stacked[size].chunk(len(group))):
+            views[v] = chunk
+    return views  # type: ignore[return-value]
+
+
+def decode_batch(batch: EncodedBatch, sizes: Sequence[int], device: torch.device) -> list[Tensor]:
+    """Decode and cut a batch's views on `device`: uint8 (batch, 3, S, S) per view."""
+    return cut_views(decode_images(batch, device), batch.crops, sizes)
