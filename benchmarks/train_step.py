@@ -1,16 +1,20 @@
 """Training throughput: does the input pipeline keep up with the training step?
 
-For every combination of --backends x --modes x --recipes x --backbones, in samples per second (a
-sample: one real image with all its views, a pair for the two-view recipes):
-  * end2end  the training DataLoader (workers decode and crop, and with `per_image` augment too)
-             feeding the transfer hooks (`batched`: the photometric ops on the device) and the
+For every combination of --backends x --decodes x --modes x --recipes x --backbones (device
+decoding only with the batched backend), in samples per second (a sample: one real image with all
+its views, a pair for the two-view recipes):
+  * end2end  the training DataLoader (workers decode and crop, and with `per_image` augment too;
+             with `data.decode=device` they only read files and draw crops) feeding the transfer
+             hooks (`batched`: decoding and cropping there with `device`, the photometric ops on
+             the device) and the
              training step, as in training; timed over --steps batches in steady state, after the
              workers' first round (one batch per worker, also the model's warm-up) is consumed;
   * step     the training step alone (forward, backward, AdamW; bf16 autocast where bf16 is
              native, else fp32; channels_last for ResNets) on one fixed, finished batch on the
              device: the ceiling (the same model for both backends: measured once per round);
   * ratio    end2end / step: 1.0 means the input pipeline costs the step nothing;
-  * augment  the batched backend's device half alone (draw + ops + normalise), in views/s.
+  * device   the batched backend's half in the transfer hooks alone (decode and crop with
+             `device` decoding, the copy to the device, draw + ops + normalise), in views/s.
 --repeats R measures every combination R times, interleaved (each round visits all of them), and
 reports medians: on a shared machine both backends see the same noise. The image tree is cut from
 scikit-image's photos: real images as JPEG, twins as --synthetic-format (`mixdiff generate`'s
@@ -56,18 +60,20 @@ def sync(device: torch.device) -> None:
 class Bench:
     """One combination: its data module, model and optimiser, and the three measurements."""
 
-    def __init__(self, args, root: Path, backend: str, mode: str, recipe: str, backbone: str):
+    def __init__(self, args, root: Path, backend: str, decode: str, mode: str, recipe: str,
+                 backbone: str):
         self.args, self.device = args, torch.device(args.device)
         cfg = load_config(None, [
             f"method={METHOD_OF_RECIPE.get(recipe, 'simclr')}", f"data.real={root / 'real'}",
             f"data.synthetic=[{root / 'syn'}]", f"data.mode={mode}",
             f"data.image_size={args.image_size}", f"data.num_workers={args.workers}",
             f"model.backbone={backbone}", f"model.small_stem={args.small_stem}",
-            f"augment.recipe={recipe}", f"augment.backend={backend}",
+            f"augment.recipe={recipe}", f"augment.backend={backend}", f"data.decode={decode}",
             f"augment.local_crops_real={args.local_crops - 2}", "augment.local_crops_synthetic=2",
             f"trainer.batch_size={args.batch_size}", "data.val_fraction=0.0"])
         self.dm = MixDiffDataModule(cfg)
         self.dm.setup()
+        self.dm.decode_device = self.device
         batches = args.steps + args.workers + 3  # one epoch holds the whole measurement
         repeat = math.ceil(batches * args.batch_size / len(self.dm.train_set))
         self.dm.train_set.samples = self.dm.train_set.samples * repeat
@@ -100,7 +106,7 @@ class Bench:
         return count * samples / (time.perf_counter() - start)
 
     def measure(self, step: float | None = None) -> dict[str, float]:
-        """end2end, then (unless given) step, then the device half alone."""
+        """end2end, then (unless given) step, then the transfer hooks alone."""
         a, b = self.args, self.args.batch_size
         loader = self.dm.train_dataloader()
         raw = iter(loader)
@@ -113,24 +119,24 @@ class Bench:
         gc.collect()
         if step is None:
             step = self._rate(itertools.repeat(self.finish(kept)), a.step_steps, b)
-        augment = 0.0
+        hooks = 0.0
         if self.dm.batch_augment is not None:
-            on_device = move_data_to_device(kept, self.device)
-            views = len(kept[1]) * b * a.step_steps
+            views = len(self.dm.train_set.views) * b * a.step_steps
             sync(self.device)
             start = time.perf_counter()
             for _ in range(a.step_steps):
-                self.dm.on_before_batch_transfer(kept, 0)
-                self.dm.on_after_batch_transfer(on_device, 0)
+                self.finish(kept)
             sync(self.device)
-            augment = views / (time.perf_counter() - start)
+            hooks = views / (time.perf_counter() - start)
         return {"end2end": end2end, "step": step, "ratio": end2end / step,
-                "augment_views": augment}
+                "device_views": hooks}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["batched", "per_image"])
+    parser.add_argument("--decodes", nargs="+", default=["cpu"],
+                        help="data.decode values (device: with the batched backend only)")
     parser.add_argument("--modes", nargs="+", default=["real", "mixdiff"])
     parser.add_argument("--recipes", nargs="+", default=["simclr", "asymmetric"])
     parser.add_argument("--backbones", nargs="+", default=["resnet18"])
@@ -160,7 +166,9 @@ def main() -> None:
     args.step_steps = args.step_steps or args.steps
     if args.precision == "auto":
         args.precision = "bf16" if native_bf16(args.device.startswith("cuda")) else "fp32"
-    combos = list(itertools.product(args.backends, args.modes, args.recipes, args.backbones))
+    combos = [c for c in itertools.product(args.backends, args.decodes, args.modes, args.recipes,
+                                           args.backbones)
+              if not (c[0] == "per_image" and c[1] == "device")]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -170,8 +178,8 @@ def main() -> None:
         for _ in range(args.repeats):
             steps: dict[tuple, float] = {}  # the step does not depend on the backend
             for combo in combos:
-                result = Bench(args, root, *combo).measure(steps.get(combo[1:]))
-                steps[combo[1:]] = result["step"]
+                result = Bench(args, root, *combo).measure(steps.get(combo[2:]))
+                steps[combo[2:]] = result["step"]
                 runs[combo].append(result)
                 print(combo, {k: round(v, 2) for k, v in result.items()}, flush=True)
     medians = {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
@@ -181,31 +189,35 @@ def main() -> None:
     print(f"\n{args.image_size} px, batch {args.batch_size}, {args.precision}, {device}, "
           f"{args.workers} loader workers; real {args.real_size} px JPEG, twins "
           f"{args.synthetic_size} px {args.synthetic_format[1:].upper()}; medians of "
-          f"{args.repeats} interleaved repeats; samples/s (augment: views/s)")
-    print(f"{'backend':<10}{'mode':<8}{'recipe':<11}{'backbone':<10}{'end2end':>9}{'step':>9}"
-          f"{'e2e/step':>9}{'augment':>10}")
-    for (backend, mode, recipe, backbone), m in medians.items():
-        print(f"{backend:<10}{mode:<8}{recipe:<11}{backbone:<10}{m['end2end']:>9.1f}"
-              f"{m['step']:>9.1f}{m['ratio']:>9.3f}{m['augment_views']:>10.0f}")
+          f"{args.repeats} interleaved repeats; samples/s (device: views/s)")
+    print(f"{'backend':<10}{'decode':<7}{'mode':<8}{'recipe':<11}{'backbone':<10}{'end2end':>9}"
+          f"{'step':>9}{'e2e/step':>9}{'device':>9}")
+    for (backend, decode, mode, recipe, backbone), m in medians.items():
+        print(f"{backend:<10}{decode:<7}{mode:<8}{recipe:<11}{backbone:<10}{m['end2end']:>9.1f}"
+              f"{m['step']:>9.1f}{m['ratio']:>9.3f}{m['device_views']:>9.0f}")
     for mode, recipe, backbone in itertools.product(args.modes, args.recipes, args.backbones):
-        if {"batched", "per_image"} <= set(args.backends):
-            ratios = [b["end2end"] / p["end2end"] for b, p in
-                      zip(runs["batched", mode, recipe, backbone],
-                          runs["per_image", mode, recipe, backbone])]
-            print(f"batched / per_image end2end, {mode} {recipe} {backbone}: "
-                  f"{statistics.median(ratios):.3f} (per repeat: "
-                  f"{', '.join(f'{r:.3f}' for r in ratios)})")
-    for backend, recipe, backbone in itertools.product(args.backends, args.recipes,
-                                                       args.backbones):
-        if {"real", "mixdiff"} <= set(args.modes):
-            real, mix = medians[backend, "real", recipe, backbone], \
-                medians[backend, "mixdiff", recipe, backbone]
-            print(f"mixdiff / real end2end, {backend} {recipe} {backbone}: "
+        if ("per_image", "cpu", mode, recipe, backbone) not in runs:
+            continue
+        for decode in args.decodes:
+            if ("batched", decode, mode, recipe, backbone) in runs:
+                ratios = [b["end2end"] / p["end2end"] for b, p in
+                          zip(runs["batched", decode, mode, recipe, backbone],
+                              runs["per_image", "cpu", mode, recipe, backbone])]
+                print(f"batched ({decode} decode) / per_image end2end, {mode} {recipe} "
+                      f"{backbone}: {statistics.median(ratios):.3f} (per repeat: "
+                      f"{', '.join(f'{r:.3f}' for r in ratios)})")
+    for backend, decode, recipe, backbone in itertools.product(args.backends, args.decodes,
+                                                               args.recipes, args.backbones):
+        real, mix = (medians.get((backend, decode, mode, recipe, backbone))
+                     for mode in ("real", "mixdiff"))
+        if real and mix:
+            print(f"mixdiff / real end2end, {backend} {decode} decode {recipe} {backbone}: "
                   f"{mix['end2end'] / real['end2end']:.3f}")
     if args.json:
         args.json.write_text(json.dumps({
             "device": device, "args": vars(args) | {"json": None},
-            "results": [{"backend": c[0], "mode": c[1], "recipe": c[2], "backbone": c[3],
+            "results": [{"backend": c[0], "decode": c[1], "mode": c[2], "recipe": c[3],
+                         "backbone": c[4],
                          "median": medians[c], "repeats": runs[c]} for c in combos]},
             indent=2, default=str))
 

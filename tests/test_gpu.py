@@ -8,23 +8,26 @@ import pytest
 import torch
 
 from mixdiff.config import load_config
+from mixdiff.data import device_decode
 from mixdiff.data.batch_augment import BatchAugment
 from mixdiff.data.views import build_views
 from mixdiff.train import pretrain
 
 from conftest import tiny_overrides
+from test_device_decode import _data_module, photo_tree  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("method, backbone, backend", [
-    ("simclr", "resnet18", "batched"), ("simclr", "resnet18", "per_image"),
-    ("barlow_twins", "resnet50", "batched"), ("dino", "vit_tiny", "batched")])
-def test_bf16_mixdiff_run_on_gpu(tiny_data, tmp_path, method, backbone, backend):
+@pytest.mark.parametrize("method, backbone, backend, decode", [
+    ("simclr", "resnet18", "batched", "cpu"), ("simclr", "resnet18", "per_image", "cpu"),
+    ("barlow_twins", "resnet50", "batched", "cpu"), ("dino", "vit_tiny", "batched", "cpu"),
+    ("simclr", "resnet18", "batched", "device"), ("dino", "vit_tiny", "batched", "device")])
+def test_bf16_mixdiff_run_on_gpu(tiny_data, tmp_path, method, backbone, backend, decode):
     extra = {"method": method, "model.backbone": backbone, "data.mode": "mixdiff",
              "trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed",
              "data.image_size": 32, "model.patch_size": 8, "trainer.max_epochs": 2,
-             "augment.backend": backend}
+             "augment.backend": backend, "data.decode": decode, "data.num_workers": 2}
     if method == "dino":
         extra["augment.recipe"] = "dino"
     out = pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), tmp_path / "run")
@@ -54,3 +57,16 @@ def test_batched_augmentation_on_the_gpu_matches_the_cpu(tiny_data, recipe):
         # all pixels but the rare one at DINO's solarisation threshold, which rounding may flip
         agree = ((gpu.cpu() - cpu).abs() < 1e-3).float().mean().item()
         assert agree > 0.999, agree
+
+
+def test_device_decoding_on_the_gpu_matches_the_cpu(photo_tree):  # noqa: F811
+    """nvJPEG and an fp16 canvas on the GPU cut nearly the views libjpeg-turbo and fp32 cut on
+    the CPU (the decoders' IDCTs differ by a grey level here and there)."""
+    dm = _data_module(photo_tree, "device", "dino")
+    _, batch, _, _ = device_decode.collate([dm.train_set[i] for i in range(len(dm.train_set))])
+    sizes = [v.size for v in dm.train_set.views]
+    on_cpu = device_decode.decode_batch(batch, sizes, torch.device("cpu"))
+    on_gpu = device_decode.decode_batch(batch, sizes, torch.device("cuda"))
+    for a, b in zip(on_cpu, on_gpu):
+        assert b.is_cuda and b.dtype == torch.uint8
+        assert (a.float() - b.cpu().float()).abs().mean() < 2
