@@ -26,3 +26,10 @@ def make_photo_tree(root: Path, n: int, size: int, ext: str = ".jpg", classes: i
         Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size)).save(
             folder / f"{i:05d}{ext}", quality=quality)
     return root
+
+
+def make_real_and_twins(root: Path, n: int, real_size: int, synthetic_size: int,
+                        synthetic_format: str) -> None:
+    """`root/real` (JPEG) and `root/syn`, its twins as `mixdiff generate` writes them (q95)."""
+    make_photo_tree(root / "real", n, real_size, ".jpg", seed=0)
+    make_photo_tree(root / "syn", n, synthetic_size, synthetic_format, seed=1, quality=95)

@@ -47,7 +47,7 @@ from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.methods import METHODS
 from mixdiff.train import native_bf16
-from photo_tree import make_photo_tree
+from photo_tree import make_real_and_twins
 
 METHOD_OF_RECIPE = {"dino": "dino"}  # other recipes train SimCLR
 
@@ -172,9 +172,8 @@ def main() -> None:
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_photo_tree(root / "real", args.images, args.real_size, ".jpg", seed=0)
-        make_photo_tree(root / "syn", args.images, args.synthetic_size, args.synthetic_format,
-                        seed=1, quality=95)  # as `mixdiff generate` writes them
+        make_real_and_twins(root, args.images, args.real_size, args.synthetic_size,
+                            args.synthetic_format)
         for _ in range(args.repeats):
             steps: dict[tuple, float] = {}  # the step does not depend on the backend
             for combo in combos:

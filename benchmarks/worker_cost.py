@@ -30,7 +30,7 @@ from torch.utils.data import default_collate
 from mixdiff.config import load_config
 from mixdiff.data import device_decode
 from mixdiff.data.datamodule import MixDiffDataModule
-from photo_tree import make_photo_tree
+from photo_tree import make_real_and_twins
 
 METHOD_OF_RECIPE = {"dino": "dino"}  # other recipes train SimCLR
 
@@ -74,9 +74,8 @@ def main() -> None:
     runs: dict[tuple, list[float]] = {c: [] for c in combos}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_photo_tree(root / "real", args.images, args.real_size, ".jpg", seed=0)
-        make_photo_tree(root / "syn", args.images, args.synthetic_size, args.synthetic_format,
-                        seed=1, quality=95)  # as `mixdiff generate` writes them
+        make_real_and_twins(root, args.images, args.real_size, args.synthetic_size,
+                            args.synthetic_format)
         modules = {}
         for backend, decode, mode, recipe in combos:
             cfg = load_config(None, [

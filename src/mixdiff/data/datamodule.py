@@ -183,7 +183,8 @@ class MixDiffDataModule(L.LightningDataModule):
         what the uninterrupted one would have."""
         trainer = self.trainer
         if isinstance(batch[1], device_decode.EncodedBatch):
-            device = self.decode_device or trainer.strategy.root_device
+            device = trainer.strategy.root_device if self.decode_device is None else \
+                self.decode_device
             sizes = [view.size for view in self.train_set.views]
             batch = (batch[0], device_decode.decode_batch(batch[1], sizes, device), *batch[2:])
         if self.batch_augment is not None and (trainer is None or trainer.training):

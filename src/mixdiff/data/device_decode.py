@@ -16,6 +16,11 @@ CPU path's antialiased bilinear (tent) filter is softer: at the reductions of th
 (at most about 3x) the two differ by 1-4 grey levels on average on photos; the crop boxes and
 flips are the same (tests/test_device_decode.py).
 
+On CUDA the decode first waits for the work already queued on the stream (the last training
+step's): nvJPEG's hardware decoder would otherwise overwrite memory that work still reads
+(`decode_images`). The GPU then idles while the CPU queues the next step's kernels, a cost
+`benchmarks/train_step.py --decodes cpu device` measures on a GPU.
+
 A file nvJPEG cannot take (not a JPEG; a CMYK or YCCK JPEG) is decoded by the worker instead and
 travels as pixels; the crops are cut the same way.
 """
@@ -128,6 +133,12 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
     images: list[Tensor | None] = [None] * len(pieces)
     jpegs = [i for i, encoded in enumerate(batch.encoded) if encoded]
     if jpegs:
+        if device.type == "cuda":
+            # nvJPEG's hardware decoder writes its outputs without waiting for the work queued
+            # on the stream, into blocks the caching allocator may have freed while queued
+            # kernels still read them (the last step's): silent corruption. Wait for that work
+            # first (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same).
+            torch.cuda.current_stream(device).synchronize()
         decoded = decode_jpeg([pieces[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
         for i, image in zip(jpegs, decoded):
             images[i] = image
