@@ -244,9 +244,11 @@ def _losses_and_weights(run):
     return losses, state
 
 
-def test_a_seeded_batched_run_repeats_exactly(tiny_data, tmp_path):
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_a_seeded_batched_run_repeats_exactly(tiny_data, tmp_path, decode):
     settings = {"data.mode": "mixdiff", "augment.recipe": "asymmetric", "data.p_synthetic": 0.5,
-                "augment.synthetic_augment": "false"}  # 2 steps; plain and augmented partners
+                "augment.synthetic_augment": "false",  # 2 steps; plain and augmented partners
+                "data.decode": decode}
     runs = [pretrain(load_config(None, tiny_overrides(tiny_data, **settings)), tmp_path / name)
             for name in ("a", "b")]
     (loss_a, state_a), (loss_b, state_b) = map(_losses_and_weights, runs)

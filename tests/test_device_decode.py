@@ -165,7 +165,7 @@ def test_runs_train_with_device_decoding(tiny_data, tmp_path, recipe, workers):
                 "data.num_workers": workers, **({"method": "dino"} if recipe == "dino" else {})}
     run = pretrain(load_config(None, tiny_overrides(tiny_data, **settings)), tmp_path / "run")
     with open(run / "metrics.csv", newline="") as handle:
-        (row,) = csv.DictReader(handle)
+        (row,) = csv.DictReader(handle)  # one epoch
     assert math.isfinite(float(row["train/loss"]))
 
 
