@@ -4,6 +4,7 @@ uninterrupted run would have seen."""
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def test_sigkill_after_an_epoch_loses_only_the_epoch_in_progress(tiny_data, bigg
 
     output = _finish(command)  # the same command again
     assert "resuming from" in output
+    # off a terminal, a plain line per epoch: time and message, not padded to the console width
+    assert re.search(r"^\d\d:\d\d:\d\d epoch 3/3: loss \d+\.\d+, .* samples/s$", output, re.M)
     rows = _rows(run)
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # each epoch once
     assert rows[0] == first_rows[0]  # epoch 0 was not trained again: its row is untouched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import NoReturn
 
 import typer
@@ -22,13 +23,29 @@ def fail(exc: MixDiffError) -> NoReturn:
     raise typer.Exit(2)
 
 
+class PlainLogHandler(logging.StreamHandler):
+    """Log lines for a file or a pipe as they are, `HH:MM:SS message` (rich's handler pads each
+    line to the console's width), written to whatever sys.stderr is at the time."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def log_to_console(level: int = logging.INFO) -> None:
-    """mixdiff's log lines (one per epoch, resume notes...) on the console, once per process.
-    The console finds stderr when it writes, so a replaced stream (tests, notebooks) is honoured."""
+    """mixdiff's log lines (one per epoch, resume notes...) on the console, once per process:
+    rich's on a terminal, plain lines in a log file. The console finds stderr when it writes, so a
+    replaced stream (tests, notebooks) is honoured."""
     logger = logging.getLogger("mixdiff")
-    if not any(isinstance(handler, RichHandler) for handler in logger.handlers):
+    if not any(isinstance(handler, (RichHandler, PlainLogHandler))
+               for handler in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_path=False, show_level=False,
-                                      markup=False, log_time_format="%H:%M:%S"))
+                                      markup=False, log_time_format="%H:%M:%S")
+                          if console.is_terminal else PlainLogHandler())
     logger.setLevel(level)
-    if not console.is_terminal:  # a log file: whole lines, not an 80-column wrap
+    if not console.is_terminal:  # tables in a log file: whole rows, not an 80-column wrap
         console.width = 160
