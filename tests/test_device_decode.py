@@ -52,6 +52,20 @@ def photo_tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def big_photo_tree(tmp_path_factory) -> Path:
+    """Photos of several megapixels, which JPEG draft mode may shrink for 96 px views."""
+    from skimage import data as photos
+
+    root = tmp_path_factory.mktemp("big")
+    for split, (h, w) in (("real", (1800, 2400)), ("syn", (2048, 2048))):
+        for c, source in enumerate((photos.astronaut(), photos.coffee())):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            Image.fromarray(source).resize((w, h)).save(folder / "0.jpg", quality=90)
+    return root
+
+
 def _data_module(root: Path, decode: str, recipe: str, **extra) -> MixDiffDataModule:
     settings = {"data.real": root / "real", "data.synthetic": f"[{root / 'syn'}]",
                 "data.mode": "mixdiff", "data.image_size": 96, "augment.recipe": recipe,
@@ -73,9 +87,11 @@ def _device_views(dm: MixDiffDataModule, samples: list) -> list[torch.Tensor]:
                                       torch.device("cpu"))
 
 
-@pytest.mark.parametrize("recipe, synthetic_augment", [("asymmetric", "false"),
-                                                       ("dino", "true")])
-def test_device_views_are_the_workers_views(photo_tree, recipe, synthetic_augment):
+@pytest.mark.parametrize("tree, recipe, synthetic_augment", [
+    ("photo_tree", "asymmetric", "false"), ("photo_tree", "dino", "true"),
+    ("big_photo_tree", "dino", "true")])
+def test_device_views_are_the_workers_views(request, tree, recipe, synthetic_augment):
+    photo_tree = request.getfixturevalue(tree)
     cpu, device = (_data_module(photo_tree, decode, recipe,
                                 **{"augment.synthetic_augment": synthetic_augment})
                    for decode in ("cpu", "device"))
@@ -102,6 +118,9 @@ def test_device_views_are_the_workers_views(photo_tree, recipe, synthetic_augmen
     # the resamplers differ (a box filter vs antialiased bilinear) by a few grey levels at these
     # reductions (at most ~3x, as at 224 px); another crop of the same photo differs by tens
     assert max(differences) < 6 and sum(differences) / len(differences) < 3
+    if tree == "big_photo_tree":  # shrunk by the worker in draft mode, as the CPU path does
+        assert not any(f.encoded for _, files, _, _, _ in samples for f in files)
+        assert all(max(f.height, f.width) <= 1200 for _, files, _, _, _ in samples for f in files)
     torch.manual_seed(n)
     other = _device_views(device, [device.train_set[0]])
     assert (reference[0][0].float() - other[0][0].float()).abs().mean() > 10
@@ -179,3 +198,31 @@ def test_crops_at_an_images_edge_see_the_image_not_its_neighbours_padding():
     for size in (40, 160):
         views = device_decode.cut_views([small, large], crops, [size, size])
         assert all((view == 200).all() for view in views)
+
+
+def test_a_jpeg_the_batched_decode_cannot_read_is_named(photo_tree, tmp_path):
+    """A truncated JPEG passes the header check and reaches the device decode in the main
+    process; the error names it."""
+    data = (photo_tree / "real" / "c0" / "0.jpg").read_bytes()
+    broken = tmp_path / "truncated.jpg"
+    broken.write_bytes(data[:len(data) // 2])
+    files = [device_decode.ImageFile.read(photo_tree / "real" / "c0" / "2.jpg"),
+             device_decode.ImageFile.read(broken)]
+    assert all(f.encoded for f in files)
+    crops = torch.tensor([[[0, 0, 0, 50, 50, 0]], [[1, 0, 0, 50, 50, 0]]])
+    sample = [(i, [f], crops[i], torch.tensor([0]), 0) for i, f in enumerate(files)]
+    _, batch, _, _ = device_decode.collate(sample)
+    with pytest.raises(UnreadableImageError, match="truncated.jpg: .*truncated"):
+        device_decode.decode_batch(batch, [32], torch.device("cpu"))
+
+
+def test_canvases_split_at_the_byte_budget_cut_the_same_views(photo_tree, monkeypatch):
+    dm = _data_module(photo_tree, "device", "dino")
+    samples = [dm.train_set[i] for i in range(len(dm.train_set))]
+    whole = _device_views(dm, samples)
+    monkeypatch.setattr(device_decode, "CANVAS_BYTES", 1)  # one image per canvas
+    _, batch, _, _ = device_decode.collate(samples)
+    images = device_decode.decode_images(batch, torch.device("cpu"))
+    assert all(len(bucket) == 1 for bucket in device_decode.size_buckets(images))
+    split = _device_views(dm, samples)
+    assert all(torch.equal(a, b) for a, b in zip(whole, split))

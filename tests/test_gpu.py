@@ -70,3 +70,13 @@ def test_device_decoding_on_the_gpu_matches_the_cpu(photo_tree):  # noqa: F811
     for a, b in zip(on_cpu, on_gpu):
         assert b.is_cuda and b.dtype == torch.uint8
         assert (a.float() - b.cpu().float()).abs().mean() < 2
+
+
+def test_large_reductions_on_the_gpu_match_the_cpu():
+    """A 2000 px image cut to 32 px: ~63 x 63 samples summed per output pixel (fp32 canvas)."""
+    image = torch.randint(0, 256, (3, 2000, 2000), dtype=torch.uint8)
+    crops = torch.tensor([[[0, 0, 0, 2000, 2000, 0], [0, 100, 300, 1500, 1200, 1]]])
+    on_cpu = device_decode.cut_views([image], crops, [32, 32])
+    on_gpu = device_decode.cut_views([image.cuda()], crops, [32, 32])
+    for a, b in zip(on_cpu, on_gpu):
+        assert (a.float() - b.cpu().float()).abs().max() <= 1

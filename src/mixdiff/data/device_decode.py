@@ -6,8 +6,15 @@ its header for the size, and draws each view's crop box and flip, exactly as `Vi
 (the same torchvision `make_params` calls, in the same order, from the worker's random state). Once
 the batch reaches the main process (`on_before_batch_transfer`), the JPEGs are decoded together
 (`torchvision.io.decode_jpeg` on a list: nvJPEG's batched decoder on CUDA, libjpeg-turbo on the
-CPU) and each group of same-size views is cut and resized in one `torchvision.ops.roi_align` call.
-The views then go on as uint8 crops to the batched photometric ops (`mixdiff.data.batch_augment`).
+CPU) and each group of same-size views is cut and resized by `torchvision.ops.roi_align`, one call
+per bucket of similar-size images. The views then go on as uint8 crops to the batched photometric
+ops (`mixdiff.data.batch_augment`).
+
+The worker still decodes what the device should not: a JPEG so large that JPEG draft mode may
+shrink it (as the CPU path would: `mixdiff.data.decode`; only photos of several megapixels at
+224 px), which it ships at the reduced size, so the device never holds a full 12 MP photo and
+the crop boxes are the CPU path's; and a file nvJPEG cannot take (not a JPEG; a CMYK or YCCK
+JPEG). Those travel as pixels and are cut the same way.
 
 Resampling: roi_align with an adaptive sampling ratio averages ceil(box side / output side)
 bilinear samples per output pixel along each axis: a box filter when a crop shrinks (as OpenCV's
@@ -20,14 +27,12 @@ On CUDA the decode first waits for the work already queued on the stream (the la
 step's): nvJPEG's hardware decoder would otherwise overwrite memory that work still reads
 (`decode_images`). The GPU then idles while the CPU queues the next step's kernels, a cost
 `benchmarks/train_step.py --decodes cpu device` measures on a GPU.
-
-A file nvJPEG cannot take (not a JPEG; a CMYK or YCCK JPEG) is decoded by the worker instead and
-travels as pixels; the crops are cut the same way.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,39 +44,46 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from mixdiff.data.decode import load_rgb_for
+from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for
 from mixdiff.errors import UnreadableImageError
 
 DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU
 _to_tensor = v2.PILToTensor()
 BUCKET = 128  # px: images whose sides round up to the same multiple of this share a canvas
+CANVAS_BYTES = 1 << 30  # at most this much canvas at once (more images: more roi_align calls)
+# torchvision >= 0.29 warns on every decode that TorchCodec will take its decoders over
+_DEPRECATED_DECODERS = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image as a worker ships it: its JPEG bytes (1-D uint8) or, when the device decoder
-    cannot take it, its decoded pixels (3, H, W)."""
+    """One image as a worker ships it: its JPEG bytes (1-D uint8) or, where the device should not
+    decode it, its decoded pixels (3, H, W)."""
 
+    path: str
     payload: Tensor
     encoded: bool
     height: int
     width: int
 
     @classmethod
-    def read(cls, path: str | Path) -> "ImageFile":
+    def read(cls, path: str | Path, needs: Sequence[ViewNeed] | None = None) -> "ImageFile":
+        """The file's bytes, if it is a JPEG nvJPEG takes that its views (`needs`) do not allow
+        to shrink in JPEG draft mode; else its pixels, decoded here as the CPU path would."""
         try:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as image:  # parses the header only
-                if image.format == "JPEG" and image.mode in DEVICE_JPEG_MODES:
-                    width, height = image.size
-                    return cls(torch.frombuffer(bytearray(data), dtype=torch.uint8), True,
-                               height, width)
+                width, height = image.size
+                if image.format == "JPEG" and image.mode in DEVICE_JPEG_MODES and not (
+                        needs and draft_request(width, height, needs)):
+                    return cls(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                               True, height, width)
         except FileNotFoundError:
             raise UnreadableImageError(path, "file not found") from None
         except Exception as exc:  # PIL raises many types for corrupt or truncated data
             raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
-        pixels = _to_tensor(load_rgb_for(path, None))
-        return cls(pixels, False, *pixels.shape[-2:])
+        pixels = _to_tensor(load_rgb_for(path, needs))
+        return cls(str(path), pixels, False, *pixels.shape[-2:])
 
 
 # a crop, as (file, top, left, height, width, flip); a sample's file indices count its own files
@@ -103,6 +115,7 @@ class EncodedBatch:
     encoded: list[bool]
     shapes: list[tuple[int, int]]  # (height, width)
     crops: Tensor  # (batch, views, CROP_FIELDS), int64
+    paths: list[str]  # to name a file the batched decode fails on
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -120,7 +133,8 @@ def collate(samples: Sequence[tuple]) -> tuple:
         crops.append(shifted)
     batch = EncodedBatch(torch.cat([f.payload.flatten() for f in files]),
                          [f.payload.numel() for f in files], [f.encoded for f in files],
-                         [(f.height, f.width) for f in files], torch.stack(crops))
+                         [(f.height, f.width) for f in files], torch.stack(crops),
+                         [f.path for f in files])
     index = torch.tensor([s[0] for s in samples])
     sources = torch.stack([s[3] for s in samples])
     labels = torch.tensor([s[4] for s in samples])
@@ -139,13 +153,34 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
             # kernels still read them (the last step's): silent corruption. Wait for that work
             # first (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same).
             torch.cuda.current_stream(device).synchronize()
-        decoded = decode_jpeg([pieces[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        try:
+            decoded = _decode_jpegs([pieces[i] for i in jpegs], device)
+        except RuntimeError:
+            raise _first_unreadable([(batch.paths[i], pieces[i]) for i in jpegs]) from None
         for i, image in zip(jpegs, decoded):
             images[i] = image
     for i, encoded in enumerate(batch.encoded):
         if not encoded:
             images[i] = pieces[i].view(3, *batch.shapes[i]).to(device, non_blocking=True)
     return images  # type: ignore[return-value]
+
+
+def _decode_jpegs(jpegs: list[Tensor], device: torch.device) -> list[Tensor]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _DEPRECATED_DECODERS, DeprecationWarning)
+        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+
+
+def _first_unreadable(files: list[tuple[str, Tensor]]) -> Exception:
+    """The error naming the first of `files` (path, JPEG bytes) that libjpeg cannot decode: a
+    batched decode's error does not say which file it was."""
+    for path, data in files:
+        try:
+            _decode_jpegs([data], torch.device("cpu"))
+        except RuntimeError as exc:
+            return UnreadableImageError(path, str(exc).splitlines()[-1].split(", ")[-1])
+    return RuntimeError(f"the batched JPEG decode failed, though each of {len(files)} files "
+                        "decodes on its own")
 
 
 def canvas_of(images: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -164,18 +199,26 @@ def canvas_of(images: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
 
 
 def size_buckets(images: Sequence[Tensor]) -> list[list[int]]:
-    """The images grouped by size, each side rounded up to BUCKET px: a group shares a canvas,
-    which wastes little memory, and an unusually large image does not inflate everyone's."""
+    """The images grouped by size, each side rounded up to BUCKET px, and each group cut into
+    canvases of at most CANVAS_BYTES: little padding is wasted, and an unusually large image
+    does not inflate everyone's canvas."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images):
         h, w = image.shape[1:]
         groups.setdefault((-(-h // BUCKET), -(-w // BUCKET)), []).append(i)
-    return list(groups.values())
+    buckets = []
+    for (h, w), members in groups.items():
+        per_image = 3 * (h * BUCKET + 1) * (w * BUCKET + 1) * 4  # fp32, at the rounded size
+        step = max(1, CANVAS_BYTES // per_image)
+        buckets += [members[start:start + step] for start in range(0, len(members), step)]
+    return buckets
 
 
 def cut_views(images: Sequence[Tensor], crops: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     """The uint8 views (batch, 3, S, S), view v at side sizes[v], cut from the decoded images by
-    `crops` (on the CPU): one roi_align call per size bucket of images and size of view."""
+    `crops` (on the CPU): one roi_align call per bucket of images and size of view. The canvas is
+    fp32: roi_align sums its samples in the canvas's dtype, which fp16 overflows on large
+    reductions."""
     device, batch = images[0].device, len(crops)
     groups = {size: [v for v, s in enumerate(sizes) if s == size] for size in sizes}
     # per view size, its views' crops view after view, and the uint8 output they fill
@@ -184,10 +227,7 @@ def cut_views(images: Sequence[Tensor], crops: Tensor, sizes: Sequence[int]) -> 
     stacked = {size: torch.empty(len(group) * batch, 3, size, size, dtype=torch.uint8,
                                  device=device) for size, group in groups.items()}
     for bucket in size_buckets(images):
-        biggest = max(max(images[i].shape[1:]) for i in bucket)
-        # fp16 halves the canvas on a GPU; it holds integers (and box corners) exactly to 2048
-        dtype = torch.float16 if device.type == "cuda" and biggest < 2048 else torch.float32
-        canvas = canvas_of([images[i] for i in bucket], dtype)
+        canvas = canvas_of([images[i] for i in bucket], torch.float32)
         local = torch.full((len(images),), -1, dtype=torch.long)
         local[bucket] = torch.arange(len(bucket))
         for size, rows_crops in chosen.items():
@@ -196,7 +236,7 @@ def cut_views(images: Sequence[Tensor], crops: Tensor, sizes: Sequence[int]) -> 
                 continue
             file, top, left, height, width, flip = rows_crops[rows].unbind(1)
             boxes = torch.stack([local[file], left, top, left + width, top + height], 1)
-            out = roi_align(canvas, boxes.to(device, dtype), output_size=size,
+            out = roi_align(canvas, boxes.to(device, torch.float32), output_size=size,
                             spatial_scale=1.0, sampling_ratio=-1, aligned=True)
             flipped = flip.bool().to(device)[:, None, None, None]
             out = torch.where(flipped, out.flip(-1), out).round_().clamp_(0, 255)

@@ -163,8 +163,11 @@ class PairedDataset(Dataset):
     def _undecoded(self, sample: Sample, slots: dict[str, tuple[int, str]]):
         """data.decode=device: `(index, files, crops, sources, label)`, the files as read and
         each view's crop drawn as its transform would have (collated by device_decode.collate)."""
-        paths = list(dict.fromkeys(path for _, path in slots.values()))
-        files = [ImageFile.read(path) for path in paths]
+        needs: dict[str, list[ViewNeed]] = {}
+        for slot, (_, path) in slots.items():
+            needs.setdefault(path, []).extend(self.needs[slot])
+        paths = list(needs)
+        files = [ImageFile.read(path, needs[path]) for path in paths]
         crops, sources = [], []
         for spec, (augmented, plain) in zip(self.views, self.transforms):
             source, path = slots[spec.slot]
