@@ -98,3 +98,16 @@ def test_shipped_configs_load():
             assert cfg.model.backbone == ("vit_small" if method == "dino" else "resnet50")
         else:
             assert cfg.method == path.stem
+
+
+def test_a_run_written_before_newer_keys_reads_with_their_defaults(tmp_path):
+    """Every reader of a run's config.yaml (evaluation, report, resume) sees today's schema."""
+    from mixdiff.runs import RunDir
+
+    cfg = OmegaConf.to_container(load_config(None, ["data.real=/data", "data.decode=device"]))
+    del cfg["data"]["decode"], cfg["model"]["drop_path_rate"]  # keys added after that run
+    cfg["eval"] = cfg.pop("online_eval")  # and a section renamed since
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    saved = RunDir(tmp_path).load_config()
+    assert saved.data.decode == "cpu" and saved.model.drop_path_rate == 0.0
+    assert saved.online_eval == load_config(None, ["data.real=/data"]).online_eval

@@ -21,8 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from mixdiff.config import load_saved_config
 from mixdiff.errors import RunDirError
 
 CONFIG = "config.yaml"
@@ -110,11 +111,12 @@ class RunDir:
 
     # --- reading a finished (or running) run -------------------------------------------------
     def load_config(self) -> DictConfig:
-        """The run's resolved config; a folder without one is not a run."""
+        """The run's resolved config, on today's schema (keys added since it was written take
+        their defaults); a folder without one is not a run."""
         if not self.config.is_file():
             raise RunDirError(f"{self.root} is not a `mixdiff pretrain` run folder: it has no "
                               f"{CONFIG}")
-        return OmegaConf.load(self.config)
+        return load_saved_config(self.config)
 
     def classes(self) -> tuple[str, ...]:
         """The run's training classes (its class folder names), in label order."""

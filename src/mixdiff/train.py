@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mixdiff.callbacks import EpochSummary, RunCheckpoint
-from mixdiff.config import differing_keys, load_saved_config, to_yaml
+from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text
@@ -114,7 +114,7 @@ def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:
     Writes nothing."""
     if not run.config.exists():
         return None
-    saved = load_saved_config(run.config)
+    saved = run.load_config()
     changed = differing_keys(saved, cfg)
     if changed:
         details = "; ".join(f"{k}: {OmegaConf.select(saved, k)!r} -> "
