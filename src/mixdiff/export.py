@@ -37,8 +37,7 @@ SMALL_STEM = ("model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, pad
 
 def _timm_name(backbone: str) -> str:
     """The timm architecture of a backbone of the registry (ResNets have the same name)."""
-    factory = BACKBONES[backbone]
-    return factory.args[0] if backbone.startswith("vit") else backbone
+    return BACKBONES[backbone].model_name
 
 
 def _constructor(encoder: Encoder, fmt: str) -> str:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import dataclass
 from typing import Callable
 
 import timm
@@ -33,12 +33,27 @@ def _vit(name: str, model: DictConfig, image_size: int, drop_path_rate: float
     return net, net.num_features
 
 
-BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
-    "resnet18": partial(_resnet, "resnet18"),
-    "resnet50": partial(_resnet, "resnet50"),
-    "vit_tiny": partial(_vit, "vit_tiny_patch16_224"),
-    "vit_small": partial(_vit, "vit_small_patch16_224"),
-    "vit_base": partial(_vit, "vit_base_patch16_224"),
+@dataclass(frozen=True)
+class Backbone:
+    """A registry entry: the library that builds it and its name there (torchvision's ResNets
+    share their names with timm's, so an export can name the architecture for either)."""
+
+    library: str  # a key of _BUILDERS
+    model_name: str
+
+    def __call__(self, model: DictConfig, image_size: int, drop_path_rate: float
+                 ) -> tuple[nn.Module, int]:
+        return _BUILDERS[self.library](self.model_name, model, image_size, drop_path_rate)
+
+
+_BUILDERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {"torchvision": _resnet,
+                                                              "timm": _vit}
+BACKBONES: dict[str, Backbone] = {
+    "resnet18": Backbone("torchvision", "resnet18"),
+    "resnet50": Backbone("torchvision", "resnet50"),
+    "vit_tiny": Backbone("timm", "vit_tiny_patch16_224"),
+    "vit_small": Backbone("timm", "vit_small_patch16_224"),
+    "vit_base": Backbone("timm", "vit_base_patch16_224"),
 }
 
 
