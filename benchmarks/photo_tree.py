@@ -1,4 +1,5 @@
-"""Image trees for the benchmarks, cut from scikit-image's sample photos (no download)."""
+"""Image trees for the benchmarks, cut from scikit-image's sample photos (no download), and the
+run config the training benchmarks read them with."""
 
 from __future__ import annotations
 
@@ -33,3 +34,16 @@ def make_real_and_twins(root: Path, n: int, real_size: int, synthetic_size: int,
     """`root/real` (JPEG) and `root/syn`, its twins as `mixdiff generate` writes them (q95)."""
     make_photo_tree(root / "real", n, real_size, ".jpg", seed=0)
     make_photo_tree(root / "syn", n, synthetic_size, synthetic_format, seed=1, quality=95)
+
+
+def benchmark_config(root: Path, backend: str, decode: str, mode: str, recipe: str,
+                     image_size: int, *overrides: str):
+    """The config of a run on `make_real_and_twins(root, ...)`: DINO for its multi-crop recipe,
+    SimCLR for the others, no hold-out."""
+    from mixdiff.config import load_config
+
+    return load_config(None, [
+        f"method={'dino' if recipe == 'dino' else 'simclr'}", f"data.real={root / 'real'}",
+        f"data.synthetic=[{root / 'syn'}]", f"data.mode={mode}", f"data.image_size={image_size}",
+        f"augment.recipe={recipe}", f"augment.backend={backend}", f"data.decode={decode}",
+        "data.val_fraction=0.0", *overrides])

@@ -43,14 +43,10 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
-from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.methods import METHODS
 from mixdiff.train import native_bf16
-from photo_tree import make_real_and_twins
-
-METHOD_OF_RECIPE = {"dino": "dino"}  # other recipes train SimCLR
-
+from photo_tree import benchmark_config, make_real_and_twins
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -63,14 +59,12 @@ class Bench:
     def __init__(self, args, root: Path, backend: str, decode: str, mode: str, recipe: str,
                  backbone: str):
         self.args, self.device = args, torch.device(args.device)
-        cfg = load_config(None, [
-            f"method={METHOD_OF_RECIPE.get(recipe, 'simclr')}", f"data.real={root / 'real'}",
-            f"data.synthetic=[{root / 'syn'}]", f"data.mode={mode}",
-            f"data.image_size={args.image_size}", f"data.num_workers={args.workers}",
-            f"model.backbone={backbone}", f"model.small_stem={args.small_stem}",
-            f"augment.recipe={recipe}", f"augment.backend={backend}", f"data.decode={decode}",
+        cfg = benchmark_config(
+            root, backend, decode, mode, recipe, args.image_size,
+            f"data.num_workers={args.workers}", f"model.backbone={backbone}",
+            f"model.small_stem={args.small_stem}",
             f"augment.local_crops_real={args.local_crops - 2}", "augment.local_crops_synthetic=2",
-            f"trainer.batch_size={args.batch_size}", "data.val_fraction=0.0"])
+            f"trainer.batch_size={args.batch_size}")
         self.dm = MixDiffDataModule(cfg)
         self.dm.setup()
         self.dm.decode_device = self.device

@@ -30,13 +30,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from mixdiff.config import load_config
 from mixdiff.data import device_decode
 from mixdiff.data.datamodule import MixDiffDataModule
-from photo_tree import make_real_and_twins
-
-METHOD_OF_RECIPE = {"dino": "dino"}  # other recipes train SimCLR
-
+from photo_tree import benchmark_config, make_real_and_twins
 
 def worker_seconds(dm: MixDiffDataModule, samples: int, batch: int) -> float:
     """Seconds per sample for __getitem__ plus the collate, as one worker runs them."""
@@ -81,11 +77,7 @@ def main() -> None:
                             args.synthetic_format)
         modules = {}
         for backend, decode, mode, recipe in combos:
-            cfg = load_config(None, [
-                f"method={METHOD_OF_RECIPE.get(recipe, 'simclr')}", f"data.real={root / 'real'}",
-                f"data.synthetic=[{root / 'syn'}]", f"data.mode={mode}",
-                f"data.image_size={args.image_size}", f"augment.recipe={recipe}",
-                f"augment.backend={backend}", f"data.decode={decode}", "data.val_fraction=0.0"])
+            cfg = benchmark_config(root, backend, decode, mode, recipe, args.image_size)
             modules[backend, decode, mode, recipe] = dm = MixDiffDataModule(cfg)
             dm.setup()
         for _ in range(args.repeats):  # interleaved: every combination sees the same noise

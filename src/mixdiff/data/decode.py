@@ -17,8 +17,9 @@ large originals, for small outputs (DINO's 96 px local crops) and for the plain 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from PIL import Image
 
@@ -54,17 +55,23 @@ def draft_request(width: int, height: int, needs: Sequence[ViewNeed]) -> tuple[i
     return math.ceil(width / factor), math.ceil(height / factor)
 
 
-def load_rgb_for(path: str | Path, needs: Sequence[ViewNeed] | None) -> Image.Image:
-    """Open and decode an image as RGB, a JPEG at the reduced size `needs` allow (None: full
-    size); a broken file raises an error naming it."""
+@contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """Reading an image inside this block: any failure becomes an error naming the file."""
     try:
-        with Image.open(path) as image:
-            request = draft_request(*image.size, needs) if needs else None
-            if request is not None:
-                image.draft("RGB", request)  # JPEG only: other formats ignore it
-            image.load()
-            return image.convert("RGB")
+        yield
     except FileNotFoundError:
         raise UnreadableImageError(path, "file not found") from None
     except Exception as exc:  # PIL raises many types for corrupt or truncated data
         raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def load_rgb_for(path: str | Path, needs: Sequence[ViewNeed] | None) -> Image.Image:
+    """Open and decode an image as RGB, a JPEG at the reduced size `needs` allow (None: full
+    size); a broken file raises an error naming it."""
+    with naming_errors(path), Image.open(path) as image:
+        request = draft_request(*image.size, needs) if needs else None
+        if request is not None:
+            image.draft("RGB", request)  # JPEG only: other formats ignore it
+        image.load()
+        return image.convert("RGB")

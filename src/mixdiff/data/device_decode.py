@@ -44,7 +44,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for
+from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for, naming_errors
 from mixdiff.errors import UnreadableImageError
 
 DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU
@@ -70,7 +70,7 @@ class ImageFile:
     def read(cls, path: str | Path, needs: Sequence[ViewNeed] | None = None) -> "ImageFile":
         """The file's bytes, if it is a JPEG nvJPEG takes that its views (`needs`) do not allow
         to shrink in JPEG draft mode; else its pixels, decoded here as the CPU path would."""
-        try:
+        with naming_errors(path):
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as image:  # parses the header only
                 width, height = image.size
@@ -78,10 +78,6 @@ class ImageFile:
                         needs and draft_request(width, height, needs)):
                     return cls(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                True, height, width)
-        except FileNotFoundError:
-            raise UnreadableImageError(path, "file not found") from None
-        except Exception as exc:  # PIL raises many types for corrupt or truncated data
-            raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
         pixels = _to_tensor(load_rgb_for(path, needs))
         return cls(str(path), pixels, False, *pixels.shape[-2:])
 

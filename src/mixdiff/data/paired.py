@@ -143,38 +143,45 @@ class PairedDataset(Dataset):
             return {ANCHOR: real, PARTNER: twin if use_twin else real}
         return {ANCHOR: twin, PARTNER: twin}
 
+    def _views_of(self, slots: dict[str, tuple[int, str]]):
+        """Per view: (its worker transform, its source, the path it is cut from). A synthetic
+        view gets the plain transform when augment.synthetic_augment is false."""
+        for spec, (augmented, plain) in zip(self.views, self.transforms):
+            source, path = slots[spec.slot]
+            plain_view = source != REAL and not self.synthetic_augment
+            yield (plain if plain_view else augmented), source, path
+
+    def _needs_by_path(self, slots: dict[str, tuple[int, str]]) -> dict[str, list[ViewNeed]]:
+        """What the views read from each file: one decode per file serves both slots' views."""
+        needs: dict[str, list[ViewNeed]] = {}
+        for slot, (_, path) in slots.items():
+            needs.setdefault(path, []).extend(self.needs[slot])
+        return needs
+
     def __getitem__(self, i: int):
         sample = self.samples[i]
         slots = self._slots(sample)
         if self.decode == "device":
             return self._undecoded(sample, slots)
-        needs: dict[str, list[ViewNeed]] = {}
-        for slot, (_, path) in slots.items():  # one decode per file, serving both slots' views
-            needs.setdefault(path, []).extend(self.needs[slot])
-        images = {path: _to_tensor(load_rgb_for(path, need)) for path, need in needs.items()}
+        images = {path: _to_tensor(load_rgb_for(path, need))
+                  for path, need in self._needs_by_path(slots).items()}
         views, sources = [], []
-        for spec, (augmented, plain) in zip(self.views, self.transforms):
-            source, path = slots[spec.slot]
-            plain_view = source != REAL and not self.synthetic_augment
-            views.append((plain if plain_view else augmented)(images[path]))
+        for transform, source, path in self._views_of(slots):
+            views.append(transform(images[path]))
             sources.append(source)
         return sample.index, views, torch.tensor(sources), sample.label
 
     def _undecoded(self, sample: Sample, slots: dict[str, tuple[int, str]]):
         """data.decode=device: `(index, files, crops, sources, label)`, the files as read and
         each view's crop drawn as its transform would have (collated by device_decode.collate)."""
-        needs: dict[str, list[ViewNeed]] = {}
-        for slot, (_, path) in slots.items():
-            needs.setdefault(path, []).extend(self.needs[slot])
+        needs = self._needs_by_path(slots)
         paths = list(needs)
         files = [ImageFile.read(path, needs[path]) for path in paths]
         crops, sources = [], []
-        for spec, (augmented, plain) in zip(self.views, self.transforms):
-            source, path = slots[spec.slot]
-            plain_view = source != REAL and not self.synthetic_augment
+        for transform, source, path in self._views_of(slots):
             image = paths.index(path)
-            crops.append((image, *draw_crop(plain if plain_view else augmented,
-                                            files[image].height, files[image].width)))
+            crops.append((image, *draw_crop(transform, files[image].height,
+                                            files[image].width)))
             sources.append(source)
         return sample.index, files, torch.tensor(crops), torch.tensor(sources), sample.label
 

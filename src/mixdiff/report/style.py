@@ -1,8 +1,8 @@
 """How a setting looks in every figure of a report: colour = method, marker and line style = data
 mode, so that one reading of the legend serves all plots (with a single method, colour = data mode
-too: one colour would leave the modes' bands and bars hard to tell apart). Methods and modes take their colour and
-marker in sorted order of the names present (the registries that list them import the training
-stack, which the report does not need)."""
+too: one colour would leave the modes' bands and bars hard to tell apart). Methods and modes take
+their colour and marker in sorted order of the names present (the registries that list them
+import the training stack, which the report does not need)."""
 
 from __future__ import annotations
 
