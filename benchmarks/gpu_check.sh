@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one script to run on a lent GPU machine (see the `device` tool): the GPU tests, then the
 # benchmarks, each printing a short table. Stages, in the order of what we most need measured:
-#   bash benchmarks/gpu_check.sh [tests] [train] [workers] [evaluate] [generate]   (none named: all)
-# A lent machine has ~15 minutes in all: `tests train` fit one 10-minute call, the rest another.
+#   bash benchmarks/gpu_check.sh [tests] [train] [before] [workers] [evaluate] [generate]
+# (none named: all). A lent machine has ~15 minutes in all: `tests train` fit one 10-minute call.
 # Packages the GPU image lacks travel as wheels in .whl/ (omegaconf + antlr4 runtime, diffusers,
 # kornia, kornia_rs, importlib_metadata): see README.md, "GPU check".
 set -uo pipefail
@@ -12,7 +12,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-STAGES=${*:-tests train workers evaluate generate}
+STAGES=${*:-tests train before workers evaluate generate}
 quiet() { "$@" 2>&1 | grep -v -i warn; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
@@ -23,21 +23,24 @@ tests() {
     tests/test_device_decode.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"} 2>&1 | tail -6
 }
 train() {
-  echo "== training throughput, batched backend, both decodes (ResNet-50, 224 px, bf16)"
+  echo "== training throughput, batched backend, both decodes, input stream on and off (ResNet-50, 224 px, bf16)"
   quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
     --synthetic-size 512 --backbones resnet50 --small-stem false --recipes asymmetric simclr \
-    --modes real mixdiff --backends batched --decodes cpu device --batch-size 128 \
-    --images 2048 --steps 100 --step-steps 30 --workers 15 --json "$OUT/train_step_224.json"
-  echo "== the same machine before: per_image (~90 samples/s, so 30 batches)"
-  quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
-    --synthetic-size 512 --backbones resnet50 --small-stem false --recipes asymmetric \
-    --modes real mixdiff --backends per_image --batch-size 128 --images 1024 --steps 30 \
-    --allow-few-steps --step-steps 10 --workers 15 --json "$OUT/train_step_224_per_image.json"
+    --modes real mixdiff --backends batched --decodes cpu device --input-streams on off \
+    --batch-size 128 --images 2048 --steps 100 --step-steps 30 --workers 15 \
+    --json "$OUT/train_step_224.json"
   echo "== training throughput, DINO multi-crop (ViT-S/16, 224 px + 8 local crops at 96 px)"
   quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
     --synthetic-size 512 --backbones vit_small --recipes dino --modes real mixdiff \
     --backends batched --decodes cpu device --batch-size 128 --images 2048 --steps 100 \
     --step-steps 20 --workers 15 --json "$OUT/train_step_dino.json"
+}
+before() {
+  echo "== the same machine before: per_image (~90 samples/s, so 30 batches)"
+  quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
+    --synthetic-size 512 --backbones resnet50 --small-stem false --recipes asymmetric \
+    --modes real mixdiff --backends per_image --batch-size 128 --images 1024 --steps 30 \
+    --allow-few-steps --step-steps 10 --workers 15 --json "$OUT/train_step_224_per_image.json"
 }
 workers() {
   echo "== one loader worker's cost per sample (this machine's cores)"

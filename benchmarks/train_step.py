@@ -1,20 +1,21 @@
 """Training throughput: does the input pipeline keep up with the training step?
 
-For every combination of --backends x --decodes x --modes x --recipes x --backbones (device
-decoding only with the batched backend), in samples per second (a sample: one real image with all
-its views, a pair for the two-view recipes):
+For every combination of --backends x --decodes x --input-streams x --modes x --recipes x
+--backbones (device decoding and the input stream only with the batched backend), in samples per
+second (a sample: one real image with all its views, a pair for the two-view recipes):
   * end2end  the training DataLoader (workers decode and crop, and with `per_image` augment too;
              with `data.decode=device` they only read files and draw crops) feeding the transfer
-             hooks (`batched`: decoding and cropping there with `device`, the photometric ops on
-             the device) and the
-             training step, as in training; timed over --steps batches in steady state, after the
+             hooks (`batched`: the copy, the decode and crops with `device`, and the photometric
+             ops, on a CUDA stream beside the step unless --input-streams off) and the training
+             step, as in training; timed over --steps batches in steady state, after the
              workers' first round (one batch per worker, also the model's warm-up) is consumed;
-  * step     the training step alone (forward, backward, AdamW; bf16 autocast where bf16 is
+  * step     the training step alone (`training_step` as a Trainer calls it, with its finite-loss
+             check and the online probe, then backward and AdamW; bf16 autocast where bf16 is
              native, else fp32; channels_last for ResNets) on one fixed, finished batch on the
-             device: the ceiling (the same model for both backends: measured once per round);
+             device: the ceiling (the same model for every pipeline: measured once per round);
   * ratio    end2end / step: 1.0 means the input pipeline costs the step nothing;
-  * device   the batched backend's half in the transfer hooks alone (decode and crop with
-             `device` decoding, the copy to the device, draw + ops + normalise), in views/s.
+  * device   the batched backend's transfer hooks alone (decode and crop with `device`
+             decoding, the copy to the device, draw + ops + normalise), in views/s.
 --repeats R measures every combination R times, interleaved (each round visits all of them), and
 reports medians: on a shared machine both backends see the same noise. The image tree is cut from
 scikit-image's photos: real images as JPEG, twins as --synthetic-format (`mixdiff generate`'s
@@ -40,7 +41,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
 from mixdiff.data.datamodule import MixDiffDataModule
@@ -56,8 +56,8 @@ def sync(device: torch.device) -> None:
 class Bench:
     """One combination: its data module, model and optimiser, and the three measurements."""
 
-    def __init__(self, args, root: Path, backend: str, decode: str, mode: str, recipe: str,
-                 backbone: str):
+    def __init__(self, args, root: Path, backend: str, decode: str, stream: str, mode: str,
+                 recipe: str, backbone: str):
         self.args, self.device = args, torch.device(args.device)
         cfg = benchmark_config(
             root, backend, decode, mode, recipe, args.image_size,
@@ -67,7 +67,7 @@ class Bench:
             f"trainer.batch_size={args.batch_size}")
         self.dm = MixDiffDataModule(cfg)
         self.dm.setup()
-        self.dm.decode_device = self.device
+        self.dm.input_stream = stream == "on"
         batches = args.steps + args.workers + 3  # one epoch holds the whole measurement
         repeat = math.ceil(batches * args.batch_size / len(self.dm.train_set))
         self.dm.train_set.samples = self.dm.train_set.samples * repeat
@@ -80,13 +80,13 @@ class Bench:
 
     def finish(self, batch):
         """What Lightning does between the loader and the step: the transfer hooks."""
-        batch = self.dm.on_before_batch_transfer(batch, 0)
-        return self.dm.on_after_batch_transfer(move_data_to_device(batch, self.device), 0)
+        return self.dm.prepare_batch(batch, self.device)
 
     def train_step(self, batch) -> None:
-        index, views, _, _ = batch
+        """The training step as a Trainer runs it (with its finite-loss check, which waits for
+        the forward pass, and the online probe), then backward and AdamW."""
         with self.autocast:
-            loss = self.model.ssl_loss(views, self.model.encode_views(views), index)
+            loss = self.model.training_step(batch, 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["batched", "per_image"])
     parser.add_argument("--decodes", nargs="+", default=["cpu"],
                         help="data.decode values (device: with the batched backend only)")
+    parser.add_argument("--input-streams", nargs="+", choices=("on", "off"), default=["on"],
+                        help="the batched device half on a CUDA stream beside the step (on, as in "
+                        "training) or on the step's own stream (off); no difference on a CPU")
     parser.add_argument("--modes", nargs="+", default=["real", "mixdiff"])
     parser.add_argument("--recipes", nargs="+", default=["simclr", "asymmetric"])
     parser.add_argument("--backbones", nargs="+", default=["resnet18"])
@@ -160,19 +163,20 @@ def main() -> None:
     args.step_steps = args.step_steps or args.steps
     if args.precision == "auto":
         args.precision = "bf16" if native_bf16(args.device.startswith("cuda")) else "fp32"
-    combos = [c for c in itertools.product(args.backends, args.decodes, args.modes, args.recipes,
-                                           args.backbones)
-              if not (c[0] == "per_image" and c[1] == "device")]
+    # (backend, decode, input stream, mode, recipe, backbone); per_image has no device half
+    combos = [c for c in itertools.product(args.backends, args.decodes, args.input_streams,
+                                           args.modes, args.recipes, args.backbones)
+              if c[0] == "batched" or (c[1], c[2]) == ("cpu", args.input_streams[0])]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_real_and_twins(root, args.images, args.real_size, args.synthetic_size,
                             args.synthetic_format)
         for _ in range(args.repeats):
-            steps: dict[tuple, float] = {}  # the step does not depend on the backend
+            steps: dict[tuple, float] = {}  # the step does not depend on the input pipeline
             for combo in combos:
-                result = Bench(args, root, *combo).measure(steps.get(combo[2:]))
-                steps[combo[2:]] = result["step"]
+                result = Bench(args, root, *combo).measure(steps.get(combo[3:]))
+                steps[combo[3:]] = result["step"]
                 runs[combo].append(result)
                 print(combo, {k: round(v, 2) for k, v in result.items()}, flush=True)
     medians = {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
@@ -183,35 +187,44 @@ def main() -> None:
           f"{args.workers} loader workers; real {args.real_size} px JPEG, twins "
           f"{args.synthetic_size} px {args.synthetic_format[1:].upper()}; medians of "
           f"{args.repeats} interleaved repeats; samples/s (device: views/s)")
-    print(f"{'backend':<10}{'decode':<7}{'mode':<8}{'recipe':<11}{'backbone':<10}{'end2end':>9}"
-          f"{'step':>9}{'e2e/step':>9}{'device':>9}")
-    for (backend, decode, mode, recipe, backbone), m in medians.items():
-        print(f"{backend:<10}{decode:<7}{mode:<8}{recipe:<11}{backbone:<10}{m['end2end']:>9.1f}"
-              f"{m['step']:>9.1f}{m['ratio']:>9.3f}{m['device_views']:>9.0f}")
-    for mode, recipe, backbone in itertools.product(args.modes, args.recipes, args.backbones):
-        if ("per_image", "cpu", mode, recipe, backbone) not in runs:
-            continue
-        for decode in args.decodes:
-            if ("batched", decode, mode, recipe, backbone) in runs:
-                ratios = [b["end2end"] / p["end2end"] for b, p in
-                          zip(runs["batched", decode, mode, recipe, backbone],
-                              runs["per_image", "cpu", mode, recipe, backbone])]
-                print(f"batched ({decode} decode) / per_image end2end, {mode} {recipe} "
-                      f"{backbone}: {statistics.median(ratios):.3f} (per repeat: "
-                      f"{', '.join(f'{r:.3f}' for r in ratios)})")
-    for backend, decode, recipe, backbone in itertools.product(args.backends, args.decodes,
-                                                               args.recipes, args.backbones):
-        real, mix = (medians.get((backend, decode, mode, recipe, backbone))
-                     for mode in ("real", "mixdiff"))
-        if real and mix:
-            print(f"mixdiff / real end2end, {backend} {decode} decode {recipe} {backbone}: "
-                  f"{mix['end2end'] / real['end2end']:.3f}")
+    print(f"{'backend':<10}{'decode':<7}{'stream':<7}{'mode':<8}{'recipe':<11}{'backbone':<10}"
+          f"{'end2end':>9}{'step':>9}{'e2e/step':>9}{'device':>9}")
+    for (backend, decode, stream, mode, recipe, backbone), m in medians.items():
+        stream = stream if backend == "batched" else "-"
+        print(f"{backend:<10}{decode:<7}{stream:<7}{mode:<8}{recipe:<11}{backbone:<10}"
+              f"{m['end2end']:>9.1f}{m['step']:>9.1f}{m['ratio']:>9.3f}"
+              f"{m['device_views']:>9.0f}")
+
+    def compare(numerator: tuple, denominator: tuple, label: str) -> None:
+        if numerator in runs and denominator in runs:
+            ratios = [a["end2end"] / b["end2end"]
+                      for a, b in zip(runs[numerator], runs[denominator])]
+            print(f"{label}: {statistics.median(ratios):.3f} (per repeat: "
+                  f"{', '.join(f'{r:.3f}' for r in ratios)})")
+
+    first = args.input_streams[0]  # per_image was measured under this label
+    for decode, stream, recipe, backbone in itertools.product(
+            args.decodes, args.input_streams, args.recipes, args.backbones):
+        for mode in args.modes:
+            compare(("batched", decode, stream, mode, recipe, backbone),
+                    ("per_image", "cpu", first, mode, recipe, backbone),
+                    f"batched ({decode} decode, stream {stream}) / per_image end2end, {mode} "
+                    f"{recipe} {backbone}")
+            if stream == "on":
+                compare(("batched", decode, "on", mode, recipe, backbone),
+                        ("batched", decode, "off", mode, recipe, backbone),
+                        f"input stream on / off end2end, {decode} decode, {mode} {recipe} "
+                        f"{backbone}")
+        compare(("batched", decode, stream, "mixdiff", recipe, backbone),
+                ("batched", decode, stream, "real", recipe, backbone),
+                f"mixdiff / real end2end, batched {decode} decode, stream {stream}, {recipe} "
+                f"{backbone}")
     if args.json:
         args.json.write_text(json.dumps({
             "device": device, "args": vars(args) | {"json": None},
-            "results": [{"backend": c[0], "decode": c[1], "mode": c[2], "recipe": c[3],
-                         "backbone": c[4],
-                         "median": medians[c], "repeats": runs[c]} for c in combos]},
+            "results": [dict(zip(("backend", "decode", "input_stream", "mode", "recipe",
+                                  "backbone"), c), median=medians[c], repeats=runs[c])
+                        for c in combos]},
             indent=2, default=str))
 
 

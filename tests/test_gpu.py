@@ -3,12 +3,13 @@ where a GPU is present, skipped elsewhere. `benchmarks/gpu_check.sh` runs these 
 machine."""
 
 import csv
+import time
 
 import pytest
 import torch
 
 from mixdiff.config import load_config
-from mixdiff.data import device_decode
+from mixdiff.data import device_decode, input_stream
 from mixdiff.data.batch_augment import BatchAugment
 from mixdiff.data.views import build_views
 from mixdiff.train import pretrain
@@ -80,3 +81,46 @@ def test_large_reductions_on_the_gpu_match_the_cpu():
     on_gpu = device_decode.cut_views([image.cuda()], crops, [32, 32])
     for a, b in zip(on_cpu, on_gpu):
         assert (a.float() - b.cpu().float()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_the_input_stream_runs_beside_the_step(photo_tree, decode):  # noqa: F811
+    """The batch's device half does not wait for the step still running on the step's stream,
+    and gives what it gives on that stream."""
+    dm = _data_module(photo_tree, decode, "asymmetric")
+    batch = next(iter(dm.train_dataloader()))
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    dm.input_stream = False
+    expected = dm.prepare_batch(batch, cuda)[1]
+    torch.cuda.synchronize()
+    dm.input_stream = True
+    torch.cuda._sleep(1_000_000_000)  # the step: ~0.5 s of work queued on its stream
+    views = dm.prepare_batch(batch, cuda)[1]
+    input_stream._side_stream(cuda).synchronize()  # the batch is ready...
+    assert not torch.cuda.current_stream().query()  # ...while the step is still running
+    torch.cuda.synchronize()
+    for got, want in zip(views, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_step_waits_for_the_input_stream(photo_tree):  # noqa: F811
+    """What the step's stream queues after the transfer starts only once the input stream has
+    made the views, however long that takes."""
+    dm = _data_module(photo_tree, "cpu", "asymmetric")
+    batch = next(iter(dm.train_dataloader()))
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    dm.input_stream = False
+    expected = dm.prepare_batch(batch, cuda)[1]
+    torch.cuda.synchronize()
+    dm.input_stream = True
+    side = input_stream._side_stream(cuda)
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(1_000_000_000)  # the input stream is slow today: ~0.5 s
+    views = dm.prepare_batch(batch, cuda)[1]
+    step_starts = torch.cuda.Event()
+    step_starts.record()  # on the step's stream, idle but for the wait
+    time.sleep(0.1)
+    assert not side.query() and not step_starts.query()
+    torch.cuda.synchronize()
+    for got, want in zip(views, expected):
+        torch.testing.assert_close(got, want)

@@ -121,8 +121,7 @@ def test_backends_deliver_crops_or_finished_views(tiny_data):
     assert [f.dtype for f in finished] == [torch.float32] * 2
     assert per_image.batch_augment is None and sources.tolist()[1] > 0
     batch = next(iter(batched.train_dataloader()))
-    index, views, sources, labels = batched.on_after_batch_transfer(
-        batched.on_before_batch_transfer(batch, 0), 0)
+    index, views, sources, labels = batched.prepare_batch(batch, torch.device("cpu"))
     assert [v.dtype for v in views] == [torch.float32] * 2 and views[1].shape == (4, 3, 16, 16)
     assert torch.equal(index, batch[0]) and (sources[:, 1] > 0).all()
     plain = per_image.train_set.views[1].plain  # the per-image plain view...

@@ -229,3 +229,32 @@ def test_epochs_without_evaluation_leave_online_columns_empty(tiny_data, tmp_pat
     first, second = _rows(run)
     assert first["online_knn/val_top1"] == "" and second["online_knn/val_top1"] != ""
     assert first["train/loss"] != ""
+
+
+def test_the_progress_bar_does_not_read_the_loss_after_every_step(tiny_data, tmp_path,
+                                                                  monkeypatch):
+    """Each read of the logged metrics waits for the device: the bar reads them at most every
+    METRICS_EVERY_S between steps, and always at the ends of epoch and validation."""
+    import mixdiff.train
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from mixdiff.callbacks import ProgressBar
+
+    reads, steps = [], []
+    read, step_end = RichProgressBar.get_metrics, RichProgressBar.on_train_batch_end
+    monkeypatch.setattr(RichProgressBar, "get_metrics",
+                        lambda self, *a: reads.append(1) or read(self, *a))
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end",
+                        lambda self, *a: steps.append(1) or step_end(self, *a))
+    monkeypatch.setattr(mixdiff.train, "show_progress_bar", lambda cfg: True)
+
+    def run(every_s: float, name: str) -> tuple[int, int]:
+        reads.clear(), steps.clear()
+        monkeypatch.setattr(ProgressBar, "METRICS_EVERY_S", every_s)
+        _run(tiny_data, tmp_path / name, **{"trainer.batch_size": 2,
+                                            "trainer.limit_train_batches": 6})
+        return len(reads), len(steps)
+
+    every_time, step_count = run(0.0, "unthrottled")
+    assert step_count >= 4 and every_time >= step_count + 2  # each step, epoch and validation
+    assert run(1e9, "throttled") == (every_time - (step_count - 1), step_count)  # 1st step only

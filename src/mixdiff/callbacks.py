@@ -1,5 +1,6 @@
-"""The Lightning callbacks of a pre-training run: metrics.csv with a log line per epoch, and a
-checkpoint that a kill, a stop signal or a cluster's time limit cannot take away.
+"""The Lightning callbacks of a pre-training run: metrics.csv with a log line per epoch, a progress
+bar that does not stall the GPU, and a checkpoint that a kill, a stop signal or a cluster's time
+limit cannot take away.
 
 What a kill loses:
   * SIGKILL (or a crash): the work since the last save of RUN/checkpoints/last.ckpt, which is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 from mixdiff.io import atomic_write_text
 from mixdiff.runs import Metric
@@ -108,6 +110,35 @@ def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
     parts.append(f"{row[Metric.EPOCH_SECONDS]:.1f} s")
     parts.append(f"{row[Metric.IMAGES_PER_SECOND]:.0f} samples/s")
     return ", ".join(parts)
+
+
+class ProgressBar(RichProgressBar):
+    """Rich's progress bar, reading the logged metrics at most every METRICS_EVERY_S seconds
+    between steps (always at the ends of epochs and validation). A read copies the loss from the
+    GPU and so waits for the step to finish: after every step, it would leave the GPU idle while
+    the CPU prepares the next batch, where the next batch's input work could have run beside the
+    step (`mixdiff.data.input_stream`)."""
+
+    METRICS_EVERY_S = 0.5
+
+    def __init__(self):
+        super().__init__()
+        self._metrics: dict = {}
+        self._read_at = -math.inf
+        self._between_steps = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._between_steps = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._between_steps = False
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        now = time.monotonic()
+        if not self._between_steps or now - self._read_at >= self.METRICS_EVERY_S:
+            self._metrics, self._read_at = super().get_metrics(trainer, pl_module), now
+        return self._metrics
 
 
 class RunCheckpoint(Callback):

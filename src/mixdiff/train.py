@@ -18,10 +18,10 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mixdiff.callbacks import EpochSummary, RunCheckpoint
+from mixdiff.callbacks import EpochSummary, ProgressBar, RunCheckpoint
 from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
@@ -153,7 +153,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> L.Trainer:
         RunCheckpoint(run.last_checkpoint, t.checkpoint_every_n_steps, slurm=slurm),
     ]
     if bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(ProgressBar())
     plugins: list[Any] = [AtomicCheckpointIO()]
     if slurm:  # our checkpoint callback handles SLURM's signals; Lightning's must not as well
         plugins.append(SLURMEnvironment(auto_requeue=False))

@@ -1,8 +1,8 @@
 """The `batched` augmentation backend: the photometric half of every view, on the training device.
 
-The loader workers deliver each view cropped and flipped as uint8 (`ViewSpec.crop`); once the batch
-is on the training device (`SSLMethod.on_after_batch_transfer`), every sample gets its view's
-colour jitter (with probability `color_jitter_p`: its own four factors, applied in its own random
+The loader workers deliver each view cropped and flipped as uint8 (`ViewSpec.crop`); the batch goes to
+the training device (`MixDiffDataModule.transfer_batch_to_device`, on a CUDA stream beside the
+training step), every sample gets its view's colour jitter (with probability `color_jitter_p`: its own four factors, applied in its own random
 order, as torchvision's ColorJitter draws them per image), greyscale, Gaussian blur (its own sigma)
 and solarisation, with the recipe's probabilities per view, then conversion to float and
 normalisation. A synthetic view with `augment.synthetic_augment=false` arrives as the plain view and

@@ -13,12 +13,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import DictConfig
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mixdiff.data import device_decode
 from mixdiff.data.batch_augment import BatchAugment, GroupPlan, step_seed
+from mixdiff.data.input_stream import beside_the_step
 from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
@@ -63,8 +65,7 @@ class MixDiffDataModule(L.LightningDataModule):
         self._resume: dict | None = None  # where a resumed run's epoch starts (load_state_dict)
         self.batch_augment: BatchAugment | None = None  # augment.backend=batched
         self._augment_plan: list[GroupPlan] | None = None  # drawn before the batch moves
-        # data.decode=device: where the batch is decoded (None: the trainer's root device)
-        self.decode_device: torch.device | None = None
+        self.input_stream = True  # that half on a CUDA stream beside the step (input_stream.py)
 
     @property
     def num_classes(self) -> int:
@@ -176,33 +177,53 @@ class MixDiffDataModule(L.LightningDataModule):
             return []
         return [self._loader(self.val_set, False), self._loader(self.bank_set, False)]
 
-    # --- augment.backend=batched: drawn on the CPU batch, applied to the device batch ----------
+    # --- augment.backend=batched: drawn on the CPU batch, made on the device beside the step ---
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Decode and crop the training batch on the device (data.decode=device); draw its
-        photometric parameters, seeded by (trainer.seed, rank, global step): a resumed run draws
-        what the uninterrupted one would have."""
+        """Draw the training batch's photometric parameters, seeded by (trainer.seed, rank,
+        global step): a resumed run draws what the uninterrupted one would have."""
         trainer = self.trainer
-        if isinstance(batch[1], device_decode.EncodedBatch):
-            device = trainer.strategy.root_device if self.decode_device is None else \
-                self.decode_device
-            sizes = [view.size for view in self.train_set.views]
-            batch = (batch[0], device_decode.decode_batch(batch[1], sizes, device), *batch[2:])
         if self.batch_augment is not None and (trainer is None or trainer.training):
             rank, step = (trainer.global_rank, trainer.global_step) if trainer else (0, 0)
             generator = torch.Generator().manual_seed(step_seed(self.cfg.trainer.seed, rank, step))
             self._augment_plan = self.batch_augment.plan(batch[2], generator)
         return batch
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """uint8 crops -> augmented, normalised float views, on the device the batch is on."""
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """The training batch's device half, on a stream beside the step (`input_stream`):
+        the copy, the decode and crops (data.decode=device) and the photometric ops, which give
+        augmented, normalised float views. More than a transfer, so that all of it overlaps the
+        previous step."""
         plans, self._augment_plan = self._augment_plan, None
         if plans is None:
-            return batch
-        index, views, sources, labels = batch
-        views = self.batch_augment.apply(views, plans)
-        if self.trainer is not None:  # e.g. bf16-true: float inputs in the model's dtype
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+        def device_half():
+            index, views, sources, labels = batch
+            if isinstance(views, device_decode.EncodedBatch):
+                views = device_decode.decode_batch(
+                    views, [view.size for view in self.train_set.views], device)
+            index, views, sources, labels = move_data_to_device(
+                (index, views, sources, labels), device)
+            return index, self.batch_augment.apply(views, plans), sources, labels
+
+        if not self.input_stream:
+            return device_half()
+        return beside_the_step(device, device_half)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Float views in the model's input dtype (e.g. bf16-true)."""
+        if self.trainer is not None and self.trainer.training and \
+                self.batch_augment is not None:
+            index, views, sources, labels = batch
             views = self.trainer.precision_plugin.convert_input(views)
-        return index, views, sources, labels
+            batch = index, views, sources, labels
+        return batch
+
+    def prepare_batch(self, batch, device: torch.device):
+        """A loader batch as the training step receives it: Lightning's three transfer hooks, in
+        Lightning's order (for benchmarks and tests, which run them without a Trainer)."""
+        batch = self.on_before_batch_transfer(batch, 0)
+        return self.on_after_batch_transfer(self.transfer_batch_to_device(batch, device, 0), 0)
 
     # --- where a resumed run starts (saved in every checkpoint) -------------------------------
     def state_dict(self) -> dict:

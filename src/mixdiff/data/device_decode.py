@@ -4,7 +4,7 @@ With `data.decode=cpu` a loader worker decodes every image and crops its views; 
 decode is most of a worker's time. With `device`, a worker only reads each file's bytes, parses
 its header for the size, and draws each view's crop box and flip, exactly as `ViewSpec.crop` would
 (the same torchvision `make_params` calls, in the same order, from the worker's random state). Once
-the batch reaches the main process (`on_before_batch_transfer`), the JPEGs are decoded together
+the batch reaches the main process (`transfer_batch_to_device`), the JPEGs are decoded together
 (`torchvision.io.decode_jpeg` on a list: nvJPEG's batched decoder on CUDA, libjpeg-turbo on the
 CPU) and each group of same-size views is cut and resized by `torchvision.ops.roi_align`, one call
 per bucket of similar-size images. The views then go on as uint8 crops to the batched photometric
@@ -23,10 +23,10 @@ CPU path's antialiased bilinear (tent) filter is softer: at the reductions of th
 (at most about 3x) the two differ by 1-4 grey levels on average on photos; the crop boxes and
 flips are the same (tests/test_device_decode.py).
 
-On CUDA the decode first waits for the work already queued on the stream (the last training
-step's): nvJPEG's hardware decoder would otherwise overwrite memory that work still reads
-(`decode_images`). The GPU then idles while the CPU queues the next step's kernels, a cost
-`benchmarks/train_step.py --decodes cpu device` measures on a GPU.
+On CUDA the decode first waits for the work already queued on the current stream: nvJPEG's
+hardware decoder would otherwise overwrite memory that work still reads (`decode_images`). In
+training that stream is the input stream beside the training step (`mixdiff.data.input_stream`),
+so the wait is for the last batch's input work, not for the step, which runs on meanwhile.
 """
 
 from __future__ import annotations
@@ -145,9 +145,11 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
     if jpegs:
         if device.type == "cuda":
             # nvJPEG's hardware decoder writes its outputs without waiting for the work queued
-            # on the stream, into blocks the caching allocator may have freed while queued
-            # kernels still read them (the last step's): silent corruption. Wait for that work
-            # first (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same).
+            # on the current stream, into blocks the caching allocator may have freed while
+            # queued kernels still read them: silent corruption. Wait for that work first
+            # (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same). In training the
+            # current stream is the input stream (`input_stream`), whose queue holds at most the
+            # last batch's input work, not the training step.
             torch.cuda.current_stream(device).synchronize()
         try:
             decoded = _decode_jpegs([pieces[i] for i in jpegs], device)
