@@ -34,6 +34,9 @@ train() {
     --synthetic-size 512 --backbones vit_small --recipes dino --modes real mixdiff \
     --backends batched --decodes cpu device --batch-size 128 --images 2048 --steps 100 \
     --step-steps 20 --workers 15 --json "$OUT/train_step_dino.json"
+  echo "== where the device half's time goes (one batch of 128, stage by stage)"
+  quiet python3 benchmarks/device_half.py --device cuda --batch-size 128 --repeats 5 \
+    --json "$OUT/device_half.json"
 }
 before() {
   echo "== the same machine before: per_image (~90 samples/s, so 30 batches)"

@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from mixdiff.config import load_config
-from mixdiff.data.batch_augment import BatchAugment, step_seed
+from mixdiff.data.batch_augment import BatchAugment, adjust_hue_turns, step_seed
 from mixdiff.data.decode import ViewNeed, load_rgb_for, max_reduction
 from mixdiff.data.views import build_views
 from mixdiff.errors import UnreadableImageError
@@ -67,6 +67,20 @@ def _reference(image: torch.Tensor, draw, row: int, kernel: int, mean, std):
         undecided = (x - 128 / 255).abs() < 1e-3
         x = F.solarize(x, 128 / 255)
     return F.normalize(x, mean, std), undecided
+
+
+def test_hue_shift_is_torchvisions_at_grey_pixels_ties_and_half_turns():
+    """Our closed-form hue shift against torchvision's HSV round trip, one factor per image:
+    grey pixels (no hue), two channels tied for the largest, factors of +-0.5, 0 and between."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 24, 24), generator=generator).float() / 255
+    images[:, :, :4] = images[:, :1, :4]  # grey rows
+    images[:, 1, 4:8] = images[:, 0, 4:8]  # red and green tied
+    images[:, 2, 8:12] = images[:, 1, 8:12]  # green and blue tied
+    factors = torch.tensor([-0.5, -0.13, 0.0, 0.07, 0.31, 0.5])
+    shifted = adjust_hue_turns(images, factors)
+    for image, factor, ours in zip(images, factors, shifted):
+        torch.testing.assert_close(ours, F.adjust_hue(image, factor.item()), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("recipe, synthetic_augment", [("asymmetric", True), ("byol", False),

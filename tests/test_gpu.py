@@ -85,42 +85,39 @@ def test_large_reductions_on_the_gpu_match_the_cpu():
 
 @pytest.mark.parametrize("decode", ["cpu", "device"])
 def test_the_input_stream_runs_beside_the_step(photo_tree, decode):  # noqa: F811
-    """The batch's device half does not wait for the step still running on the step's stream,
-    and gives what it gives on that stream."""
+    """The batch's device half (copy or decode, crops, photometric ops) finishes while the step
+    queued before it still runs, and gives what it gives on the step's own stream."""
     dm = _data_module(photo_tree, decode, "asymmetric")
     batch = next(iter(dm.train_dataloader()))
     cuda = torch.device("cuda", torch.cuda.current_device())
     dm.input_stream = False
-    expected = dm.prepare_batch(batch, cuda)[1]
-    torch.cuda.synchronize()
+    expected = [view.cpu() for view in dm.prepare_batch(batch, cuda)[1]]
     dm.input_stream = True
+    dm.prepare_batch(batch, cuda)  # the side stream's memory and workspaces, allocated once
+    torch.cuda.synchronize()
     torch.cuda._sleep(1_000_000_000)  # the step: ~0.5 s of work queued on its stream
     views = dm.prepare_batch(batch, cuda)[1]
-    input_stream._side_stream(cuda).synchronize()  # the batch is ready...
-    assert not torch.cuda.current_stream().query()  # ...while the step is still running
-    torch.cuda.synchronize()
-    for got, want in zip(views, expected):
-        torch.testing.assert_close(got, want)
+    with torch.cuda.stream(input_stream._side_stream(cuda)):
+        got = [view.cpu() for view in views]  # waits for the input stream alone
+    assert not torch.cuda.current_stream().query()  # the step is still running
+    for ours, theirs in zip(got, expected):
+        torch.testing.assert_close(ours, theirs)
 
 
-def test_the_step_waits_for_the_input_stream(photo_tree):  # noqa: F811
-    """What the step's stream queues after the transfer starts only once the input stream has
-    made the views, however long that takes."""
-    dm = _data_module(photo_tree, "cpu", "asymmetric")
-    batch = next(iter(dm.train_dataloader()))
+def test_the_step_waits_for_the_input_stream():
+    """What the step's stream queues after the transfer starts only once the input work is
+    done, however long that takes."""
     cuda = torch.device("cuda", torch.cuda.current_device())
-    dm.input_stream = False
-    expected = dm.prepare_batch(batch, cuda)[1]
+    input_stream.beside_the_step(cuda, lambda: torch.ones(4, device=cuda))  # stream and memory
+
+    def slow_input() -> torch.Tensor:
+        torch.cuda._sleep(1_000_000_000)  # ~0.5 s
+        return torch.ones(4, device=cuda)
+
     torch.cuda.synchronize()
-    dm.input_stream = True
-    side = input_stream._side_stream(cuda)
-    with torch.cuda.stream(side):
-        torch.cuda._sleep(1_000_000_000)  # the input stream is slow today: ~0.5 s
-    views = dm.prepare_batch(batch, cuda)[1]
+    ones = input_stream.beside_the_step(cuda, slow_input)
     step_starts = torch.cuda.Event()
     step_starts.record()  # on the step's stream, idle but for the wait
     time.sleep(0.1)
-    assert not side.query() and not step_starts.query()
-    torch.cuda.synchronize()
-    for got, want in zip(views, expected):
-        torch.testing.assert_close(got, want)
+    assert not step_starts.query()
+    assert ones.sum().item() == 4

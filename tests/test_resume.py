@@ -169,3 +169,27 @@ def test_sampler_resumes_inside_an_epoch():
     other = ResumableSampler(data, seed=5)
     other.set_epoch(4)
     assert list(other) != order  # epochs are shuffled differently
+
+
+def test_several_processes_agree_on_stopping_every_few_steps(tmp_path):
+    """Agreeing is a collective that waits for the GPU: with several processes the ranks ask
+    every STOP_POLL_STEPS steps (and at every epoch's end), a single process after every step."""
+    from types import SimpleNamespace
+
+    from mixdiff.callbacks import STOP_POLL_STEPS, RunCheckpoint
+
+    asked = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda stop, all: asked.append(1) or stop)
+    callback = RunCheckpoint(tmp_path / "last.ckpt")
+    callback._signal = signal.SIGTERM
+    for world_size in (1, 2):
+        trainer = SimpleNamespace(world_size=world_size, strategy=strategy)
+        stops = []
+        for step in range(1, 3 * STOP_POLL_STEPS + 1):
+            trainer.global_step = step
+            stops.append(callback._stop_requested(trainer))
+        expected = range(1, len(stops) + 1) if world_size == 1 else \
+            range(STOP_POLL_STEPS, len(stops) + 1, STOP_POLL_STEPS)
+        assert [s for s, stop in enumerate(stops, 1) if stop] == list(expected)
+        asked.clear()
+        assert callback._stop_requested(trainer, any_step=True) and asked  # an epoch's end

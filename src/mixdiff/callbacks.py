@@ -6,7 +6,8 @@ What a kill loses:
   * SIGKILL (or a crash): the work since the last save of RUN/checkpoints/last.ckpt, which is
     written at the end of every epoch and, with `trainer.checkpoint_every_n_steps=N`, every N steps.
   * SIGTERM, SIGINT (Ctrl-C), and SIGUSR1 under SLURM: nothing. The run finishes the batch it is
-    on, saves last.ckpt where it is (mid-epoch if need be), and stops; SIGUSR1 also requeues the
+    on (with several processes: up to STOP_POLL_STEPS batches, for all to stop at the same one),
+    saves last.ckpt where it is (mid-epoch if need be), and stops; SIGUSR1 also requeues the
     SLURM job (`#SBATCH --signal=USR1@120`). A second Ctrl-C stops at once, without saving.
 Re-running the same command resumes from last.ckpt; a run saved mid-epoch continues that epoch
 with the samples it had not seen yet (see `data.datamodule.ResumableSampler`).
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REQUEUE_SIGNAL = signal.SIGUSR1  # Lightning's and SLURM's convention for "time is nearly up"
+STOP_POLL_STEPS = 8  # with several processes, they agree on stopping every this many steps
 
 
 class RunInterrupted(Exception):
@@ -186,8 +188,13 @@ class RunCheckpoint(Callback):
         self.teardown(trainer, module, "fit")  # Lightning skips `teardown` after an exception
 
     # --- saving -----------------------------------------------------------------------------
-    def _stop_requested(self, trainer: L.Trainer) -> bool:
-        """Whether any rank got a stop signal (all ranks must stop at the same batch)."""
+    def _stop_requested(self, trainer: L.Trainer, any_step: bool = False) -> bool:
+        """Whether any rank got a stop signal (all ranks must stop at the same batch). With several
+        processes, asking is a collective that waits for the step to finish, and the GPU would
+        idle while the next batch is prepared: between epochs' ends they ask every
+        STOP_POLL_STEPS steps."""
+        if trainer.world_size > 1 and not any_step and trainer.global_step % STOP_POLL_STEPS:
+            return False
         return trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
@@ -200,7 +207,7 @@ class RunCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         trainer.save_checkpoint(self.path)
-        if self._stop_requested(trainer):
+        if self._stop_requested(trainer, any_step=True):
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:

@@ -1,19 +1,20 @@
 """The `batched` augmentation backend: the photometric half of every view, on the training device.
 
-The loader workers deliver each view cropped and flipped as uint8 (`ViewSpec.crop`); the batch goes to
-the training device (`MixDiffDataModule.transfer_batch_to_device`, on a CUDA stream beside the
-training step), every sample gets its view's colour jitter (with probability `color_jitter_p`: its own four factors, applied in its own random
-order, as torchvision's ColorJitter draws them per image), greyscale, Gaussian blur (its own sigma)
-and solarisation, with the recipe's probabilities per view, then conversion to float and
-normalisation. A synthetic view with `augment.synthetic_augment=false` arrives as the plain view and
-skips them all. Views of one size (DINO: the global crops; the local crops) go through together.
+The loader workers deliver each view cropped and flipped as uint8 (`ViewSpec.crop`); when the
+batch goes to the training device (`MixDiffDataModule.transfer_batch_to_device`, on a CUDA stream
+beside the training step), every sample gets its view's colour jitter (with probability
+`color_jitter_p`: its own four factors, applied in its own random order, as torchvision's
+ColorJitter draws them per image), greyscale, Gaussian blur (its own sigma) and solarisation, with
+the recipe's probabilities per view, then conversion to float and normalisation. A synthetic view
+with `augment.synthetic_augment=false` arrives as the plain view and skips them all. Views of one
+size (DINO: the global crops; the local crops) go through together.
 
-The ops are kornia's functional ones, which take one factor per sample and follow torchvision's
-formulas (the four that `kornia.augmentation.ColorJitter` uses: brightness multiplies, contrast and
-saturation blend with the greyscale mean and greyscale image, hue shifts the HSV angle;
-`kornia.filters.gaussian_blur2d` with one sigma per sample and reflect padding, as torchvision). The
-module classes are not used because they draw one order of the four jitter steps per batch, and
-from the global random state.
+The ops take one factor per sample and follow torchvision's formulas: kornia's functional ones
+(those `kornia.augmentation.ColorJitter` uses: brightness multiplies, contrast and saturation blend
+with the greyscale mean and greyscale image; `kornia.filters.gaussian_blur2d` with one sigma per
+sample and reflect padding, as torchvision), and our own hue shift (`adjust_hue_turns`), which
+gives kornia's result in a third of its operations. The module classes are not used because they
+draw one order of the four jitter steps per batch, and from the global random state.
 
 Parameters are drawn on the CPU, before the batch moves (`plan`), from a generator seeded with
 (trainer.seed, rank, global step): a run and its resumed copy draw the same on any device, and
@@ -22,33 +23,59 @@ nothing waits on the device to learn which samples an op applies to.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import groupby
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
-                            adjust_hue, adjust_saturation_with_gray_subtraction)
+                            adjust_saturation_with_gray_subtraction)
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from mixdiff.data.input_stream import to_device
 from mixdiff.data.paired import REAL
 from mixdiff.data.views import (BLUR_SIGMA, SOLARIZE_THRESHOLD, Photometric, ViewSpec,
                                 blur_kernel_size)
 
 
-def _adjust_hue_turns(images: Tensor, factor: Tensor) -> Tensor:
-    """torchvision's hue factor is a fraction of a turn; kornia's an angle in radians."""
-    return adjust_hue(images, factor * 2 * math.pi)
+_CHANNEL_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)  # R, G, B: in sextants
+
+
+def adjust_hue_turns(images: Tensor, factor: Tensor) -> Tensor:
+    """torchvision's hue shift (to HSV, turn the hue by `factor` of a full circle, back to RGB;
+    one factor per image), as the closed form of the way back (f(n) = V - C * clamp(min(k, 4 - k),
+    0, 1), k = (n + H / 60 degrees) mod 6) over all three channels at once: the same result as
+    torchvision's and kornia's (to ~2e-6) in a third of kornia's tensor operations, the costliest
+    of the photometric ops (`benchmarks/device_half.py`)."""
+    top = images.amax(dim=1, keepdim=True)
+    chroma = top - images.amin(dim=1, keepdim=True)
+    r, g, b = images.split(1, dim=1)
+    # the hue in sextants times the chroma: the largest channel says which two channels' difference
+    # gives it (where two tie, either gives the same hue); a grey pixel (chroma 0) has hue 0
+    scaled = torch.where(top == r, g - b, torch.where(top == g, (b - r).add_(chroma, alpha=2),
+                                                      (r - g).add_(chroma, alpha=4)))
+    sextant = scaled.div_(chroma).nan_to_num_(0.0).add_(6 * factor.view(-1, 1, 1, 1))
+    k = sextant.add(_CHANNEL_OFFSETS.to(images.device)).remainder_(6)
+    return top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def _greyscale(images: Tensor) -> Tensor:
+    return rgb_to_grayscale(images).expand(-1, 3, -1, -1)
+
+
+def _solarize(images: Tensor) -> Tensor:
+    return torch.where(images >= SOLARIZE_THRESHOLD / 255, 1 - images, images)
 
 
 # colour jitter's four steps, in the column order of the drawn factors
 JITTER_STEPS = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
-                adjust_saturation_with_gray_subtraction, _adjust_hue_turns)
+                adjust_saturation_with_gray_subtraction, adjust_hue_turns)
+JITTER_NAMES = ("brightness", "contrast", "saturation", "hue")
 # the uniform numbers one sample's draw consumes, in this order (a fixed layout keeps runs
 # reproducible): jitter gate, 4 factors, 4 order keys, greyscale gate, blur gate, sigma, solarise gate
 _UNIFORMS = 13
@@ -122,25 +149,30 @@ class GroupPlan:
                    d.sigma[blur], d.solarize.nonzero().flatten())
 
     def to(self, device: torch.device) -> "GroupPlan":
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        """The plan for images on `device`. The blur's sigmas stay on the CPU: kornia checks them
+        there, which on the device would wait for it, and moves them itself."""
+        move = partial(to_device, device=device)
         return replace(self, jitter=tuple((s, move(r), move(f)) for s, r, f in self.jitter),
-                       grey=move(self.grey), blur=move(self.blur), sigma=move(self.sigma),
-                       solarize=move(self.solarize))
+                       grey=move(self.grey), blur=move(self.blur), solarize=move(self.solarize))
+
+    def ops(self) -> list[tuple[str, Tensor, Callable[[Tensor], Tensor]]]:
+        """The ops in the order they run: (name, the rows it applies to, the op on those rows)."""
+        ops = [(JITTER_NAMES[step], rows, partial(JITTER_STEPS[step], factor=factors))
+               for step, rows, factors in self.jitter]
+        if len(self.grey):
+            ops.append(("greyscale", self.grey, _greyscale))
+        if len(self.blur):
+            ops.append(("blur", self.blur, partial(
+                gaussian_blur2d, kernel_size=self.kernel, sigma=self.sigma[:, None].expand(-1, 2),
+                border_type="reflect")))
+        if len(self.solarize):
+            ops.append(("solarize", self.solarize, _solarize))
+        return ops
 
     def apply(self, images: Tensor) -> Tensor:
         """The photometric ops on float images in [0, 1] (rows of this plan), in place."""
-        for step, rows, factors in self.jitter:
-            images[rows] = JITTER_STEPS[step](images[rows], factors)
-        if len(self.grey):
-            images[self.grey] = rgb_to_grayscale(images[self.grey]).expand(-1, 3, -1, -1)
-        if len(self.blur):
-            images[self.blur] = gaussian_blur2d(images[self.blur], self.kernel,
-                                                self.sigma[:, None].expand(-1, 2),
-                                                border_type="reflect")
-        if len(self.solarize):
-            chosen = images[self.solarize]
-            images[self.solarize] = torch.where(chosen >= SOLARIZE_THRESHOLD / 255, 1 - chosen,
-                                                chosen)
+        for _, rows, op in self.ops():
+            images[rows] = op(images[rows])
         return images
 
 
@@ -174,11 +206,16 @@ class BatchAugment:
         for plan in plans:
             images = F.to_dtype(torch.cat([views[v] for v in plan.views]), torch.float32,
                                 scale=True)
-            images = plan.to(images.device).apply(images)
-            images = F.normalize(images, self.mean, self.std, inplace=True)
+            images = self.normalise(plan.to(images.device).apply(images))
             for v, chunk in zip(plan.views, images.chunk(len(plan.views))):
                 out[v] = chunk
         return out
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """(images - mean) / std, in place (the constants sent without waiting: `to_device`)."""
+        mean, std = (to_device(torch.tensor(v).view(1, -1, 1, 1), images.device)
+                     for v in (self.mean, self.std))
+        return images.sub_(mean).div_(std)
 
     def __call__(self, views: Sequence[Tensor], sources: Tensor, generator: torch.Generator
                  ) -> list[Tensor]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +45,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for, naming_errors
+from mixdiff.data.input_stream import to_device
 from mixdiff.errors import UnreadableImageError
 
 DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU
@@ -116,6 +117,11 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.crops)
 
+    def pin_memory(self) -> "EncodedBatch":
+        """The DataLoader's pinning thread calls this: pixels then go to the GPU without the host
+        waiting (`input_stream.to_device`)."""
+        return replace(self, data=self.data.pin_memory())
+
 
 def collate(samples: Sequence[tuple]) -> tuple:
     """DataLoader collate for `(index, files, crops, sources, label)` samples: the files of all
@@ -159,7 +165,7 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
             images[i] = image
     for i, encoded in enumerate(batch.encoded):
         if not encoded:
-            images[i] = pieces[i].view(3, *batch.shapes[i]).to(device, non_blocking=True)
+            images[i] = to_device(pieces[i].view(3, *batch.shapes[i]), device)
     return images  # type: ignore[return-value]
 
 
@@ -234,11 +240,11 @@ def cut_views(images: Sequence[Tensor], crops: Tensor, sizes: Sequence[int]) -> 
                 continue
             file, top, left, height, width, flip = rows_crops[rows].unbind(1)
             boxes = torch.stack([local[file], left, top, left + width, top + height], 1)
-            out = roi_align(canvas, boxes.to(device, torch.float32), output_size=size,
+            out = roi_align(canvas, to_device(boxes.float(), device), output_size=size,
                             spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-            flipped = flip.bool().to(device)[:, None, None, None]
+            flipped = to_device(flip.bool(), device)[:, None, None, None]
             out = torch.where(flipped, out.flip(-1), out).round_().clamp_(0, 255)
-            stacked[size][rows.to(device)] = out.to(torch.uint8)
+            stacked[size][to_device(rows, device)] = out.to(torch.uint8)
     views: list[Tensor | None] = [None] * len(sizes)
     for size, group in groups.items():
         for v, chunk in zip(group, stacked[size].chunk(len(group))):

@@ -8,6 +8,10 @@ the step that needs them waits on an event, not on the whole device. What the si
 the step's stream reads is marked with `record_stream`: the caching allocator then keeps its memory
 until the step that reads it is done. (timm's PrefetchLoader and NVIDIA's Apex examples overlap
 their input copies the same way.)
+
+The work on the side stream must not make the host wait for the device either, or the CPU could
+not queue the next step while the GPU is busy: small CPU tensors (crop boxes, the rows an op
+applies to, normalisation constants) go over with `to_device`, from pinned memory.
 """
 
 from __future__ import annotations
@@ -42,3 +46,11 @@ def beside_the_step(device: torch.device, work: Callable[[], T]) -> T:
     apply_to_collection(result, Tensor, lambda t: t.record_stream(step_stream) if t.is_cuda
                         else None)
     return result
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor on `device`, without the host waiting for the device: a copy to a CUDA device
+    from pinned memory is asynchronous (one from ordinary memory may wait for the stream)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
