@@ -43,9 +43,6 @@ from mixdiff.data.views import (BLUR_SIGMA, SOLARIZE_THRESHOLD, Photometric, Vie
                                 blur_kernel_size)
 
 
-_CHANNEL_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)  # R, G, B: in sextants
-
-
 def adjust_hue_turns(images: Tensor, factor: Tensor) -> Tensor:
     """torchvision's hue shift (to HSV, turn the hue by `factor` of a full circle, back to RGB;
     one factor per image), as the closed form of the way back (f(n) = V - C * clamp(min(k, 4 - k),
@@ -60,7 +57,8 @@ def adjust_hue_turns(images: Tensor, factor: Tensor) -> Tensor:
     scaled = torch.where(top == r, g - b, torch.where(top == g, (b - r).add_(chroma, alpha=2),
                                                       (r - g).add_(chroma, alpha=4)))
     sextant = scaled.div_(chroma).nan_to_num_(0.0).add_(6 * factor.view(-1, 1, 1, 1))
-    k = sextant.add(_CHANNEL_OFFSETS.to(images.device)).remainder_(6)
+    offsets = torch.arange(5.0, 0.0, -2.0, device=images.device)  # R, G, B: 5, 3, 1 sextants
+    k = sextant.add(offsets.view(1, 3, 1, 1)).remainder_(6)
     return top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 

@@ -65,7 +65,9 @@ class MixDiffDataModule(L.LightningDataModule):
         self._resume: dict | None = None  # where a resumed run's epoch starts (load_state_dict)
         self.batch_augment: BatchAugment | None = None  # augment.backend=batched
         self._augment_plan: list[GroupPlan] | None = None  # drawn before the batch moves
-        self.input_stream = True  # that half on a CUDA stream beside the step (input_stream.py)
+        # the training batch's device half on a CUDA stream beside the step (input_stream.py);
+        # False (benchmarks, tests) queues it on the step's own stream, as Lightning would
+        self.input_stream = True
 
     @property
     def num_classes(self) -> int:
