@@ -23,12 +23,17 @@ tests() {
     tests/test_device_decode.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"} 2>&1 | tail -6
 }
 train() {
-  echo "== training throughput, batched backend, both decodes, input stream on and off (ResNet-50, 224 px, bf16)"
+  echo "== training throughput, ResNet-50 asymmetric (224 px, bf16): both decodes, input stream on and off"
   quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
-    --synthetic-size 512 --backbones resnet50 --small-stem false --recipes asymmetric simclr \
+    --synthetic-size 512 --backbones resnet50 --small-stem false --recipes asymmetric \
     --modes real mixdiff --backends batched --decodes cpu device --input-streams on off \
     --batch-size 128 --images 2048 --steps 100 --step-steps 30 --workers 15 \
-    --json "$OUT/train_step_224.json"
+    --json "$OUT/train_step_224_asymmetric.json"
+  echo "== training throughput, ResNet-50 SimCLR recipe (224 px, bf16): both decodes"
+  quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
+    --synthetic-size 512 --backbones resnet50 --small-stem false --recipes simclr \
+    --modes real mixdiff --backends batched --decodes cpu device --batch-size 128 \
+    --images 2048 --steps 100 --step-steps 30 --workers 15 --json "$OUT/train_step_224_simclr.json"
   echo "== training throughput, DINO multi-crop (ViT-S/16, 224 px + 8 local crops at 96 px)"
   quiet python3 benchmarks/train_step.py --device cuda --image-size 224 --real-size 433 \
     --synthetic-size 512 --backbones vit_small --recipes dino --modes real mixdiff \

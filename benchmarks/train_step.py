@@ -37,6 +37,7 @@ import math
 import statistics
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -161,6 +162,8 @@ def main() -> None:
     if args.steps < 100 and not args.allow_few_steps:
         parser.error("--steps below 100 is not steady state on a GPU; add --allow-few-steps")
     args.step_steps = args.step_steps or args.steps
+    # training_step logs through self.log, which outside a Trainer only warns
+    warnings.filterwarnings("ignore", message=r"You are trying to `self\.log\(\)`")
     if args.precision == "auto":
         args.precision = "bf16" if native_bf16(args.device.startswith("cuda")) else "fp32"
     # (backend, decode, input stream, mode, recipe, backbone); per_image has no device half
@@ -168,6 +171,23 @@ def main() -> None:
                                            args.modes, args.recipes, args.backbones)
               if c[0] == "batched" or (c[1], c[2]) == ("cpu", args.input_streams[0])]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"CPU ({torch.get_num_threads()} threads)"
+
+    def medians() -> dict[tuple, dict[str, float]]:
+        return {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                for combo, rs in runs.items() if rs}
+
+    def write_json() -> None:  # after every combination: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({
+                "device": device, "args": vars(args) | {"json": None},
+                "results": [dict(zip(("backend", "decode", "input_stream", "mode", "recipe",
+                                      "backbone"), c), median=m, repeats=runs[c])
+                            | ({} if c[0] == "batched" else {"input_stream": None})
+                            for c, m in medians().items()]},
+                indent=2, default=str))
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_real_and_twins(root, args.images, args.real_size, args.synthetic_size,
@@ -179,17 +199,14 @@ def main() -> None:
                 steps[combo[3:]] = result["step"]
                 runs[combo].append(result)
                 print(combo, {k: round(v, 2) for k, v in result.items()}, flush=True)
-    medians = {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-               for combo, rs in runs.items()}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU ({torch.get_num_threads()} threads)"
+                write_json()
     print(f"\n{args.image_size} px, batch {args.batch_size}, {args.precision}, {device}, "
           f"{args.workers} loader workers; real {args.real_size} px JPEG, twins "
           f"{args.synthetic_size} px {args.synthetic_format[1:].upper()}; medians of "
           f"{args.repeats} interleaved repeats; samples/s (device: views/s)")
     print(f"{'backend':<10}{'decode':<7}{'stream':<7}{'mode':<8}{'recipe':<11}{'backbone':<10}"
           f"{'end2end':>9}{'step':>9}{'e2e/step':>9}{'device':>9}")
-    for (backend, decode, stream, mode, recipe, backbone), m in medians.items():
+    for (backend, decode, stream, mode, recipe, backbone), m in medians().items():
         stream = stream if backend == "batched" else "-"
         print(f"{backend:<10}{decode:<7}{stream:<7}{mode:<8}{recipe:<11}{backbone:<10}"
               f"{m['end2end']:>9.1f}{m['step']:>9.1f}{m['ratio']:>9.3f}"
@@ -219,14 +236,6 @@ def main() -> None:
                 ("batched", decode, stream, "real", recipe, backbone),
                 f"mixdiff / real end2end, batched {decode} decode, stream {stream}, {recipe} "
                 f"{backbone}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "device": device, "args": vars(args) | {"json": None},
-            "results": [dict(zip(("backend", "decode", "input_stream", "mode", "recipe",
-                                  "backbone"), c), median=medians[c], repeats=runs[c])
-                        for c in combos]},
-            indent=2, default=str))
-
 
 if __name__ == "__main__":
     main()
