@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from mixdiff.data import device_decode
 from mixdiff.data.datamodule import MixDiffDataModule
 from photo_tree import benchmark_config, make_real_and_twins
+from timing import device_name, sync
 
 
 def breakdown(dm: MixDiffDataModule, decode: str, device: torch.device, repeats: int
@@ -38,12 +39,10 @@ def breakdown(dm: MixDiffDataModule, decode: str, device: torch.device, repeats:
     total: dict[str, float] = defaultdict(float)
 
     def stage(name: str, work, seconds: dict[str, float]):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         result = work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds[name] += time.perf_counter() - start
         return result
 
@@ -102,8 +101,7 @@ def main() -> None:
                                 "ms_per_batch": {k: 1000 * v / args.repeats
                                                  for k, v in seconds.items()},
                                 "views_per_s": views / sum(seconds.values())})
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"\n{name}; {args.mode}, {args.image_size} px, batch {args.batch_size} "
           f"(real {args.real_size} px, twins {args.synthetic_size} px JPEG); ms per batch, "
           f"mean of {args.repeats}, each stage synchronised")

@@ -33,6 +33,7 @@ from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
 from mixdiff.models import build_backbone
 from photo_tree import make_photo_tree
+from timing import device_name, sync
 
 
 def write_run(root: Path, backbone: str, image_size: int, tree: Path) -> Path:
@@ -45,11 +46,6 @@ def write_run(root: Path, backbone: str, image_size: int, tree: Path) -> Path:
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()},
                 "epoch": 0, "global_step": 0}, root / "checkpoints" / "last.ckpt")
     return root
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -111,8 +107,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("eval_speed.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              f"cpu ({torch.get_num_threads()} threads)",
+    report = {"device": device_name(device),
               "args": vars(args) | {"out": str(args.out)}, "encode": []}
     with tempfile.TemporaryDirectory() as tmp:
         tree = make_photo_tree(Path(tmp) / "photos" / "val", args.images, args.photo_size)

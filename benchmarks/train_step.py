@@ -48,11 +48,7 @@ from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.methods import METHODS
 from mixdiff.train import native_bf16
 from photo_tree import benchmark_config, make_real_and_twins
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
+from timing import device_name, sync
 
 class Bench:
     """One combination: its data module, model and optimiser, and the three measurements."""
@@ -171,8 +167,7 @@ def main() -> None:
                                            args.modes, args.recipes, args.backbones)
               if c[0] == "batched" or (c[1], c[2]) == ("cpu", args.input_streams[0])]
     runs: dict[tuple, list[dict]] = {combo: [] for combo in combos}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"CPU ({torch.get_num_threads()} threads)"
+    device = device_name(torch.device(args.device))
 
     def medians() -> dict[tuple, dict[str, float]]:
         return {combo: {key: statistics.median(r[key] for r in rs) for key in rs[0]}

@@ -7,8 +7,8 @@ in one process with one thread (what a worker has), after a warm-up, for every c
 deliver (W x one core's rate: workers do not share anything) and that rate over --step-rate, the
 training step's own rate: below 1.0 the workers cannot keep up with the step. 1.0 or more is
 necessary, not sufficient: not counted here are passing batches between processes and, with
-`data.decode=device`, the decoding and cutting the main process and the device then do (and the
-stream synchronisation before nvJPEG), which `benchmarks/train_step.py` measures end to end.
+`data.decode=device`, the decoding and cutting the main process and the device then do, which
+`benchmarks/train_step.py` measures end to end.
 
 The default --step-rate is the issue's measurement of a ResNet-50 bf16 channels_last step at
 224 px on an H200 (2,370 pairs/s); on a GPU machine `benchmarks/train_step.py` measures both ends.
