@@ -11,6 +11,7 @@ from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import MixDiffDataModule, ResumableSampler
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
+from mixdiff.runs import RunDir
 from mixdiff.train import pretrain
 
 from conftest import make_tree, tiny_overrides
@@ -32,7 +33,7 @@ def _expected_synthetic_fraction(cfg) -> float:
     """The share of synthetic samples in the batches epoch 0 trains on (the sampler is seeded)."""
     dm = MixDiffDataModule(cfg)
     dm.setup()
-    seen = list(ResumableSampler(dm.train_set, cfg.trainer.seed))
+    seen = list(ResumableSampler(dm.train_set, cfg.trainer.seed, dm.epoch_samples))
     seen = seen[:int(cfg.trainer.limit_train_batches) * cfg.trainer.batch_size]
     return sum(dm.train_set.samples[i].real is None for i in seen) / len(seen)
 
@@ -196,6 +197,38 @@ def test_a_run_saved_by_the_previous_version_still_resumes(tiny_data, tmp_path):
     (out / "config.yaml").write_text(old)
     _run(tiny_data, out, **{"trainer.max_epochs": 2})
     assert [r["epoch"] for r in _rows(out)] == ["0", "1"]
+
+
+def test_pooled_epochs_are_as_long_as_real_ones_unless_asked(tiny_data, tmp_path):
+    """Equal compute: a pooled epoch draws as many samples as there are real images (another
+    draw of the pool each epoch); data.pooled_epoch=all goes through the whole pool, and a run
+    saved before the key existed is read as what it did (all)."""
+    def datamodule(**extra):
+        dm = MixDiffDataModule(load_config(None, tiny_overrides(tiny_data, **{
+            "data.mode": "pooled", "data.val_fraction": 0.0, **extra})))
+        dm.setup()
+        return dm
+
+    pooled = datamodule()
+    real = pooled.summary["real_images_train"]
+    assert len(pooled.train_set) == 3 * real  # the real images and two variants of twins
+    assert pooled.epoch_samples == pooled.summary["epoch_samples"] == real
+    sampler = pooled.train_dataloader().sampler
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+        assert len(epochs[-1]) == len(sampler) == real and len(set(epochs[-1])) == real
+    assert len(set().union(*map(set, epochs))) > real  # other samples each epoch
+    everything = datamodule(**{"data.pooled_epoch": "all"})
+    assert everything.epoch_samples == len(everything.train_set) == 3 * real
+    assert len(everything.train_dataloader().sampler) == 3 * real
+    with pytest.raises(ConfigError, match="data.pooled_epoch"):
+        datamodule(**{"data.pooled_epoch": "twice"})
+    run = _run(tiny_data, tmp_path / "run", **{"data.mode": "pooled"})
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("  pooled_epoch: real\n", ""))
+    assert RunDir(run).load_config().data.pooled_epoch == "all"
 
 
 def test_cli_pretrain_and_clear_errors(tiny_data, tmp_path):

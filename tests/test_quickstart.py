@@ -29,17 +29,40 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert first.exit_code == 0, first.output
     record = json.loads((out / "quickstart.json").read_text())
     names = [stage["stage"] for stage in record["stages"]]
-    assert names[:2] == ["prepare Fashion-MNIST", "generate SDEdit twins"]
+    assert names[:5] == ["prepare Fashion-MNIST", "generate SDEdit twins",
+                         "pretrain untrained-s0", "evaluate untrained-s0", "evaluate pixels"]
     assert sum(name.startswith("pretrain simclr-") for name in names) == 4  # the four data modes
     assert record["stages"][1]["written"] == 40  # one twin per training image (4 per class)
     for name in ("results.md", "results.csv", "results.json", "id_vs_ood.png", "radar.png",
                  "curves.png", "pairs.png"):
         assert (out / "report" / name).stat().st_size > 0, name
-    rows = json.loads((out / "report" / "results.json").read_text())["rows"]
-    values = list(_values(rows))
-    assert len(values) >= 4 * 3 and all(0.0 <= v <= 1.0 for v in values)
-    assert len(record["verdict"]) == 3 and "MixDiff vs real" in record["verdict"][0]
-    assert "MixDiff beats real" in first.output
+    document = json.loads((out / "report" / "results.json").read_text())
+    values = list(_values(document["rows"]))
+    assert len(values) >= 5 * 3 and all(0.0 <= v <= 1.0 for v in values)
+    kinds = {s["label"]: s["kind"] for s in document["settings"]}
+    assert kinds["untrained"] == "untrained" and kinds["pixels"] == "pixels"
+    assert "| untrained | 1 |" in (out / "report" / "results.md").read_text()
+
+    # every mode against the untrained encoder, the others against real: paired by seed
+    comparisons = record["comparisons"]
+    assert len(comparisons) == 3 * (4 + 3)  # (linear, knn, shift) x (4 vs untrained, 3 vs real)
+    def value(run, command, name):
+        path = out / "runs" / run / "eval" / command / f"{name}.json"
+        return json.loads(path.read_text())["value"]
+    for c in comparisons:
+        command, name = {"linear": ("linear", "fashion-mnist"), "knn": ("knn", "fashion-mnist"),
+                         "shift": ("robustness", "corruptions")}[c["metric"]]
+        baseline = "untrained-s0" if c["baseline"] == "untrained" else f"simclr-{c['baseline']}-s0"
+        assert c["seeds"] == [0] and c["ci95"] is None  # one seed: no interval
+        assert c["difference"] == pytest.approx(value(f"simclr-{c['mode']}-s0", command, name) -
+                                                value(baseline, command, name))
+    assert {(c["mode"], c["baseline"]) for c in comparisons} >= {("mixdiff", "real"),
+                                                                ("real", "untrained")}
+    verdict = record["verdict"]
+    assert verdict[0].startswith("--fast is a smoke check") and "no number below is a claim" \
+        in verdict[0]
+    assert "One seed" in verdict[1] and any("MixDiff − real" in line for line in verdict)
+    assert "smoke check" in first.output
 
     again = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out)])
     assert again.exit_code == 0, again.output
@@ -51,8 +74,10 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
 
     longer = CliRunner().invoke(app, ["quickstart", *SMALLEST[:-1], "2", "--out", str(out)])
     assert longer.exit_code == 0, longer.output  # runs of another length are not reused
-    stages = json.loads((out / "quickstart.json").read_text())["stages"]
-    assert not any(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
+    stages = {s["stage"]: s for s in json.loads((out / "quickstart.json").read_text())["stages"]}
+    assert not any(s["reused"] for name, s in stages.items()
+                   if name.startswith("pretrain simclr"))
+    assert stages["pretrain untrained-s0"]["reused"]  # the reference does not depend on it
     assert (out / "runs" / "simclr-mixdiff-s0" / "metrics.csv").read_text().count("\n") == 3
 
 

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -53,11 +54,11 @@ def _result(command: str, dataset: str, top1: float, classes: int = 100, images:
 def write_run(base, method: str, mode: str, seed: int, id_top1: float | None = None,
               shift: dict[str, float] | None = None, knn: float | None = None,
               dataset: str = "imagenet-100", epochs: int = 5, linear: bool = True,
-              weights: str = "student"):
+              weights: str = "student", name: str | None = None):
     """A run folder as `mixdiff pretrain` + `mixdiff eval` leave it; numbers given or from PAPER
     with a seeded jitter. Returns (path, the numbers written)."""
     rng = np.random.default_rng(zlib.crc32(f"{method}-{mode}-{seed}".encode()))
-    run = RunDir(base / f"{method}-{mode}-s{seed}")
+    run = RunDir(base / (name or f"{method}-{mode}-s{seed}"))
     paper_id, paper_shift = PAPER.get((method, mode), (None, None))
     id_top1 = paper_id + rng.normal(0, 0.006) if id_top1 is None else id_top1
     if shift is None:
@@ -76,6 +77,7 @@ def write_run(base, method: str, mode: str, seed: int, id_top1: float | None = N
         writer = csv.DictWriter(handle, ["epoch", "step", Metric.TRAIN_LOSS,
                                          Metric.KNN_VAL_TOP1, Metric.PROBE_VAL_TOP1])
         writer.writeheader()
+        online = {}
         for epoch in range(epochs):
             progress = (epoch + 1) / epochs
             online = {Metric.KNN_VAL_TOP1: round(id_top1 * (0.5 + 0.45 * progress), 4),
@@ -199,6 +201,50 @@ def test_report_writes_every_file_with_the_inputs_numbers(grid_runs, tmp_path):
     for name in ("id_vs_ood.png", "radar.png", "curves.png"):
         _not_blank(out / name)
     assert "pairs.png" in result.output  # the synthetic roots do not exist: said, not drawn
+
+
+def test_settings_are_measured_against_the_untrained_encoder_and_real_paired_by_seed(tmp_path):
+    numbers = {"untrained": ([0.600, 0.620, 0.610], [0.550, 0.560, 0.540], 0.30),
+               "real": ([0.700, 0.690, 0.730], [0.650, 0.640, 0.690], 0.40),
+               "mixdiff": ([0.720, 0.700, 0.740], [0.660, 0.660, 0.690], 0.41)}
+    paths = []
+    for kind, (linear, knn, shift) in numbers.items():
+        for seed in range(3):
+            mode = "real" if kind == "untrained" else kind
+            paths.append(write_run(
+                tmp_path, "simclr", mode, seed, id_top1=linear[seed], knn=knn[seed],
+                shift={s: shift + 0.01 * seed for s in SUITES},
+                epochs=0 if kind == "untrained" else 5,
+                name=f"untrained-s{seed}" if kind == "untrained" else None)[0])
+    result = runner.invoke(app, ["report", *map(str, paths), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [s["label"] for s in document["settings"]] == ["untrained", "simclr · real",
+                                                          "simclr · mixdiff"]
+    found = {(c["setting"], c["baseline"], c["metric"]): c for c in document["comparisons"]}
+    assert set(found) == {(s, b, m) for s, b in (("simclr · real", "untrained"),
+                                                 ("simclr · mixdiff", "untrained"),
+                                                 ("simclr · mixdiff", "simclr · real"))
+                          for m in ("linear", "knn", "shift")}
+    for setting, baseline, index, metric in (("mixdiff", "real", 0, "linear"),
+                                             ("real", "untrained", 1, "knn")):
+        label = f"simclr · {setting}"
+        expected = [a - b for a, b in zip(numbers[setting][index], numbers[baseline][index])]
+        c = found[(label, "untrained" if baseline == "untrained" else f"simclr · {baseline}",
+                   metric)]
+        assert c["seeds"] == [0, 1, 2] and c["paired"]
+        assert c["difference"] == pytest.approx(statistics.fmean(expected), abs=1e-6)
+        interval = stats.ttest_1samp(expected, 0.0).confidence_interval(0.95)
+        assert c["ci95"] == pytest.approx([interval.low, interval.high], abs=1e-6)
+    shift = found[("simclr · mixdiff", "simclr · real", "shift")]  # the same offsets per seed
+    assert shift["difference"] == pytest.approx(0.01, abs=1e-6)
+    markdown = (tmp_path / "r" / "results.md").read_text()
+    gain = _md_row(markdown, "| simclr · real | untrained |")
+    assert gain["seeds"] == "0,1,2" and gain["linear"].startswith("**+9.7 [")  # beyond noise
+    versus = _md_row(markdown, "| simclr · mixdiff | simclr · real |")
+    assert versus["linear"].startswith("+1.3 [−") and "**" not in versus["linear"]
+    assert _md_row(markdown, "| untrained | 3 |")["imagenet-100 linear"] == "61.0 ± 1.0"
+    _not_blank(tmp_path / "r" / "id_vs_ood.png")
 
 
 def test_missing_results_and_other_datasets_are_reported_not_mixed(tmp_path):

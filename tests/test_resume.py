@@ -169,6 +169,11 @@ def test_sampler_resumes_inside_an_epoch():
     other = ResumableSampler(data, seed=5)
     other.set_epoch(4)
     assert list(other) != order  # epochs are shuffled differently
+    short = ResumableSampler(data, seed=5, epoch_size=10)  # a pooled epoch as long as a real one
+    short.set_epoch(3)
+    assert list(short) == order[:10]
+    short.resume(epoch=3, samples_done=4)
+    assert list(short) == order[4:10]
 
 
 def test_several_processes_agree_on_stopping_every_few_steps(tmp_path):

@@ -63,6 +63,11 @@ class EpochSummary(Callback):
         self.path, self.log_lines = path, log_lines
         self._start, self._samples = 0.0, 0
 
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """An untrained reference (`trainer.max_epochs=0`) has a metrics.csv with no epochs."""
+        if trainer.max_epochs == 0 and trainer.is_global_zero and not self.path.exists():
+            atomic_write_text(self.path, "epoch,step\n")
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._samples = time.perf_counter(), 0
 
@@ -196,6 +201,12 @@ class RunCheckpoint(Callback):
         if trainer.world_size > 1 and not any_step and trainer.global_step % STOP_POLL_STEPS:
             return False
         return trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
+
+    def on_fit_start(self, trainer, module) -> None:
+        """`trainer.max_epochs=0`: the untrained reference. Its last.ckpt holds the seed's
+        initialisation, the weights every run of this seed starts from."""
+        if trainer.max_epochs == 0 and not self.path.exists():
+            trainer.save_checkpoint(self.path)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
         stop = self._stop_requested(trainer)

@@ -29,6 +29,10 @@ class DataConfig:
     val_fraction: float = 0.05  # size of that seeded, stratified hold-out
     mode: str = "real"  # real | synthetic | mixdiff | pooled
     p_synthetic: float = 1.0  # mixdiff: probability that the second view is synthetic
+    # pooled: samples per epoch. real: as many as the real images used (a different draw of the
+    # pool each epoch), so every mode runs the same optimiser steps; all: every real and synthetic
+    # image once (twice the steps with one variant)
+    pooled_epoch: str = "real"
     real_fraction: float = 1.0  # seeded, stratified fraction of the real training images used
     missing_synthetic: str = "error"  # error | fallback_real
     num_workers: int = 8
@@ -132,7 +136,7 @@ class OnlineEvalConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 100
+    max_epochs: int = 100  # 0: no training, the untrained reference (the seed's initial weights)
     batch_size: int = 256  # per device
     precision: str = "auto"  # auto: bf16-mixed where the hardware has bf16, else 16-mixed / 32-true
     accelerator: str = "auto"
@@ -167,6 +171,7 @@ class MixDiffConfig:
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 IMAGE_CHECKS = ("header", "decode", "none")
+POOLED_EPOCHS = ("real", "all")
 
 
 def allowed_values() -> dict[str, tuple[str, ...]]:
@@ -180,7 +185,7 @@ def allowed_values() -> dict[str, tuple[str, ...]]:
 
     return {"method": tuple(METHODS), "data.mode": tuple(MODES),
             "data.missing_synthetic": MISSING_POLICIES, "data.check_images": IMAGE_CHECKS,
-            "data.decode": DECODE_PLACES,
+            "data.decode": DECODE_PLACES, "data.pooled_epoch": POOLED_EPOCHS,
             "augment.recipe": tuple(RECIPES), "augment.backend": tuple(BACKENDS),
             "model.backbone": tuple(BACKBONES),
             "optim.name": tuple(OPTIMIZERS), "trainer.precision": PRECISIONS,
@@ -193,6 +198,8 @@ UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
                  "model.drop_path_rate")
 
 RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mixdiff eval` now)
+# keys whose default is not what runs written before the key existed did: key -> what they did
+ADDED_SINCE = {"data.pooled_epoch": "all"}
 
 # Keys that may change when an existing run directory is resumed: they do not change what is learnt
 # (devices and num_nodes do: they set the global batch and so the learning rate).
@@ -258,7 +265,10 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.model.backbone.startswith("vit") and cfg.data.image_size % cfg.model.patch_size:
         raise ConfigError(f"config key `data.image_size` = {cfg.data.image_size} is not a "
                           f"multiple of model.patch_size = {cfg.model.patch_size}")
-    for key in ("trainer.batch_size", "trainer.max_epochs", "data.image_size",
+    if cfg.trainer.max_epochs < 0:
+        raise ConfigError(f"config key `trainer.max_epochs` = {cfg.trainer.max_epochs} must be at "
+                          "least 0 (0: the untrained reference, the seed's initial weights)")
+    for key in ("trainer.batch_size", "data.image_size",
                 "online_eval.knn_k", "simclr.proj_layers", "barlow_twins.proj_layers",
                 "trainer.checkpoint_every_n_steps", "online_eval.every_n_epochs"):
         value = OmegaConf.select(cfg, key)
@@ -307,6 +317,9 @@ def load_saved_config(path: str | Path) -> DictConfig:
     for old, new in RENAMED.items():
         if old in node and new not in node:
             node[new] = node.pop(old)
+    for key, value in ADDED_SINCE.items():
+        if OmegaConf.select(node, key, default=None) is None:
+            OmegaConf.update(node, key, value)
     try:
         return OmegaConf.merge(OmegaConf.structured(MixDiffConfig), node)
     except OmegaConfBaseException as exc:

@@ -1,15 +1,19 @@
 """`mixdiff quickstart`: the paper's experiment on Fashion-MNIST, offline, in minutes.
 
 A driver of the real commands, nothing of its own: `data prepare`, `generate --generator sdedit`
-(the embedded DDPM), `pretrain` of each method in the four data modes, `eval linear`, `eval knn`
-and `eval robustness --suite corruptions` of each run, `report`, then a three-line verdict.
-Every stage is resumable: running the command again reuses whatever is complete.
+(the embedded DDPM), `pretrain` of each method in each data mode and of the untrained reference
+(`trainer.max_epochs=0`, one per seed), `eval linear`, `eval knn` and `eval robustness --suite
+corruptions` of each run, `eval knn|linear --pixels` once, `report`, then the verdict: every
+mode against the untrained encoder of its seed (did it learn?) and MixDiff against real, each a
+difference paired by seed with its 95% interval. Every stage is resumable: running the command
+again reuses whatever is complete.
 
 OUT/
-  quickstart.json          the settings, what each stage took, and the verdict
+  quickstart.json          the settings, what each stage took, the comparisons and the verdict
   fashion-mnist/{train,test}/   a fixed class-stratified subset of Fashion-MNIST (data prepare)
   synthetic/v0/            one SDEdit variation of each training image (generate)
   runs/<method>-<mode>-s<seed>/    pre-training runs with their evaluations
+  runs/untrained-s<seed>/  the seed's initial weights, evaluated alike (and the raw pixels)
   report/                  results.md, id_vs_ood.png, radar.png, curves.png, pairs.png
   logs/<stage>.log         the traceback of a stage that failed
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +42,12 @@ log = logging.getLogger(__name__)
 METHODS = ("simclr", "barlow_twins", "dino")
 MODES = ("real", "synthetic", "mixdiff", "pooled")
 DATASET = "fashion-mnist"
+UNTRAINED = "untrained"
+REAL, MIXDIFF = "real", "mixdiff"
+SHIFT_SUITE = "corruptions"
+# what the verdict and `comparisons` compare: metric -> (eval command, result name)
+COMPARED = {"linear": ("linear", DATASET), "knn": ("knn", DATASET),
+            "shift": ("robustness", SHIFT_SUITE)}
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,12 @@ class QuickstartSettings:
     """Everything the quickstart does; `PRESETS` hold the three sizes (fast, default, gpu)."""
 
     methods: tuple[str, ...] = ("simclr",)
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = (REAL, MIXDIFF)
     seeds: int = 1
-    per_class: int | None = 80  # train AND test images per class (None: all 60,000 + 10,000)
-    epochs: int = 8
-    batch_size: int = 128
+    per_class: int | None = 100  # train AND test images per class (None: all 60,000 + 10,000)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 4e-3  # optim.lr: per 256 images of batch (AdamW), so 1e-3 at batch 64
     image_size: int = 32
     small_stem: bool = False  # the CPU presets use ResNet-18's own stem: 16x fewer FLOPs at 32 px
     strength: float = 0.3  # SDEdit strength: keeps the class best (README, "Measured": fidelity)
@@ -59,30 +69,42 @@ class QuickstartSettings:
     corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "pixelate",
                                     "jpeg_compression", "sketch")
     severities: tuple[int, ...] = (3,)
+    online_eval_every: int = 10  # epochs between online evaluations (each encodes val + bank)
     device: str = "cpu"
     workers: int = 2
     seed: int = 0
+    smoke: bool = False  # --fast: every stage, too short to learn: no claim is made
 
     def run_name(self, method: str, mode: str, seed: int) -> str:
         return f"{method}-{mode}-s{seed}"
 
+    def seed_list(self) -> range:
+        return range(self.seed, self.seed + self.seeds)
+
     def runs(self) -> Iterator[tuple[str, str, int]]:
-        for method in self.methods:
-            for mode in self.modes:
-                for seed in range(self.seed, self.seed + self.seeds):
+        """Seed by seed, so that an interrupted multi-seed quickstart holds whole seeds."""
+        for seed in self.seed_list():
+            for method in self.methods:
+                for mode in self.modes:
                     yield method, mode, seed
 
 
+def untrained_name(seed: int) -> str:
+    return f"{UNTRAINED}-s{seed}"
+
+
 PRESETS: dict[str, QuickstartSettings] = {
-    # a smoke check: every stage, tiny sizes (2.3 minutes on the 2-core CPU)
-    "fast": QuickstartSettings(per_class=20, epochs=2, batch_size=32,
+    # a smoke check: every stage, tiny sizes, far too short to learn (about 3 minutes)
+    "fast": QuickstartSettings(modes=MODES, per_class=20, epochs=2, batch_size=32,
+                               online_eval_every=1, smoke=True,
                                corruptions=("gaussian_noise", "contrast", "sketch")),
-    # the default on a CPU (12 minutes on the 2-core CPU)
+    # the default on a CPU: real and MixDiff, long enough to learn (README: "Quickstart")
     "default": QuickstartSettings(),
-    # --device cuda: the whole training set, the CPU presets' small-image stem, more epochs
-    "gpu": QuickstartSettings(methods=METHODS, per_class=None, epochs=50, batch_size=256,
-                              small_stem=True, severities=(1, 2, 3, 4, 5), corruptions=(),
-                              device="cuda", workers=8),
+    # --device cuda: the whole training set, the four modes and three methods, more epochs
+    "gpu": QuickstartSettings(methods=METHODS, modes=MODES, per_class=None, epochs=50,
+                              batch_size=256, lr=1e-3, small_stem=True, online_eval_every=5,
+                              severities=(1, 2, 3, 4, 5), corruptions=(), device="cuda",
+                              workers=8),
 }
 
 
@@ -134,17 +156,21 @@ def preset_config(method: str) -> Path:
     return Path(str(resources.files("mixdiff").joinpath(f"configs/fashion_mnist/{method}.yaml")))
 
 
-def run_overrides(s: QuickstartSettings, paths: Paths, mode: str, seed: int) -> list[str]:
-    """The config of one run: the method's preset, then these (identical for every mode)."""
+def run_overrides(s: QuickstartSettings, paths: Paths, mode: str, seed: int,
+                  epochs: int | None = None) -> list[str]:
+    """The config of one run: the method's preset, then these (identical for every mode; the
+    untrained reference differs only in `epochs`=0)."""
     overrides = {
         "data.real": paths.train, "data.val": paths.test, "data.synthetic": f"[{paths.twins}]",
         "data.mode": mode, "data.real_fraction": s.real_fraction,
         "data.image_size": s.image_size, "data.num_workers": s.workers,
-        "model.small_stem": s.small_stem, "trainer.max_epochs": s.epochs,
-        "trainer.batch_size": s.batch_size, "trainer.seed": seed,
+        "model.small_stem": s.small_stem,
+        "trainer.max_epochs": s.epochs if epochs is None else epochs,
+        "trainer.batch_size": s.batch_size, "optim.lr": s.lr, "trainer.seed": seed,
         "trainer.progress_bar": False,
         "trainer.accelerator": "gpu" if s.device == "cuda" else "cpu",
         "online_eval.knn_max_train_images": "null",
+        "online_eval.every_n_epochs": s.online_eval_every,
     }
     if s.augment is not None:
         overrides["augment.recipe"] = s.augment
@@ -175,7 +201,7 @@ def _generate(s: QuickstartSettings, paths: Paths) -> dict:
 
 def _finished(run: RunDir, epochs: int) -> bool:
     """Whether `run` was made for `epochs` epochs and trained them all (a row for each in its
-    metrics.csv)."""
+    metrics.csv; the untrained reference: `epochs` 0, a header only)."""
     if not (run.config.is_file() and run.metrics.is_file() and run.last_checkpoint.is_file()):
         return False
     if run.load_config().trainer.max_epochs != epochs:  # pretrain says what to do about it
@@ -183,18 +209,20 @@ def _finished(run: RunDir, epochs: int) -> bool:
     return len(run.metrics.read_text().strip().splitlines()) - 1 >= epochs
 
 
-def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int) -> dict:
+def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int,
+              name: str, epochs: int) -> dict:
     from mixdiff.config import load_config
     from mixdiff.train import pretrain
 
-    run = paths.run(s.run_name(method, mode, seed))
-    if _finished(run, s.epochs):
+    run = paths.run(name)
+    if _finished(run, epochs):
         return {"reused": True}
-    pretrain(load_config(preset_config(method), run_overrides(s, paths, mode, seed)), run.root)
+    pretrain(load_config(preset_config(method), run_overrides(s, paths, mode, seed, epochs)),
+             run.root)
     return {"reused": False}
 
 
-def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str) -> bool:
+def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str | None) -> bool:
     """Whether the run already has this result, made from the checkpoint with this hash."""
     from mixdiff.evaluate.results import read_result
 
@@ -204,14 +232,14 @@ def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str) -> bo
     return read_result(path)["checkpoint"]["sha256"] == checkpoint_sha256
 
 
-def _evaluate(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int) -> dict:
+def _evaluate(s: QuickstartSettings, paths: Paths, name: str) -> dict:
     from mixdiff.evaluate.features import Encoder, labelled_sets
     from mixdiff.evaluate.knn import knn_eval
     from mixdiff.evaluate.linear import linear_eval
     from mixdiff.evaluate.robustness import (SUITES, EncodeOptions, parse_corruptions,
                                              robustness_eval)
 
-    run = paths.run(s.run_name(method, mode, seed))
+    run = paths.run(name)
     encoder = Encoder.from_run(run, device=s.device)
     train, test = labelled_sets(paths.train, paths.test, DATASET)
     done = []
@@ -221,7 +249,7 @@ def _evaluate(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
     if not _current(run, "knn", DATASET, encoder.checkpoint_sha256):
         knn_eval(encoder, train, test, num_workers=s.workers, show_progress=False)
         done.append("knn")
-    suite = SUITES["corruptions"]
+    suite = SUITES[SHIFT_SUITE]
     if not _current(run, "robustness", suite.name, encoder.checkpoint_sha256):
         corruptions = s.corruptions or parse_corruptions(None)  # none named: all of them
         robustness_eval(encoder, suite, suite.scan(paths.test), DATASET, corruptions,
@@ -230,55 +258,122 @@ def _evaluate(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
     return {"evaluated": done}
 
 
+def _evaluate_pixels(s: QuickstartSettings, paths: Paths) -> dict:
+    """kNN and linear on the raw pixels (`--pixels`), kept in the first untrained run."""
+    from mixdiff.evaluate.features import Encoder, labelled_sets
+    from mixdiff.evaluate.knn import knn_eval
+    from mixdiff.evaluate.linear import linear_eval
+    from mixdiff.evaluate.results import result_name
+
+    encoder = Encoder.pixels(paths.run(untrained_name(s.seed)), device=s.device)
+    train, test = labelled_sets(paths.train, paths.test, DATASET)
+    name = result_name(DATASET, encoder.weights, encoder.default_weights)
+    done = []
+    for command, evaluate in (("linear", linear_eval), ("knn", knn_eval)):
+        if not _current(encoder.run, command, name, None):
+            evaluate(encoder, train, test, num_workers=s.workers, show_progress=False)
+            done.append(command)
+    return {"evaluated": done}
+
+
+def _report_runs(s: QuickstartSettings, paths: Paths) -> list[Path]:
+    return [paths.run(untrained_name(seed)).root for seed in s.seed_list()] + \
+        [paths.run(s.run_name(*key)).root for key in s.runs()]
+
+
 def _report(s: QuickstartSettings, paths: Paths) -> dict:
     from mixdiff.report.build import write_report
 
-    runs = [paths.run(s.run_name(*key)).root for key in s.runs()]
-    report = write_report(runs, paths.report)
+    report = write_report(_report_runs(s, paths), paths.report)
     return {"files": [str(f) for f in report.files], "notes": report.notes}
 
 
-# --- the verdict -------------------------------------------------------------------------------
-def _mean_and_spread(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
-def verdict(s: QuickstartSettings, paths: Paths) -> list[str]:
-    """Three lines: MixDiff vs real on clean and on corrupted test images, per method, over the
-    seeds, and what that amounts to."""
+# --- the comparisons and the verdict -------------------------------------------------------------
+def _seed_values(s: QuickstartSettings, paths: Paths, run_of, metric: str) -> dict[int, float]:
+    """seed -> the metric's value, for the runs `run_of(seed)` names."""
     from mixdiff.evaluate.results import read_result
 
-    def values(method: str, mode: str, command: str, name: str) -> list[float]:
-        return [read_result(paths.run(s.run_name(method, mode, seed)).eval_result(command, name))
-                ["value"] for seed in range(s.seed, s.seed + s.seeds)]
+    command, name = COMPARED[metric]
+    return {seed: read_result(paths.run(run_of(seed)).eval_result(command, name))["value"]
+            for seed in s.seed_list()}
 
-    if not {"real", "mixdiff"} <= set(s.modes):
-        return ["No verdict: it compares data.mode=mixdiff with data.mode=real; run both modes."]
-    lines, wins, gaps = [], {"clean": 0, "shifted": 0}, []
-    for label, command, name, what in (
-            ("clean", "linear", DATASET, "clean test images (offline linear probe)"),
-            ("shifted", "robustness", "corruptions",
-             f"corrupted test images ({len(s.corruptions) or 'all'} corruptions, severity "
-             f"{','.join(map(str, s.severities))})")):
-        parts = []
-        for method in s.methods:
-            mixdiff, real = values(method, "mixdiff", command, name), \
-                values(method, "real", command, name)
-            gap = 100 * (statistics.fmean(mixdiff) - statistics.fmean(real))
-            wins[label] += gap > 0
-            gaps.append(gap)
-            parts.append(f"{method} {_mean_and_spread(mixdiff)} vs {_mean_and_spread(real)} "
-                         f"({gap:+.1f})")
-        lines.append(f"MixDiff vs real, top-1 % on {what}: " + "; ".join(parts))
-    n = len(s.methods)
-    noise = "" if s.seeds > 1 else "; with one seed, gaps of a point or two are within noise " \
-                                   "(--seeds 3 gives a spread)"
-    lines.append(f"MixDiff beats real for {wins['clean']} of {n} method(s) on clean and "
-                 f"{wins['shifted']} of {n} on shifted data, by {min(gaps):+.1f} to "
-                 f"{max(gaps):+.1f} points, over {s.seeds} seed(s) per mode{noise}.")
+
+def comparisons(s: QuickstartSettings, paths: Paths) -> list[dict]:
+    """Every mode against the untrained encoder, and every other mode against real, on the
+    linear probe, kNN and the corruptions' mean ("shift"); paired by seed, accuracies as
+    fractions, `ci95` the 95% t-interval of the mean difference (None with one seed)."""
+    from mixdiff.report.compare import paired_difference
+
+    found = []
+    for method in s.methods:
+        for mode in s.modes:
+            against = [UNTRAINED] + ([REAL] if mode != REAL and REAL in s.modes else [])
+            for baseline in against:
+                for metric in COMPARED:
+                    values = _seed_values(s, paths, lambda e: s.run_name(method, mode, e), metric)
+                    base = _seed_values(s, paths, untrained_name if baseline == UNTRAINED
+                                        else lambda e: s.run_name(method, baseline, e), metric)
+                    d = paired_difference(values, base)
+                    found.append({"method": method, "metric": metric, "mode": mode,
+                                  "baseline": baseline, "seeds": list(d.seeds),
+                                  "difference": d.difference,
+                                  "ci95": list(d.ci95) if d.ci95 else None})
+    return found
+
+
+def _difference(record: dict):
+    from mixdiff.report.compare import Difference
+
+    return Difference(tuple(record["seeds"]), record["difference"],
+                      tuple(record["ci95"]) if record["ci95"] else None)
+
+
+METRIC_WORDS = {"linear": "linear", "knn": "kNN", "shift": "corruptions"}
+
+
+def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
+    """What the comparisons say, per method: did each mode learn (its gain over the untrained
+    encoder of the same seed), then MixDiff − real on each metric, with its 95% interval and
+    what it amounts to. With one seed there is no interval, and no difference is claimed."""
+    lines = []
+    if s.smoke:
+        lines.append("--fast is a smoke check: every stage ran, but its runs are far too short "
+                     "to learn; no number below is a claim about learning or about MixDiff.")
+    one_seed = s.seeds == 1
+    if one_seed:
+        lines.append("One seed: no difference below has an interval, so none is a claim "
+                     "(--seeds 3 gives 95% intervals).")
+    for method in s.methods:
+        mine = [c for c in found if c["method"] == method]
+
+        def differences(mode: str, baseline: str) -> dict:
+            return {c["metric"]: _difference(c) for c in mine
+                    if c["mode"] == mode and c["baseline"] == baseline}
+
+        for mode in s.modes:
+            gains = differences(mode, UNTRAINED)
+            if one_seed:
+                text = ", ".join(f"{METRIC_WORDS[m]} {gains[m].points()}" for m in COMPARED)
+                lines.append(f"{method} · {mode} − untrained: {text.replace(' (1 seed)', '')}")
+                continue
+            text = ", ".join(f"{METRIC_WORDS[m]} {gains[m].bracket()}" for m in COMPARED)
+            learnt = all(gains[m].distinguishable and gains[m].difference > 0
+                         for m in ("linear", "knn"))
+            lines.append(f"{method} · {mode} − untrained, points [95% CI, {s.seeds} seeds]: "
+                         f"{text}: " + ("it learnt (linear and kNN above the untrained encoder "
+                                        "beyond the noise)" if learnt else
+                                        "not distinguishable from the untrained encoder"))
+        if MIXDIFF in s.modes and REAL in s.modes:
+            versus = differences(MIXDIFF, REAL)
+            if one_seed:
+                lines.append(f"{method}: MixDiff − real: " + ", ".join(
+                    f"{METRIC_WORDS[m]} {versus[m].points().replace(' (1 seed)', '')}"
+                    for m in COMPARED) + " (1 seed: no claim)")
+            else:
+                lines += [versus[m].sentence(f"{method}: MixDiff − real, {METRIC_WORDS[m]}")
+                          for m in COMPARED]
+    if REAL not in s.modes or MIXDIFF not in s.modes:
+        lines.append("MixDiff − real: not measured; run both modes (--modes real,mixdiff).")
     return lines
 
 
@@ -292,15 +387,23 @@ class Stage:
 
 def stages(s: QuickstartSettings, paths: Paths) -> list[Stage]:
     images = 10 * (s.per_class or 6000)
-    train_cost = s.epochs * images / 400 * (3 if "dino" in s.methods else 1)
+    train_cost = s.epochs * images / 100 * (3 if "dino" in s.methods else 1)
+    eval_cost = images / 100 * (2 + len(s.corruptions))
     plan = [Stage("prepare Fashion-MNIST", 5, lambda: _prepare(s, paths)),
             Stage("generate SDEdit twins", images / 8, lambda: _generate(s, paths))]
-    for method, mode, seed in s.runs():
-        name = s.run_name(method, mode, seed)
-        plan.append(Stage(f"pretrain {name}", train_cost,
-                          lambda m=method, d=mode, e=seed: _pretrain(s, paths, m, d, e)))
-        plan.append(Stage(f"evaluate {name}", images / 100 * (2 + len(s.corruptions)),
-                          lambda m=method, d=mode, e=seed: _evaluate(s, paths, m, d, e)))
+
+    def run_stages(method: str, mode: str, seed: int, name: str, epochs: int) -> list[Stage]:
+        return [Stage(f"pretrain {name}", train_cost if epochs else 5,
+                      lambda: _pretrain(s, paths, method, mode, seed, name, epochs)),
+                Stage(f"evaluate {name}", eval_cost, lambda: _evaluate(s, paths, name))]
+
+    for seed in s.seed_list():  # the reference first: a verdict needs it for every seed
+        plan += run_stages(s.methods[0], REAL, seed, untrained_name(seed), 0)
+        if seed == s.seed:
+            plan.append(Stage("evaluate pixels", images / 100, lambda: _evaluate_pixels(s, paths)))
+        for method, mode, run_seed in s.runs():
+            if run_seed == seed:
+                plan += run_stages(method, mode, seed, s.run_name(method, mode, seed), s.epochs)
     plan.append(Stage("report", 5, lambda: _report(s, paths)))
     return plan
 
@@ -309,6 +412,7 @@ def stages(s: QuickstartSettings, paths: Paths) -> list[Stage]:
 class Outcome:
     settings: dict
     stages: list[dict] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)  # see `comparisons`
     verdict: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -344,7 +448,8 @@ def quickstart(out: str | Path, settings: QuickstartSettings, console: Console |
             # a line per stage, for logs (the progress bar shows only on a terminal)
             log.info("%d/%d %s: %.1f min", number, len(plan), stage.name, seconds / 60)
             progress.advance(task, stage.weight)
-    outcome.verdict = verdict(settings, paths)
+    outcome.comparisons = comparisons(settings, paths)
+    outcome.verdict = verdict(settings, outcome.comparisons)
     outcome.seconds = round(time.perf_counter() - start, 1)
     atomic_write_text(paths.record, json.dumps(asdict(outcome), indent=2, default=str) + "\n")
     return outcome

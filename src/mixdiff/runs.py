@@ -34,6 +34,9 @@ LAST_CHECKPOINT = "last.ckpt"
 LOGS = "logs"
 EVAL = "eval"
 FEATURE_CACHE = "cache/features"
+# `weights` of a result on the raw pixels of the evaluation images (`mixdiff eval knn|linear
+# --pixels`): a floor that no encoder is needed for, kept in the run whose transform it used
+PIXELS = "pixels"
 
 
 class Metric:

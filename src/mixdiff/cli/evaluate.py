@@ -37,6 +37,11 @@ TRAIN = typer.Option(..., "--train", help="The training tree <class>/<image>.")
 VAL = typer.Option(..., "--val", help="The tree scored, with the same classes; the folder above "
                    "it names the dataset (data/fashion-mnist/test -> fashion-mnist).")
 NAME = typer.Option(None, "--name", help="The result's file name (default: the dataset's).")
+PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of the run's encoder: "
+                      "the evaluation images resized, cropped and normalised as for the run, "
+                      "flattened (a floor that needs no training; cheap for small images). "
+                      "Written as <dataset>-pixels.json in the run; `mixdiff report` shows it as "
+                      "`pixels`.")
 
 
 def _trees(train: Path, val: Path):
@@ -49,15 +54,20 @@ def _trees(train: Path, val: Path):
 
 
 def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
-                  evaluate: Callable) -> None:
-    """Run `evaluate(encoder)` for each run, print the table, fail with one line on bad input."""
+                  evaluate: Callable, pixels: bool = False) -> None:
+    """Run `evaluate(encoder)` for each run (its raw pixels with `pixels`), print the table, fail
+    with one line on bad input."""
     from mixdiff.evaluate.features import Encoder
     from mixdiff.evaluate.results import print_table, read_result
 
+    if pixels and weights is not None:
+        fail(MixDiffError(f"--pixels scores no weights: drop --weights {weights}"))
     results = []
     try:
         for run in runs:
-            path = evaluate(Encoder.from_run(run, weights, device))
+            encoder = Encoder.pixels(run, device) if pixels else \
+                Encoder.from_run(run, weights, device)
+            path = evaluate(encoder)
             results.append(read_result(path))
             console.print(f"wrote {path}", highlight=False)
     except MixDiffError as exc:
@@ -79,6 +89,7 @@ def knn(
     device: Optional[str] = DEVICE,
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
+    pixels: bool = PIXELS,
 ) -> None:
     """Weighted kNN on frozen features (DINO's protocol: cosine, T=0.07, k=20 and k=200).
     Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
@@ -88,7 +99,7 @@ def knn(
         fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
     train_set, val_set = _trees(train, val)
     _for_each_run(runs, weights, device, lambda encoder: knn_eval(
-        encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers))
+        encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers), pixels)
 
 
 @eval_app.command("linear")
@@ -101,6 +112,7 @@ def linear(
     device: Optional[str] = DEVICE,
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
+    pixels: bool = PIXELS,
 ) -> None:
     """Offline linear probe: L-BFGS logistic regression on frozen, standardised features, its
     weight decay chosen on a stratified 20% of the training images, scored on --val (top-1,
@@ -110,7 +122,8 @@ def linear(
 
     train_set, val_set = _trees(train, val)
     _for_each_run(runs, weights, device, lambda encoder: linear_eval(
-        encoder, train_set, val_set, name, batch_size=batch_size, num_workers=num_workers))
+        encoder, train_set, val_set, name, batch_size=batch_size, num_workers=num_workers),
+        pixels)
 
 
 @eval_app.command("transfer", help=(

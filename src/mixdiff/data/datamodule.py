@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,12 +35,18 @@ log = logging.getLogger(__name__)
 class ResumableSampler(DistributedSampler):
     """A seeded shuffle per epoch (each rank its share, as DistributedSampler), that can start an
     epoch part-way: a run resumed from a mid-epoch checkpoint sees the rest of that epoch's
-    permutation, not a new one. Lightning keeps a DistributedSampler it is given."""
+    permutation, not a new one. Lightning keeps a DistributedSampler it is given.
 
-    def __init__(self, dataset: Dataset, seed: int):
+    `epoch_size` draws only that many samples an epoch (the start of each epoch's permutation:
+    other samples each epoch), e.g. a pooled epoch as long as a real one."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch_size: int | None = None):
         ranks = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and \
             dist.is_initialized() else (1, 0)
         super().__init__(dataset, num_replicas=ranks[0], rank=ranks[1], shuffle=True, seed=seed)
+        self.epoch_size = min(epoch_size or len(dataset), len(dataset))
+        self.num_samples = math.ceil(self.epoch_size / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
         self._skip = 0
 
     def resume(self, epoch: int, samples_done: int) -> None:
@@ -47,8 +54,18 @@ class ResumableSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._skip = samples_done
 
+    def epoch_order(self) -> list[int]:
+        """This rank's samples of the current epoch, as DistributedSampler draws them (padded by
+        repetition to a multiple of the ranks), from the first `epoch_size` of the permutation."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = torch.randperm(len(self.dataset), generator=generator).tolist()
+        indices = indices[:self.epoch_size]
+        padding = self.total_size - len(indices)
+        indices += (indices * math.ceil(padding / len(indices)))[:padding]
+        return indices[self.rank:self.total_size:self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
-        order = list(super().__iter__())[self._skip:]
+        order = self.epoch_order()[self._skip:]
         self._skip = 0  # once: later epochs start at their beginning
         return iter(order)
 
@@ -114,9 +131,14 @@ class MixDiffDataModule(L.LightningDataModule):
         self.val_set = LabelledImages(val_paths, val_labels, transform)
         self.bank_set = LabelledImages([str(tree.path(i)) for i in bank],
                                        tree.labels[bank].tolist(), transform)
+        # a pooled epoch as long as a real one (data.pooled_epoch=real): every mode runs the same
+        # optimiser steps; `all`: every real and synthetic image once, twice the steps
+        self.epoch_samples = len(positions) if data.mode == "pooled" and \
+            data.pooled_epoch == "real" else len(samples)
         self.summary = {
             "mode": data.mode, "real_images_total": len(tree), "real_images_train": len(positions),
-            "train_samples": len(samples), "real_fraction": data.real_fraction,
+            "train_samples": len(samples), "epoch_samples": self.epoch_samples,
+            "real_fraction": data.real_fraction,
             "classes_count": len(self.classes),
             "synthetic_roots": list(data.synthetic), "classes": list(self.classes),
             "val_images": len(val_paths), "val_source": val_source,
@@ -164,15 +186,15 @@ class MixDiffDataModule(L.LightningDataModule):
                           prefetch_factor=4 if workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
-        if len(self.train_set) < self.cfg.trainer.batch_size:
-            log.warning("only %d training samples for batch_size %d", len(self.train_set),
+        if self.epoch_samples < self.cfg.trainer.batch_size:
+            log.warning("only %d training samples for batch_size %d", self.epoch_samples,
                         self.cfg.trainer.batch_size)
-        sampler = ResumableSampler(self.train_set, self.cfg.trainer.seed)
+        sampler = ResumableSampler(self.train_set, self.cfg.trainer.seed, self.epoch_samples)
         if self._resume is not None:  # every loader made for this fit (Lightning makes two)
             sampler.resume(**self._resume)
         collate = device_decode.collate if self.cfg.data.decode == "device" else None
         return self._loader(self.train_set, sampler=sampler, collate_fn=collate,
-                            drop_last=len(self.train_set) >= self.cfg.trainer.batch_size)
+                            drop_last=self.epoch_samples >= self.cfg.trainer.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not len(self.val_set):

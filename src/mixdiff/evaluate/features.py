@@ -32,7 +32,7 @@ from mixdiff.data.views import eval_view
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open
 from mixdiff.models import build_backbone
-from mixdiff.runs import RunDir
+from mixdiff.runs import PIXELS, RunDir
 
 # weights a checkpoint can hold -> the prefix of their backbone in the Lightning state dict
 WEIGHT_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
@@ -157,8 +157,9 @@ def _collate(items: list[torch.Tensor | str]) -> torch.Tensor | str:
 class Encoder:
     """A run's frozen backbone in eval mode, with the run's evaluation transform."""
 
-    def __init__(self, run: RunDir, config: DictConfig, weights: str, checkpoint: Path,
-                 checkpoint_sha256: str, epoch: int, global_step: int, backbone: nn.Module,
+    def __init__(self, run: RunDir, config: DictConfig, weights: str, checkpoint: Path | None,
+                 checkpoint_sha256: str | None, epoch: int | None, global_step: int | None,
+                 backbone: nn.Module,
                  feature_dim: int, device: torch.device, default_weights: str | None = None):
         self.run, self.config, self.weights = run, config, weights
         self.default_weights = default_weights or weights  # what --weights means when omitted
@@ -199,13 +200,31 @@ class Encoder:
         return cls(run, config, weights, checkpoint, file_sha256(checkpoint), int(saved["epoch"]),
                    int(saved["global_step"]), backbone, dim, resolved, default)
 
+    @classmethod
+    def pixels(cls, run: RunDir | str | Path, device: str | None = None) -> "Encoder":
+        """The raw-pixel floor: the run's evaluation tensors (resized, centre-cropped,
+        normalised), flattened, are the features. No network and no checkpoint: the run lends
+        only its evaluation transform, and holds the results (as `<dataset>-pixels.json`)."""
+        run = run if isinstance(run, RunDir) else RunDir(Path(run))
+        config = run.load_config()
+        size = config.data.image_size
+        return cls(run, config, PIXELS, None, None, None, None, nn.Flatten().eval(),
+                   3 * size * size, resolve_device(device), "student")
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.weights == PIXELS
+
     def checkpoint_record(self) -> dict:
-        return {"path": str(self.checkpoint), "sha256": self.checkpoint_sha256,
+        return {"path": str(self.checkpoint) if self.checkpoint else None,
+                "sha256": self.checkpoint_sha256,
                 "epoch": self.epoch, "global_step": self.global_step}
 
     def settings(self) -> dict:
         """What the features depend on, for the `settings` of a result."""
-        return {"backbone": self.config.model.backbone, "feature_dim": self.feature_dim,
+        backbone = "none: the flattened evaluation tensor" if self.is_pixels else \
+            self.config.model.backbone
+        return {"backbone": backbone, "feature_dim": self.feature_dim,
                 "image_size": self.config.data.image_size,
                 "eval_resize": self.config.data.eval_resize,
                 "eval_transform": "resize short side to image_size * eval_resize, centre crop "

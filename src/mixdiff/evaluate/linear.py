@@ -67,6 +67,10 @@ def load_probe(run: RunDir, dataset: str | None = None, weights: str | None = No
                  "one")
     if not paths:
         raise RunDirError(f"{run.root} has no linear probe: {fit_first}")
+    if dataset is None and weights is not None and len(paths) > 1:
+        # a run's probes of other weights (a DINO student probe, the raw-pixel floor's) are not
+        # candidates for these weights
+        paths = [p for p in paths if LinearProbe.load(p).weights == weights] or paths
     names = [probe_name(p) for p in paths]
     if dataset is None:
         if len(paths) > 1:

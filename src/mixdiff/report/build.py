@@ -9,12 +9,13 @@ from pathlib import Path
 from mixdiff.errors import ConfigError, MixDiffError
 from mixdiff.io import atomic_write_text
 from mixdiff.report.collect import load_runs
+from mixdiff.report.compare import setting_comparisons
 from mixdiff.report.curves import plot_curves
 from mixdiff.report.grid import pairs_grid
 from mixdiff.report.id_ood import id_vs_ood_points
 from mixdiff.report.markdown import render
 from mixdiff.report.radar import plot_radar, radar_panels
-from mixdiff.report.results import SPREADS, result_rows, write_csv, write_json
+from mixdiff.report.results import SPREADS, result_rows, setting_home, write_csv, write_json
 from mixdiff.report.scatter import plot_id_vs_ood
 from mixdiff.report.settings import group_settings
 
@@ -64,6 +65,9 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
     report.notes += notes
     panels, notes = radar_panels(settings, rows, spread)
     report.notes += notes
+    homes = {s.label: setting_home(s, rows) for s in settings}
+    shift_of = {run: y for p in points for run, y in zip(p.runs, p.run_y)}
+    comparisons = setting_comparisons(settings, rows, homes, shift_of)
 
     if points:
         report.files.append(plot_id_vs_ood(points, out / ID_VS_OOD, spread))
@@ -80,16 +84,18 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
         report.notes.append(f"{CURVES} not written: no run has metrics.csv rows")
     _pairs(settings, out, report, pair_rows)
 
-    atomic_write_text(out / RESULTS_MD, render(settings, rows, points, spread, report.notes))
+    atomic_write_text(out / RESULTS_MD, render(settings, rows, points, spread, report.notes,
+                                                      homes, comparisons))
     write_csv(rows, out / RESULTS_CSV)
     write_json({
         "spread": {"name": spread, "meaning": SPREADS[spread]},
-        "runs": [{"name": r.name, "path": str(r.run.root), "setting": s.label,
+        "runs": [{"name": r.name, "path": str(r.run.root), "setting": s.label, "kind": r.kind,
                   "method": r.method, "mode": r.mode, "seed": r.seed,
                   "train_dataset": r.train_dataset, "missing": r.missing}
                  for s in settings for r in s.runs],
-        "settings": [{"label": s.label, "method": s.method, "mode": s.mode,
+        "settings": [{"label": s.label, "kind": s.kind, "method": s.method, "mode": s.mode,
                       "runs": [r.name for r in s.runs], "seeds": s.seeds} for s in settings],
+        "comparisons": [c.record() for c in comparisons],
         "id_vs_ood": [{"setting": p.setting.label, "dataset": p.dataset,
                        "id_command": p.id_command, "shift_suites": list(p.suites),
                        "runs": list(p.runs), "id_top1": asdict(p.x), "shift_top1": asdict(p.y)}

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mixdiff.errors import RunDirError
-from mixdiff.runs import DATA_SUMMARY, METRICS, RunDir
+from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir
+
+# what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`: the
+# seed's initial weights), or the raw pixels of the evaluation images (results of `--pixels`)
+TRAINED, UNTRAINED = "trained", "untrained"
+KINDS = (TRAINED, UNTRAINED, PIXELS)
 
 # Keys every result file of `mixdiff eval` holds (the evaluation contract); the report needs them
 # to say what each number is.
@@ -35,6 +40,7 @@ class RunRecord:
     metrics: list[dict[str, str]]  # metrics.csv rows; [] when the run has none
     results: list[dict]  # the eval result files, each with "source" (its path) added
     missing: list[str] = field(default_factory=list)  # what the report could not find, in words
+    kind: str = TRAINED  # one of KINDS
 
     def setting(self, dotted: str, default=None):
         """A config value by its dotted key (`data.mode`)."""
@@ -92,28 +98,48 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
 
 def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     """Read a run folder; a folder without config.yaml is an error, anything else missing is
-    recorded in `missing` so the report can say so and go on."""
+    recorded in `missing` so the report can say so and go on. Its results on raw pixels stay in
+    `results` (`pixel_record` makes a record of their own from them)."""
     run = RunDir(Path(path))
     config = OmegaConf.to_container(run.load_config(), resolve=False)
+    untrained = (config.get("trainer") or {}).get("max_epochs") == 0
     missing = []
     data = json.loads(run.data_summary.read_text()) if run.data_summary.is_file() else {}
     if not data:
         missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
     metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
-    if not metrics:
+    if not metrics and not untrained:  # the untrained reference has no epochs by design
         missing.append(f"no {METRICS} rows (no training curves, no online metrics)")
     results = [_read_result(p) for p in run.eval_results()]
-    if not results:
+    if not [r for r in results if r.get("weights") != PIXELS]:
         missing.append(f"no offline results in {run.root / 'eval'}: run `mixdiff eval linear "
                        f"--run {run.root} ...` (and `mixdiff eval robustness`) first")
-    return RunRecord(name or run.root.name, run, config, data, metrics, results, missing)
+    return RunRecord(name or run.root.name, run, config, data, metrics, results, missing,
+                     UNTRAINED if untrained else TRAINED)
+
+
+def pixel_record(record: RunRecord, name: str) -> RunRecord | None:
+    """The run's results on raw pixels as a record of their own (they measure no encoder), or
+    None where it has none."""
+    pixels = [r for r in record.results if r.get("weights") == PIXELS]
+    if not pixels:
+        return None
+    return RunRecord(name, record.run, record.config, record.data, [], pixels, [], PIXELS)
 
 
 def load_runs(paths: list[str | Path]) -> list[RunRecord]:
-    """Read every run; labels are folder names, or parent/name where two folders share a name."""
+    """Read every run; labels are folder names, or parent/name where two folders share a name.
+    Results on raw pixels come after the runs, as records named `pixels` (`pixels (RUN)` where
+    several runs hold some)."""
     paths = [Path(p) for p in paths]
     if len({p.resolve() for p in paths}) < len(paths):
         raise RunDirError("a run folder is given twice: give each run once")
     names = [p.name for p in paths]
-    return [load_run(p, f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name)
-            for p in paths]
+    records = [load_run(p, f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name)
+               for p in paths]
+    holders = [r for r in records if any(x.get("weights") == PIXELS for x in r.results)]
+    pixels = [pixel_record(r, PIXELS if len(holders) == 1 else f"{PIXELS} ({r.name})")
+              for r in holders]
+    runs = [replace(r, results=[x for x in r.results if x.get("weights") != PIXELS])
+            for r in records]
+    return runs + [p for p in pixels if p is not None]

@@ -4,8 +4,9 @@ then the long table with every number and what it is, then what is missing."""
 
 from __future__ import annotations
 
+from mixdiff.report.compare import COMPARED, Comparison
 from mixdiff.report.id_ood import Point
-from mixdiff.report.results import SPREADS, ResultRow, Summary, evaluated_on, in_distribution
+from mixdiff.report.results import SPREADS, ResultRow, Summary
 from mixdiff.report.settings import Setting
 
 # columns in this order: in-distribution, shift sets, their mean, transfer, then online
@@ -28,15 +29,6 @@ def _table(header: list[str], body: list[list[object]], text: int) -> list[str]:
 
 def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{100 * value:.1f}"
-
-
-def _home(setting: Setting, rows: list[ResultRow]) -> str:
-    """The in-distribution dataset a setting is compared on (its first run that has one)."""
-    for record in setting.runs:
-        row = in_distribution(rows, record)
-        if row is not None:
-            return evaluated_on(row)
-    return f"trained on {setting.runs[0].train_dataset}, no offline in-distribution result"
 
 
 def _columns(rows: list[ResultRow]) -> list[str]:
@@ -88,6 +80,55 @@ def _run_table(shown: list[Setting], scoped: list[ResultRow], columns: list[str]
     return _table(["run", "setting", "seed"] + columns, body, text=2)
 
 
+def _difference_table(comparisons: list[Comparison]) -> list[str]:
+    """One row per (setting, baseline): each compared number's paired difference."""
+    pairs = list(dict.fromkeys((c.setting, c.baseline) for c in comparisons))
+    names = {"linear": "linear", "knn": "kNN", "shift": SHIFT_MEAN}
+    body = []
+    for setting, baseline in pairs:
+        found = {c.metric: c.difference for c in comparisons
+                 if c.setting is setting and c.baseline is baseline}
+        seeds = next(iter(found.values())).seeds
+        cells = []
+        for metric in COMPARED:
+            d = found.get(metric)
+            cells.append(MISSING if d is None else
+                         f"**{d.bracket()}**" if d.distinguishable else d.bracket())
+        body.append([setting.label, baseline.label,
+                     ",".join(map(str, seeds)) or "none shared"] + cells)
+    return _table(["setting", "minus", "seeds"] + [names[m] for m in COMPARED], body, text=2)
+
+
+POOLED_EPOCHS = {
+    "real": "each epoch draws as many samples from the pool of real and synthetic images as there "
+            "are real images (data.pooled_epoch=real), so it runs the optimiser steps of the other "
+            "modes",
+    "all": "each epoch goes through every real and synthetic image (data.pooled_epoch=all), so it "
+           "runs more optimiser steps than the other modes (twice as many with one variant)"}
+
+
+def _compute_notes(shown: list[Setting]) -> list[str]:
+    """How much training a pooled setting had: it is the one mode whose epoch length is a
+    choice."""
+    notes = []
+    for s in shown:
+        if s.reference or s.mode != "pooled":
+            continue
+        record = s.runs[0]
+        choice = str(record.setting("data.pooled_epoch", "all"))
+        samples = record.data.get("epoch_samples")
+        count = f" ({samples} samples an epoch)" if samples else ""
+        notes.append(f"`{s.label}`: {POOLED_EPOCHS.get(choice, choice)}{count}.")
+    return notes
+
+
+DIFFERENCES_TEXT = (
+    "Differences in points: the mean over the seeds both settings have of each seed's difference "
+    "(the same seed: the same initialisation and data order), with its 95% t-interval in "
+    "brackets; **bold** where the interval excludes zero, i.e. the difference is larger than the "
+    "seeds' noise. With one shared seed there is no interval and no claim.")
+
+
 def _long_table(rows: list[ResultRow]) -> list[str]:
     return _table(
         ["run", "online/offline", "command", "dataset", "split", "weights", "metric", "protocol",
@@ -99,7 +140,7 @@ def _long_table(rows: list[ResultRow]) -> list[str]:
 
 
 def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], spread: str,
-           notes: list[str]) -> str:
+           notes: list[str], homes: dict[str, str], comparisons: list[Comparison]) -> str:
     runs = [r for s in settings for r in s.runs]
     lines = ["# Results", "",
              (f"{len(runs)} run(s) in {len(settings)} setting(s). Accuracies in %. Numbers are "
@@ -109,7 +150,6 @@ def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], 
               "The last table says what every number is (protocol, split, classes, images, "
               "weights, checkpoint epoch); results.csv and results.json hold them as fractions."),
              ""]
-    homes = {s.label: _home(s, rows) for s in settings}
     for home in dict.fromkeys(homes.values()):  # one section per in-distribution dataset
         shown = [s for s in settings if homes[s.label] == home]
         names = {r.name for s in shown for r in s.runs}
@@ -122,6 +162,11 @@ def render(settings: list[Setting], rows: list[ResultRow], points: list[Point], 
             lines += [(f"`{SHIFT_MEAN}`: mean top-1 over {', '.join(suites)} (the shift sets "
                        "every run here has)."), ""]
         lines += _setting_table(shown, scoped, columns, point_of, spread) + [""]
+        lines += [note for note in _compute_notes(shown) for note in (note, "")]
+        compared = [c for c in comparisons if homes[c.setting.label] == home]
+        if compared:
+            lines += ["Each setting against the untrained encoder and against real data.", "",
+                      DIFFERENCES_TEXT, ""] + _difference_table(compared) + [""]
         lines += _run_table(shown, scoped, columns, point_of) + [""]
     lines += ["## Every number", ""] + _long_table(rows) + [""]
     if notes:

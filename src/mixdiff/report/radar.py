@@ -42,8 +42,11 @@ class Panel:
 def radar_panels(settings: list[Setting], rows: list[ResultRow],
                  spread: str = "std") -> tuple[list[Panel], list[str]]:
     """One panel per in-distribution dataset; its axes are the run's own in-distribution result
-    and its shift and transfer results, kept where every setting of the panel has them."""
+    and its shift and transfer results, kept where every setting of the panel has them. The
+    references (untrained, pixels) are left out: each axis is scaled over the settings shown,
+    and a floor far below them would squeeze their differences together."""
     notes: list[str] = []
+    settings = [s for s in settings if not s.reference]
     columns: dict[str, dict[str, list[float]]] = {}  # setting label -> column -> values
     home: dict[str, str] = {}  # setting label -> its panel
     for setting in settings:

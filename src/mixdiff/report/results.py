@@ -13,7 +13,7 @@ from pathlib import Path
 from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.report.collect import RunRecord, tree_name
 from mixdiff.report.settings import Setting
-from mixdiff.runs import Metric
+from mixdiff.runs import PIXELS, Metric
 
 IN_DISTRIBUTION = ("linear", "knn")  # commands, in order of preference, for a run's own dataset
 SHIFT = "robustness"
@@ -71,7 +71,10 @@ def _column(result: dict, default_weights: str) -> str:
 
 def default_weights(record: RunRecord) -> str:
     """The weights `mixdiff eval` uses when not told: the teacher where the run has one (its
-    results say so), else the student. Results of the other weights are labelled as such."""
+    results say so), else the student. Results of the other weights are labelled as such. A
+    record of raw-pixel results has only those."""
+    if record.kind == PIXELS:
+        return PIXELS
     return "teacher" if any(r.get("weights") == "teacher" for r in record.results) else "student"
 
 
@@ -145,6 +148,15 @@ def in_distribution(rows: list[ResultRow], record: RunRecord) -> ResultRow | Non
 def evaluated_on(row: ResultRow) -> str:
     """What an in-distribution number measures; runs are compared only within one of these."""
     return f"{row.dataset} {row.split}, {row.classes} classes"
+
+
+def setting_home(setting: Setting, rows: list[ResultRow]) -> str:
+    """The in-distribution dataset a setting is compared on (its first run that has one)."""
+    for record in setting.runs:
+        row = in_distribution(rows, record)
+        if row is not None:
+            return evaluated_on(row)
+    return f"trained on {setting.runs[0].train_dataset}, no offline in-distribution result"
 
 
 def shift_rows(rows: list[ResultRow], run: str, weights: str) -> list[ResultRow]:

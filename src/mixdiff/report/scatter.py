@@ -37,6 +37,9 @@ def plot_id_vs_ood(points: list[Point], out: str | Path, spread: str = "std") ->
                         style.marker == "*" else 8, markeredgecolor="black", markeredgewidth=0.6,
                         ecolor=style.colour, elinewidth=1.2, capsize=3, alpha=0.95,
                         label=f"{p.setting.label}  ({_seeds(p)})")
+            if p.setting.reference:  # a frame of reference: what no training gives
+                ax.axvline(100 * p.x.mean, color=style.colour, linestyle=":", linewidth=1.0)
+                ax.axhline(100 * p.y.mean, color=style.colour, linestyle=":", linewidth=1.0)
         commands = sorted({p.id_command for p in shown}, key=len)
         protocol = ID_PROTOCOLS.get(commands[-1] if len(commands) == 1 else "linear/knn")
         ax.set_xlabel(f"in-distribution top-1 (%)\n{protocol}, {dataset}", fontsize=9)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixdiff.config import flatten
-from mixdiff.report.collect import RunRecord
+from mixdiff.report.collect import TRAINED, UNTRAINED, RunRecord
+from mixdiff.runs import PIXELS
 
 SEED_KEY = "trainer.seed"
 # Keys that differ between seeds of one setting without changing what is learnt: the seed, the
@@ -16,10 +17,18 @@ NOT_A_SETTING = (SEED_KEY, "init_from", "data.num_workers", "trainer.progress_ba
                  "trainer.log_every_n_steps", "trainer.logger", "trainer.accelerator",
                  "trainer.strategy", "trainer.checkpoint_every_n_steps")
 NAMING_KEYS = ("method", "data.mode")  # a setting is called by these first
+# What the features of an untrained encoder depend on (not the method, mode or schedule it would
+# have trained with), and, without the model keys, what the raw-pixel features depend on.
+EVALUATION_KEYS = ("data.image_size", "data.eval_resize", "augment.mean", "augment.std")
+UNTRAINED_KEYS = ("model.", *EVALUATION_KEYS)
 
 
 def setting_key(record: RunRecord) -> tuple:
     flat = flatten(record.config)
+    if record.kind != TRAINED:  # references: one per backbone (untrained) and dataset
+        kept = UNTRAINED_KEYS if record.kind == UNTRAINED else EVALUATION_KEYS
+        return (record.kind, record.train_dataset) + tuple(sorted(
+            (k, repr(v)) for k, v in flat.items() if k.startswith(kept)))
     # whether a run starts from another one is part of the setting; which seed's run is not
     flat["init_from"] = flat.get("init_from") is not None
     return tuple(sorted((k, repr(v)) for k, v in flat.items()
@@ -42,6 +51,15 @@ class Setting:
         return self.runs[0].mode
 
     @property
+    def kind(self) -> str:
+        """trained, or a reference: untrained or pixels (see report.collect)."""
+        return self.runs[0].kind
+
+    @property
+    def reference(self) -> bool:
+        return self.kind != TRAINED
+
+    @property
     def seeds(self) -> list:
         return [r.seed for r in self.runs]
 
@@ -60,16 +78,19 @@ def _collisions(labels: list[str]) -> list[list[int]]:
 
 
 def _labels(groups: list[list[RunRecord]]) -> list[str]:
-    """`method · mode`; then the training dataset, then the other keys that tell settings apart,
-    where that is not enough."""
+    """`method · mode` (references: `untrained`, `pixels`); then the training dataset, then the
+    other keys that tell settings apart, where that is not enough."""
     flats = [flatten(g[0].config) for g in groups]
-    labels = [" · ".join(_short(f.get(k, "?")) for k in NAMING_KEYS) for f in flats]
+    labels = [g[0].kind if g[0].kind != TRAINED else
+              " · ".join(_short(f.get(k, "?")) for k in NAMING_KEYS) for g, f in zip(groups, flats)]
     for same in _collisions(labels):
         if len({groups[i][0].train_dataset for i in same}) > 1:
             for i in same:
                 labels[i] += f" · {groups[i][0].train_dataset}"
     for same in _collisions(labels):
         keys = sorted({k for i in same for k in flats[i]} - set(NOT_A_SETTING) - set(NAMING_KEYS))
+        if groups[same[0]][0].kind != TRAINED:
+            keys = [k for k in keys if k.startswith(UNTRAINED_KEYS)]
         differing = [k for k in keys if len({repr(flats[i].get(k)) for i in same}) > 1]
         for i in same:
             extra = ", ".join(f"{k.split('.')[-1]}={_short(flats[i].get(k))}"
@@ -79,7 +100,9 @@ def _labels(groups: list[list[RunRecord]]) -> list[str]:
 
 
 def group_settings(records: list[RunRecord]) -> list[Setting]:
-    """Settings in the order their first run was given; runs within one sorted by seed."""
+    """Settings in the order their first run was given, after the references (pixels, then
+    untrained); runs within one sorted by seed."""
+    records = sorted(records, key=lambda r: {PIXELS: 0, UNTRAINED: 1}.get(r.kind, 2))
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(setting_key(record), []).append(record)

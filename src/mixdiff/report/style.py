@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mixdiff.report.collect import UNTRAINED
 from mixdiff.report.settings import Setting
+from mixdiff.runs import PIXELS
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")  # matplotlib's tab10, red moved up for contrast
@@ -25,14 +27,21 @@ class Style:
     hatch: str
 
 
+# the references are grey in every figure: the untrained encoder and the raw pixels
+REFERENCE_LOOKS = {UNTRAINED: Style("#8c8c8c", "X", ":", ""),
+                   PIXELS: Style("#c4c4c4", "P", (0, (1, 1)), "..")}
+
+
 def setting_styles(settings: list[Setting]) -> dict[str, Style]:
     """Style of each setting by its label. Settings that share a method and a mode (e.g. two
-    learning rates) cannot be told apart that way: then each setting gets its own colour."""
+    learning rates) cannot be told apart that way: then each setting gets its own colour.
+    References (untrained, pixels) are grey, whatever else is shown."""
+    styles = {s.label: REFERENCE_LOOKS[s.kind] for s in settings if s.reference}
+    settings = [s for s in settings if not s.reference]
     methods = sorted({s.method for s in settings})
     modes = sorted({s.mode for s in settings})
     pairs = [(s.method, s.mode) for s in settings]
     by_method = len(set(pairs)) == len(pairs)
-    styles = {}
     for i, s in enumerate(settings):
         marker, line, hatch = MODE_LOOKS[modes.index(s.mode) % len(MODE_LOOKS)]
         if not by_method:
@@ -47,6 +56,7 @@ def setting_styles(settings: list[Setting]) -> dict[str, Style]:
 
 def legend_title(settings: list[Setting]) -> str:
     """The legend's title, saying what colour and marker stand for (see setting_styles)."""
-    if len({s.method for s in settings}) == 1:
-        return "method · data (colour and marker: data)"
-    return "method · data (colour · marker)"
+    trained = [s for s in settings if not s.reference]
+    title = "method · data (colour and marker: data)" if len({s.method for s in trained}) <= 1 \
+        else "method · data (colour · marker)"
+    return title + ("\ngrey: references (not trained)" if len(trained) < len(settings) else "")

@@ -1,0 +1,55 @@
+"""Differences paired by seed and their 95% t-interval, on fixture numbers."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from scipy import stats
+
+from mixdiff.report.compare import Difference, paired_difference, t_interval
+
+MIXDIFF = {0: 0.752, 1: 0.741, 2: 0.768}
+REAL = {0: 0.744, 1: 0.739, 2: 0.751}
+
+
+def test_the_difference_is_the_mean_of_each_seeds_difference():
+    d = paired_difference(MIXDIFF, REAL)
+    assert d.seeds == (0, 1, 2) and d.paired
+    assert d.difference == pytest.approx(statistics.fmean([0.008, 0.002, 0.017]))
+    # pairing is by seed, not by position: the same numbers in another order give the same
+    shuffled = paired_difference(dict(reversed(list(MIXDIFF.items()))), REAL)
+    assert shuffled.difference == pytest.approx(d.difference)
+
+
+def test_the_interval_is_scipys_one_sample_t_interval():
+    d = paired_difference(MIXDIFF, REAL)
+    reference = stats.ttest_1samp([MIXDIFF[s] - REAL[s] for s in (0, 1, 2)], 0.0) \
+        .confidence_interval(0.95)
+    assert d.ci95 == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert t_interval([0.01, 0.03]) == pytest.approx(tuple(
+        stats.ttest_1samp([0.01, 0.03], 0.0).confidence_interval(0.95)), abs=1e-12)
+
+
+def test_only_shared_seeds_are_paired_and_one_seed_has_no_interval():
+    d = paired_difference({0: 0.80, 1: 0.70, 5: 0.10}, {1: 0.60, 2: 0.50})
+    assert d.seeds == (1,) and d.difference == pytest.approx(0.10)
+    assert d.ci95 is None and d.distinguishable is None
+    assert "no claim" in d.judgement() and d.bracket() == "+10.0 (1 seed)"
+    unpaired = paired_difference({0: 0.8}, {3: 0.7})
+    assert not unpaired.paired and unpaired.seeds == () and unpaired.ci95 is None
+    assert unpaired.difference == pytest.approx(0.1) and "share no seed" in unpaired.judgement()
+    assert paired_difference({}, REAL) is None
+
+
+def test_a_difference_says_whether_it_is_beyond_the_noise():
+    clear = paired_difference({0: 0.80, 1: 0.81, 2: 0.82}, {0: 0.70, 1: 0.70, 2: 0.71})
+    assert clear.distinguishable and clear.judgement() == "distinguishable from zero"
+    noisy = paired_difference({0: 0.80, 1: 0.70, 2: 0.76}, {0: 0.75, 1: 0.75, 2: 0.75})
+    assert noisy.distinguishable is False
+    assert noisy.judgement() == "not distinguishable from zero"
+    below = Difference((0, 1, 2), -0.02, (-0.03, -0.01))
+    assert below.distinguishable  # below zero is also beyond the noise
+    sentence = Difference((0, 1, 2), 0.009, (-0.012, 0.030)).sentence("MixDiff − real, linear")
+    assert sentence == ("MixDiff − real, linear: +0.9 points (95% CI −1.2 to +3.0, 3 seeds): not "
+                        "distinguishable from zero")
