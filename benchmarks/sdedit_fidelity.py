@@ -44,7 +44,7 @@ def main() -> None:
     run = args.run
     if run is None:  # a classifier that never saw a twin
         run = args.out / "real-only"
-        overrides = run_overrides(settings, paths, "real", settings.seed)
+        overrides = run_overrides(settings, paths, "simclr", "real", settings.seed)
         pretrain(load_config(preset_config("simclr"), overrides), run)
         train, test = labelled_sets(paths.train, paths.test, DATASET)
         linear_eval(Encoder.from_run(run, device="cpu"), train, test)

@@ -18,7 +18,8 @@ from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet, labelled_sets
 from mixdiff.evaluate.knn import knn_accuracy, knn_eval, weighted_knn_votes
 from mixdiff.evaluate.linear import LinearProbe, linear_eval, load_probe
-from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
+from mixdiff.evaluate.logistic import (LogisticSettings, select_and_fit, stratified_holdout,
+                                       sweep_weight_decay)
 from mixdiff.evaluate.results import (REQUIRED, mean_per_class_accuracy, read_result,
                                       write_result)
 from mixdiff.runs import RunDir
@@ -207,6 +208,23 @@ def test_sweep_picks_heavy_decay_for_few_noisy_samples_and_light_for_many_clean(
     assert top1 > 0.97
     scores = [p.score for p in fitted.sweep.points]
     assert scores[0] < 0.5 < scores[-1]  # heaviest first: near-constant logits
+
+
+def test_equal_heldout_scores_are_told_apart_by_the_heldout_loss():
+    """A few held-out images score 100% at every decay of a plateau; the heaviest decay there
+    leaves near-constant logits, which the held-out cross-entropy sees and accuracy does not."""
+    gen = torch.Generator().manual_seed(1)
+    centres = 6 * torch.eye(3, 20)
+
+    def separable(n):
+        y = torch.arange(n) % 3
+        return centres[y] + torch.randn(n, 20, generator=gen), y
+    settings = LogisticSettings(grid_log10=(-3.0, 2.0, 11), patience=20)
+    sweep = sweep_weight_decay(*separable(60), *separable(9), 3, "top1", settings)
+    assert all(p.score == 1.0 for p in sweep.points)  # a plateau: accuracy cannot choose
+    assert sweep.best_weight_decay < 1.0, sweep.record()
+    assert sweep.chosen.heldout_loss == min(p.heldout_loss for p in sweep.points)
+    assert sweep.chosen.heldout_loss < sweep.points[0].heldout_loss / 3
 
 
 def test_stratified_holdout_is_seeded_and_keeps_every_class():

@@ -7,6 +7,12 @@ features standardised per dimension. The sweep walks the grid from the heaviest 
 lightest, each fit starting from the previous solution (a regularisation path: neighbouring
 solutions are close, so each point needs few iterations), and stops once `patience` points in a
 row score below the best; the refit on all the data starts from the best point's solution.
+
+Equal held-out scores are told apart by the held-out cross-entropy. Accuracy on a few hundred
+held-out images moves in steps of one image, so a plateau of equal scores is common; keeping the
+first (the heaviest decay) there once chose a decay of 31.6 that left the probe near-constant
+(training loss 2.03 for 10 classes): 72.1% on Fashion-MNIST's test images, against 80.9% for
+the same features with this tie-break. The cross-entropy is a proper score that does not move in steps.
 """
 
 from __future__ import annotations
@@ -82,6 +88,12 @@ class SweepPoint:
     weight_decay: float
     score: float
     iterations: int
+    heldout_loss: float  # mean cross-entropy on the held-out part: the tie-breaker
+
+    def beats(self, other: SweepPoint | None) -> bool:
+        """A higher score, or the same score with a lower held-out cross-entropy."""
+        return other is None or self.score > other.score or \
+            (self.score == other.score and self.heldout_loss < other.heldout_loss)
 
 
 @dataclass
@@ -89,13 +101,21 @@ class Sweep:
     metric: str
     points: list[SweepPoint] = field(default_factory=list)
     best: Fit | None = None  # the fit at the chosen weight decay, on the sweep's training part
-    best_weight_decay: float = float("nan")
-    best_score: float = -1.0
+    chosen: SweepPoint | None = None
     stopped_early: bool = False
+
+    @property
+    def best_weight_decay(self) -> float:
+        return self.chosen.weight_decay if self.chosen else float("nan")
+
+    @property
+    def best_score(self) -> float:
+        return self.chosen.score if self.chosen else -1.0
 
     def record(self) -> dict:
         return {"metric": self.metric, "chosen_weight_decay": self.best_weight_decay,
-                "chosen_score": self.best_score, "stopped_early": self.stopped_early,
+                "chosen_score": self.best_score, "ties": "broken by the held-out cross-entropy",
+                "stopped_early": self.stopped_early,
                 "points": [asdict(p) for p in self.points]}
 
 
@@ -162,13 +182,14 @@ def sweep_weight_decay(x_fit: Tensor, y_fit: Tensor, x_held: Tensor, y_held: Ten
         fit = fit_logistic(x_fit, y_fit, num_classes, weight_decay, settings.sweep_max_iter,
                            settings, init=previous)
         with torch.no_grad():
-            score = score_of(torch.addmm(fit.bias, x_held, fit.weight.T), y_held)
-        sweep.points.append(SweepPoint(weight_decay, score, fit.iterations))
+            logits = torch.addmm(fit.bias, x_held, fit.weight.T)
+            point = SweepPoint(weight_decay, score_of(logits, y_held), fit.iterations,
+                               F.cross_entropy(logits, y_held).item())
+        sweep.points.append(point)
         previous = fit
-        if score > sweep.best_score:  # ties keep the heavier decay: the simpler model
-            sweep.best, sweep.best_weight_decay, sweep.best_score, worse = fit, weight_decay, \
-                score, 0
-        elif score < sweep.best_score:
+        if point.beats(sweep.chosen):
+            sweep.best, sweep.chosen, worse = fit, point, 0
+        elif point.score < sweep.best_score:
             worse += 1
             if worse >= settings.patience:
                 sweep.stopped_early = True

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.evaluate.knn import knn_accuracy
 from mixdiff.models import build_backbone
+from mixdiff.models.one_window import one_window_convs
 from mixdiff.runs import Metric
 from mixdiff.schedules import cosine, warmup_cosine
 
@@ -22,8 +23,15 @@ VAL, BANK = 0, 1  # the two evaluation loaders: val images, kNN bank of training
 
 # optim.name -> (parameter groups, lr, optim config) -> optimiser. LARS (timm) skips its trust
 # ratio for groups without weight decay (biases and norms).
+def _adamw(groups: list[dict], lr: float, o: DictConfig) -> torch.optim.Optimizer:
+    # on the CPU the fused kernel: 6 ms a ResNet-18 step instead of 35 (this project's 2-core
+    # CPU; single-tensor is PyTorch's CPU default). Elsewhere PyTorch's default (foreach).
+    on_cpu = groups[0]["params"][0].device.type == "cpu"
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas), fused=True if on_cpu else None)
+
+
 OPTIMIZERS: dict[str, Callable[[list[dict], float, DictConfig], torch.optim.Optimizer]] = {
-    "adamw": lambda groups, lr, o: torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas)),
+    "adamw": _adamw,
     "sgd": lambda groups, lr, o: torch.optim.SGD(groups, lr=lr, momentum=o.momentum),
     "lars": lambda groups, lr, o: timm.optim.Lars(groups, lr=lr, momentum=o.momentum),
 }
@@ -39,6 +47,7 @@ class SSLMethod(L.LightningModule):
         self.num_classes = num_classes
         self.backbone, self.feature_dim = build_backbone(self.cfg.model, self.cfg.data.image_size,
                                                          self.cfg.model.drop_path_rate)
+        one_window_convs(self.backbone)  # small images on the CPU: a step ~1.8x faster, same math
         self.channels_last = self.cfg.trainer.channels_last and \
             self.cfg.model.backbone.startswith("resnet")
         if self.channels_last:

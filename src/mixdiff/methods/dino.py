@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mixdiff.losses import DINOLoss
 from mixdiff.methods.base import SSLMethod
 from mixdiff.models import DINOHead, build_backbone
+from mixdiff.models.one_window import one_window_convs
 from mixdiff.schedules import cosine
 
 
@@ -36,6 +37,7 @@ class DINO(SSLMethod):
                              args.out_dim, args.norm_last_layer)
         self.teacher_backbone, _ = build_backbone(self.cfg.model, self.cfg.data.image_size)
         self.teacher_backbone.load_state_dict(self.backbone.state_dict())
+        one_window_convs(self.teacher_backbone)
         if self.channels_last:
             self.teacher_backbone.to(memory_format=torch.channels_last)
         self.teacher_head = DINOHead(self.feature_dim, args.proj_hidden_dim, args.bottleneck_dim,
