@@ -33,7 +33,7 @@ def _expected_synthetic_fraction(cfg) -> float:
     """The share of synthetic samples in the batches epoch 0 trains on (the sampler is seeded)."""
     dm = MixDiffDataModule(cfg)
     dm.setup()
-    seen = list(ResumableSampler(dm.train_set, cfg.trainer.seed, dm.epoch_samples))
+    seen = [i for i, _ in ResumableSampler(dm.train_set, cfg.trainer.seed, dm.epoch_samples)]
     seen = seen[:int(cfg.trainer.limit_train_batches) * cfg.trainer.batch_size]
     return sum(dm.train_set.samples[i].real is None for i in seen) / len(seen)
 

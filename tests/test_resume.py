@@ -18,6 +18,7 @@ import mixdiff.train
 from mixdiff.callbacks import RunInterrupted
 from mixdiff.config import load_config
 from mixdiff.data.datamodule import ResumableSampler
+from mixdiff.runs import Metric
 from mixdiff.train import pretrain
 
 from conftest import make_tree, tiny_overrides
@@ -40,7 +41,7 @@ def bigger_tree(tmp_path_factory):
 
 def _command(tiny_data, real, out, epochs):
     overrides = tiny_overrides(tiny_data, **{
-        "data.real": real, "data.mode": "real", "data.val_fraction": 0.1,
+        "data.real": real, "data.mode": "real", "data.val_fraction": 0.1, "data.num_workers": 1,
         "trainer.max_epochs": epochs, "trainer.limit_train_batches": 1.0,
         "trainer.logger": "none"})
     return [sys.executable, "-m", "mixdiff.cli", "pretrain", *overrides, "--out", str(out)]
@@ -88,6 +89,9 @@ def test_sigkill_after_an_epoch_loses_only_the_epoch_in_progress(tiny_data, bigg
     assert rows[0] == first_rows[0]  # epoch 0 was not trained again: its row is untouched
     steps_per_epoch = int(rows[0]["step"])
     assert _checkpoint(run)["global_step"] == 3 * steps_per_epoch
+    # and it repeats an uninterrupted run (loader workers included), but for the time columns
+    _finish(_command(tiny_data, bigger_tree, tmp_path / "straight", epochs=3))
+    assert _untimed(rows) == _untimed(_rows(tmp_path / "straight"))
 
 
 def test_sigterm_saves_where_the_run_is_and_the_rerun_continues(tiny_data, bigger_tree,
@@ -113,22 +117,23 @@ def test_sigterm_saves_where_the_run_is_and_the_rerun_continues(tiny_data, bigge
 class _Recorder(Callback):
     """Which samples each training step saw; optionally SIGTERM this process at one step."""
 
-    def __init__(self, seen: list, signal_at_step: int | None = None):
-        self.seen, self.signal_at_step = seen, signal_at_step
+    def __init__(self, seen: list, signal_at_step: int | None = None,
+                 signum: int = signal.SIGTERM):
+        self.seen, self.signal_at_step, self.signum = seen, signal_at_step, signum
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.seen.append((trainer.current_epoch, trainer.global_step, batch[0].tolist()))
         if trainer.global_step == self.signal_at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 BUILD_TRAINER = mixdiff.train.build_trainer
 
 
-def _run_recorded(monkeypatch, cfg, out, seen, signal_at_step=None):
+def _run_recorded(monkeypatch, cfg, out, seen, signal_at_step=None, signum=signal.SIGTERM):
     def with_recorder(cfg, run):
         trainer = BUILD_TRAINER(cfg, run)
-        trainer.callbacks.insert(0, _Recorder(seen, signal_at_step))
+        trainer.callbacks.insert(0, _Recorder(seen, signal_at_step, signum))
         return trainer
 
     monkeypatch.setattr(mixdiff.train, "build_trainer", with_recorder)
@@ -154,26 +159,59 @@ def test_a_run_stopped_mid_epoch_sees_what_an_uninterrupted_run_sees(
 
     assert interrupted == straight  # same samples, same order, same steps
     assert [r["epoch"] for r in _rows(tmp_path / "stopped")] == ["0", "1"]
+    # the same augmentation draws too: the resumed run's losses are the uninterrupted run's
+    assert _untimed(_rows(tmp_path / "stopped")) == _untimed(_rows(tmp_path / "straight"))
+    resumed_epoch = float(_rows(tmp_path / "stopped")[1][Metric.EPOCH_SECONDS])
+    assert 0 < resumed_epoch < 600  # timed from the resume, not from the machine's boot
+
+
+def _untimed(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_a_stop_on_an_epochs_last_batch_keeps_that_epochs_row(
+        tiny_data, bigger_tree, tmp_path, monkeypatch):
+    """Ctrl-C while an epoch's last batch runs: the epoch finishes, its row is written, and the
+    re-run starts the next epoch (a checkpoint saved at that batch's end would count the epoch
+    done before metrics.csv had its row: the row would be lost for good)."""
+    cfg = load_config(None, tiny_overrides(tiny_data, **{
+        "data.real": bigger_tree, "data.mode": "real", "data.val_fraction": 0.1,
+        "trainer.max_epochs": 2, "trainer.limit_train_batches": 1.0}))
+    straight: list = []
+    _run_recorded(monkeypatch, cfg, tmp_path / "straight", straight)
+    steps_per_epoch = int(_rows(tmp_path / "straight")[0]["step"])
+
+    interrupted: list = []
+    with pytest.raises(RunInterrupted, match="SIGINT at epoch 0"):
+        _run_recorded(monkeypatch, cfg, tmp_path / "stopped", interrupted,
+                      signal_at_step=steps_per_epoch - 1, signum=signal.SIGINT)
+    assert [r["epoch"] for r in _rows(tmp_path / "stopped")] == ["0"]
+    assert _checkpoint(tmp_path / "stopped")["global_step"] == steps_per_epoch
+    _run_recorded(monkeypatch, cfg, tmp_path / "stopped", interrupted)
+    assert interrupted == straight
+    assert _untimed(_rows(tmp_path / "stopped")) == _untimed(_rows(tmp_path / "straight"))
 
 
 def test_sampler_resumes_inside_an_epoch():
     data = list(range(23))
     whole = ResumableSampler(data, seed=5)
     whole.set_epoch(3)
-    order = list(whole)
+    keys = list(whole)  # (index, draw seed)
+    assert len({seed for _, seed in keys}) == len(keys)
+    order = [index for index, _ in keys]
     resumed = ResumableSampler(data, seed=5)
     resumed.resume(epoch=3, samples_done=8)
-    assert list(resumed) == order[8:]
+    assert list(resumed) == keys[8:]  # the same samples with the same draws
     resumed.set_epoch(4)
     assert len(list(resumed)) == 23  # the next epoch starts at its beginning
     other = ResumableSampler(data, seed=5)
     other.set_epoch(4)
-    assert list(other) != order  # epochs are shuffled differently
+    assert [i for i, _ in other] != order  # epochs are shuffled differently
     short = ResumableSampler(data, seed=5, epoch_size=10)  # a pooled epoch as long as a real one
     short.set_epoch(3)
-    assert list(short) == order[:10]
+    assert [i for i, _ in short] == order[:10]
     short.resume(epoch=3, samples_done=4)
-    assert list(short) == order[4:10]
+    assert [i for i, _ in short] == order[4:10]
 
 
 def test_several_processes_agree_on_stopping_every_few_steps(tmp_path):

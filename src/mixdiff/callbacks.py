@@ -68,6 +68,11 @@ class EpochSummary(Callback):
         if trainer.max_epochs == 0 and trainer.is_global_zero and not self.path.exists():
             atomic_write_text(self.path, "epoch,step\n")
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch (Lightning's fit
+        # loop skips it): its row times the part of the epoch that ran in this process
+        self._start, self._samples = time.perf_counter(), 0
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._samples = time.perf_counter(), 0
 
@@ -209,6 +214,10 @@ class RunCheckpoint(Callback):
             trainer.save_checkpoint(self.path)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        if last_batch_of_epoch(trainer):
+            # the epoch's end saves and stops: a checkpoint saved here would count the epoch as
+            # finished (Lightning resumes at the next one) before metrics.csv has its row
+            return
         stop = self._stop_requested(trainer)
         periodic = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
         if stop or periodic:
@@ -226,6 +235,13 @@ class RunCheckpoint(Callback):
         requeued = signum == REQUEUE_SIGNAL and trainer.is_global_zero and requeue_slurm_job()
         raise RunInterrupted(signum, trainer.current_epoch, trainer.global_step, self.path,
                              requeued)
+
+
+def last_batch_of_epoch(trainer: L.Trainer) -> bool:
+    """Whether the batch that just ran is the epoch's last (Lightning's own test of an epoch's
+    end, `_num_ready_batches_reached`, which also counts `limit_train_batches`)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
 
 
 def requeue_slurm_job() -> bool:

@@ -49,7 +49,9 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     for message in (r".*does not have many workers.*", r".*LeafSpec.*is deprecated.*",
-                    r".*litlogger.*", r".*smaller than the logging interval.*"):
+                    r".*litlogger.*", r".*smaller than the logging interval.*",
+                    # the datamodule resumes its sampler mid-epoch itself (its state_dict)
+                    r".*your dataloader is not resumable.*"):
         warnings.filterwarnings("ignore", message=message)
 
 

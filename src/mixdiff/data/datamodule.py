@@ -38,7 +38,11 @@ class ResumableSampler(DistributedSampler):
     permutation, not a new one. Lightning keeps a DistributedSampler it is given.
 
     `epoch_size` draws only that many samples an epoch (the start of each epoch's permutation:
-    other samples each epoch), e.g. a pooled epoch as long as a real one."""
+    other samples each epoch), e.g. a pooled epoch as long as a real one.
+
+    It yields `(index, draw seed)`: the seed of the sample's random draws (twin, crop, colours) is
+    fixed by (seed, epoch, position in the epoch), so neither the worker that loads a sample nor
+    what that worker drew before (a resumed run's workers start afresh) changes them."""
 
     def __init__(self, dataset: Dataset, seed: int, epoch_size: int | None = None):
         ranks = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and \
@@ -64,10 +68,19 @@ class ResumableSampler(DistributedSampler):
         indices += (indices * math.ceil(padding / len(indices)))[:padding]
         return indices[self.rank:self.total_size:self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        order = self.epoch_order()[self._skip:]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        first = epoch_draw_seed(self.seed, self.epoch)
+        positions = range(self.rank, self.total_size, self.num_replicas)  # in the whole epoch
+        keys = [(index, first + position)
+                for index, position in zip(self.epoch_order(), positions)][self._skip:]
         self._skip = 0  # once: later epochs start at their beginning
-        return iter(order)
+        return iter(keys)
+
+
+def epoch_draw_seed(seed: int, epoch: int) -> int:
+    """The first of an epoch's per-sample draw seeds (the others follow it, one per position):
+    well mixed, so that the seeds of neighbouring epochs do not overlap in practice."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint32)[0]) << 24
 
 
 class MixDiffDataModule(L.LightningDataModule):

@@ -158,7 +158,18 @@ class PairedDataset(Dataset):
             needs.setdefault(path, []).extend(self.needs[slot])
         return needs
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key`: an index, or `(index, draw seed)` from the training sampler: the sample's draws
+        then come from that seed alone (`datamodule.ResumableSampler`), and the caller's random
+        state is left as it was."""
+        if not isinstance(key, tuple):
+            return self._item(key)
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._item(index)
+
+    def _item(self, i: int):
         sample = self.samples[i]
         slots = self._slots(sample)
         if self.decode == "device":

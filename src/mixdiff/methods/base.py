@@ -12,14 +12,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from mixdiff.callbacks import last_batch_of_epoch
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.evaluate.knn import knn_accuracy
+from mixdiff.methods.epoch_means import EpochMeans
 from mixdiff.models import build_backbone
 from mixdiff.models.one_window import one_window_convs
 from mixdiff.runs import Metric
 from mixdiff.schedules import cosine, warmup_cosine
 
 VAL, BANK = 0, 1  # the two evaluation loaders: val images, kNN bank of training images
+EPOCH_MEANS = "mixdiff_epoch_means"  # the checkpoint's key for the partial epoch's sums
 
 # optim.name -> (parameter groups, lr, optim config) -> optimiser. LARS (timm) skips its trust
 # ratio for groups without weight decay (biases and norms).
@@ -56,6 +59,7 @@ class SSLMethod(L.LightningModule):
         self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes else None
         self._eval_store: dict[int, list[tuple[Tensor, ...]]] = {VAL: [], BANK: []}
         self.last_evaluated_epoch: int | None = None  # so metrics.csv never repeats stale values
+        self.epoch_means = EpochMeans()  # the training metrics' epoch means, in every checkpoint
 
     # --- what a method defines -------------------------------------------------------------
     def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
@@ -103,10 +107,9 @@ class SSLMethod(L.LightningModule):
             raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch "
                                      f"{self.current_epoch}, step {self.global_step}")
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log(Metric.TRAIN_LOSS, loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.epoch_means.add(Metric.TRAIN_LOSS, loss)
         if sources.shape[1] > 1:  # pairs whose second view is synthetic
-            self.log(Metric.SYNTHETIC_FRACTION, (sources[:, 1] > 0).float().mean(),
-                     on_step=False, on_epoch=True, sync_dist=True)
+            self.epoch_means.add(Metric.SYNTHETIC_FRACTION, (sources[:, 1] > 0).float().mean())
         return loss + self.probe_loss(features[0].detach(), labels)
 
     def probe_loss(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -115,9 +118,9 @@ class SSLMethod(L.LightningModule):
             return torch.zeros((), device=features.device)
         logits = self.probe(features[labelled].float())
         loss = F.cross_entropy(logits, labels[labelled])
-        self.log(Metric.TRAIN_PROBE_LOSS, loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(Metric.TRAIN_PROBE_TOP1, (logits.argmax(1) == labels[labelled]).float().mean(),
-                 on_step=False, on_epoch=True, sync_dist=True)
+        self.epoch_means.add(Metric.TRAIN_PROBE_LOSS, loss)
+        self.epoch_means.add(Metric.TRAIN_PROBE_TOP1,
+                             (logits.argmax(1) == labels[labelled]).float().mean())
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -125,10 +128,24 @@ class SSLMethod(L.LightningModule):
         decay = [g for g in optimizer.param_groups if g.get("scheduled_weight_decay")]
         for group in decay:
             group["weight_decay"] = self.weight_decay_at(self.global_step)
-        self.log(Metric.LR, optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.epoch_means.add(Metric.LR, optimizer.param_groups[0]["lr"])
         if decay:
-            self.log(Metric.WEIGHT_DECAY, decay[0]["weight_decay"], on_step=False,
-                     on_epoch=True)
+            self.epoch_means.add(Metric.WEIGHT_DECAY, decay[0]["weight_decay"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """After the epoch's last batch: its means, for metrics.csv and the logger (each rank's
+        mean, averaged over ranks as Lightning's sync_dist does)."""
+        if last_batch_of_epoch(self.trainer):
+            for name, mean in self.epoch_means.means().items():
+                self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True)
+            self.epoch_means.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[EPOCH_MEANS] = self.epoch_means.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if EPOCH_MEANS in checkpoint:  # checkpoints from before it was kept start from none
+            self.epoch_means.load_state_dict(checkpoint[EPOCH_MEANS])
 
     def weight_decay_at(self, step: int) -> float:
         """optim.weight_decay, or a cosine from it to optim.weight_decay_end over the run (DINO)."""
