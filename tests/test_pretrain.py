@@ -115,6 +115,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
     message = str(error.value)
     assert "became nan at epoch 1" in message
     assert "last good checkpoint" in message and "epoch 0, step 2" in message
+    # its advice can be followed: this folder keeps its run, so in another one, from its weights
+    assert "in another --out" in message and f"init_from={out / 'checkpoints' / 'last.ckpt'}" \
+        in message
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == good
     assert [r["epoch"] for r in _rows(out)] == ["0"]
 
@@ -128,8 +131,13 @@ def test_nan_message_claims_no_checkpoint_it_does_not_have(tiny_data, tmp_path, 
     assert "no checkpoint had been written yet" in message
     assert "bf16" not in message  # it is already in use: no advice to switch to it
     assert not (out / "checkpoints" / "last.ckpt").exists()
+    assert "with the same --out" in message
     with pytest.raises(NonFiniteLossError, match="use trainer.precision=bf16-mixed"):
         _run(tiny_data, tmp_path / "fp16", **{"trainer.precision": "16-mixed"})
+    # nothing was saved, so nothing is protected: the advice works in the same folder
+    monkeypatch.undo()
+    _run(tiny_data, out, **{"trainer.precision": "bf16-mixed", "optim.lr": 1e-5})
+    assert [r["epoch"] for r in _rows(out)] == ["0"]
 
 
 def test_unreadable_images_are_all_named_before_training(tmp_path, tiny_data):

@@ -2,7 +2,9 @@
 
 The run folder (`mixdiff.runs.RunDir`) is written only once every input has been checked (the
 config, the data, every image's header, the hardware, `init_from`), so a failed start never leaves
-a folder that refuses the corrected command. See `mixdiff.callbacks` for what a kill loses.
+a folder that refuses the corrected command (nor does a start that saved no checkpoint). One
+process at a time writes a run folder (`mixdiff.lock`). See `mixdiff.callbacks` for what a kill
+loses.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.loggers import build_logger
 from mixdiff.methods import METHODS
 from mixdiff.runs import RunDir
@@ -118,6 +122,12 @@ def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:
         return None
     saved = run.load_config()
     changed = differing_keys(saved, cfg)
+    if changed and not run.last_checkpoint.exists():
+        # nothing was saved (a start that failed, or stopped before its first checkpoint): no
+        # run to protect, so the corrected command starts afresh here
+        log.info("%s: no checkpoint was saved with its old config; starting afresh with this one",
+                 run.root)
+        return None
     if changed:
         details = "; ".join(f"{k}: {OmegaConf.select(saved, k)!r} -> "
                             f"{OmegaConf.select(cfg, k)!r}" for k in changed[:10])
@@ -190,13 +200,24 @@ def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
         advice.append("set trainer.gradient_clip_val")
     if cfg.trainer.precision == "16-mixed":
         advice.append("use trainer.precision=bf16-mixed (fp16's range overflows)")
-    return f"{exc}. The run stopped; {kept}. To go on: {', '.join(advice)}."
+    if run.last_checkpoint.exists():
+        where = (f"in another --out (this folder keeps its config and checkpoint; add "
+                 f"init_from={run.last_checkpoint} to start from its last good weights)")
+    else:
+        where = "with the same --out (nothing was saved, so it starts afresh)"
+    return f"{exc}. The run stopped; {kept}. To go on, re-run {where} and: {', '.join(advice)}."
 
 
 def pretrain(cfg: DictConfig, out: str | Path) -> Path:
     """Pre-train (or resume) the run in `out`; returns the run directory."""
     quiet_libraries()
     run = RunDir(out)
+    holder = exclusive(run.root, what="mixdiff pretrain") if launched_rank_zero() else nullcontext()
+    with holder:
+        return _pretrain(cfg, run)
+
+
+def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     cfg = resolve_hardware(cfg)
     resume_from = resume_point(cfg, run)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)

@@ -5,9 +5,10 @@ resumable (a re-run skips outputs its manifest lists as written whose files are 
 (images are written to a temporary name and renamed) and overlapped: reading the next batch and
 encoding and writing the last one run on threads while the generator works.
 
-Nothing is written to OUT until the settings, the real tree and the model have all been checked
-and the model has loaded: a start that fails leaves OUT as it was, so the corrected command runs
-there without --overwrite (and a failed --overwrite destroys nothing).
+Nothing is written to OUT (but for the shard's lock file, `mixdiff.lock`: a second run of the same
+shard is refused) until the settings, the real tree and the model have all been checked and the
+model has loaded: a start that fails leaves OUT as it was, so the corrected command runs there
+without --overwrite (and a failed --overwrite destroys nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mixdiff.generate.backends import Backend, build_backend
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
 from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.lock import exclusive
 
 SETTINGS_FILE = "generate.yaml"
 
@@ -172,6 +174,15 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
         raise ConfigError(f"--limit must be at least 1, not {limit}")
     shard = shard or shard_from_environment()
     tree = ImageTree.scan(real)
+    # a lock per shard: the ranks of one run write side by side, two runs of a shard may not
+    with exclusive(out, part=f"shard-{shard[0]}-of-{shard[1]}", what="mixdiff generate"):
+        return _generate(tree, real, out, settings, shard, limit, overwrite, show_progress,
+                         backend)
+
+
+def _generate(tree: ImageTree, real: Path, out: Path, settings: GenerateSettings,
+              shard: tuple[int, int], limit: int | None, overwrite: bool, show_progress: bool,
+              backend: Backend | None) -> Summary:
     check_settings(out, settings, overwrite)
     items = plan(tree.relpaths, settings, shard, limit)
     done = set() if overwrite else completed(out, settings.format)
