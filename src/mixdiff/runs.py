@@ -18,9 +18,12 @@ Every path is defined here once; the other modules ask a `RunDir` for it.
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from mixdiff.config import load_saved_config
@@ -37,6 +40,30 @@ FEATURE_CACHE = "cache/features"
 # `weights` of a result on the raw pixels of the evaluation images (`mixdiff eval knn|linear
 # --pixels`): a floor that no encoder is needed for, kept in the run whose transform it used
 PIXELS = "pixels"
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """A Lightning checkpoint of `mixdiff pretrain`, or one clear error saying what is wrong with
+    the file (empty, cut short, not a checkpoint) instead of torch's. `mmap`: map the tensors
+    rather than read them (when only some are wanted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        problem = "is empty"
+    else:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+                zipfile.BadZipFile) as exc:
+            problem = f"cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0]})"
+        else:
+            if isinstance(saved, dict) and "state_dict" in saved:
+                return saved
+            problem = "holds no `state_dict`: not a `mixdiff pretrain` checkpoint"
+    raise RunDirError(f"checkpoint {path} {problem}. Give another checkpoint (a run's damaged "
+                      f"{CHECKPOINTS}/{LAST_CHECKPOINT} can be removed: `mixdiff pretrain` with "
+                      "the run's --out then trains it again from the start)")
 
 
 class Metric:

@@ -32,7 +32,7 @@ from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.loggers import build_logger
 from mixdiff.methods import METHODS
-from mixdiff.runs import RunDir
+from mixdiff.runs import RunDir, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         with atomic_open(path, "wb") as handle:
             torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """The resume's checkpoint, or one line saying what is wrong with it."""
+        return read_checkpoint(path)
 
 
 def quiet_libraries() -> None:
@@ -140,7 +144,10 @@ def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
     """`init_from`: copy the weights (not optimiser or epoch) of another run's checkpoint."""
     if not Path(checkpoint).is_file():
         raise ConfigError(f"config key `init_from`: checkpoint not found: {checkpoint}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        state = read_checkpoint(checkpoint)["state_dict"]
+    except RunDirError as exc:
+        raise ConfigError(f"config key `init_from`: {exc}") from None
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("backbone.") for k in usable):
@@ -189,8 +196,7 @@ def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
     """What happened, what is kept (only what is true), and advice that fits the settings."""
     kept = "no checkpoint had been written yet"
     if run.last_checkpoint.exists():
-        saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False,
-                           mmap=True)  # two integers wanted: map, do not read, the weights
+        saved = read_checkpoint(run.last_checkpoint, mmap=True)  # two integers: map, not read
         kept = (f"the last good checkpoint ({run.last_checkpoint}: epoch {saved['epoch']}, "
                 f"step {saved['global_step']}) is kept")
     advice = ["lower optim.lr", "raise optim.warmup_epochs"]

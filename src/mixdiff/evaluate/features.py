@@ -32,7 +32,7 @@ from mixdiff.data.views import eval_view
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open
 from mixdiff.models import build_backbone
-from mixdiff.runs import PIXELS, RunDir
+from mixdiff.runs import PIXELS, RunDir, read_checkpoint
 
 # weights a checkpoint can hold -> the prefix of their backbone in the Lightning state dict
 WEIGHT_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
@@ -180,7 +180,7 @@ class Encoder:
         config = run.load_config()
         checkpoint = run.require_checkpoint()
         # mmap: only the backbone's tensors are read, not the optimiser state beside them
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        saved = read_checkpoint(checkpoint, mmap=True)
         state = saved["state_dict"]
         available = [w for w, prefix in WEIGHT_PREFIXES.items()
                      if any(k.startswith(prefix) for k in state)]
