@@ -414,3 +414,31 @@ def test_cli_corruptions_grid_is_deterministic_and_cached(wnid_run):
     assert view(image, 0).tobytes() == view(image, 0).tobytes()
     assert view(image, 0).tobytes() != view(image, 1).tobytes()  # another image, other noise
     assert view(image, 0).size == (18, 18)  # resized as the run's transform does, not cropped
+
+
+def test_a_result_of_another_probe_is_not_overwritten(wnid_run, tmp_path):
+    import shutil
+
+    from conftest import make_tree
+    from typer.testing import CliRunner
+
+    from mixdiff.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(wnid_run[0], run)
+    other = make_tree(tmp_path / "other-set" / "train", 3, seed=7, classes=WNIDS)
+    fitted = CliRunner().invoke(app, ["eval", "linear", "--run", str(run), "--train", str(other),
+                                      "--val", str(other), "--device", "cpu",
+                                      "--num-workers", "0"])
+    assert fitted.exit_code == 0, fitted.output
+    root = make_tree(tmp_path / "imagenet-r", 2, classes=WNIDS)
+    first = run_suite(run, "imagenet-r", root, "--probe", "tiny-imagenet")
+    assert first.exit_code == 0, first.output
+    kept = (run / "eval" / "robustness" / "imagenet-r.json").read_bytes()
+    refused = run_suite(run, "imagenet-r", root, "--probe", "other-set")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2, refused.output
+    assert "fitted on 'tiny-imagenet'" in said and "--probe tiny-imagenet" in said
+    assert (run / "eval" / "robustness" / "imagenet-r.json").read_bytes() == kept
+    again = run_suite(run, "imagenet-r", root, "--probe", "tiny-imagenet")  # the same probe: fine
+    assert again.exit_code == 0, again.output

@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 
 from mixdiff.data.tree import list_images
-from mixdiff.errors import ConfigError, DatasetError, MixDiffError
+from mixdiff.errors import ConfigError, DatasetError, MixDiffError, RunDirError
 from mixdiff.evaluate import corruptions as corruption_lib
 from mixdiff.evaluate import imagenet
 
@@ -621,8 +621,9 @@ def robustness_eval(encoder: Encoder, suite: Suite, images: SuiteImages,
     from mixdiff.io import atomic_write_text
 
     probe = load_probe(encoder.run, probe_name, encoder.weights, encoder.checkpoint_sha256)
-    outcome = evaluate_suite(suite, images, encoder, probe, corruptions, severities, options)
     name = result_name(suite.name, encoder.weights, encoder.default_weights)
+    refuse_another_probes_result(encoder.run.eval_result("robustness", name), probe)
+    outcome = evaluate_suite(suite, images, encoder, probe, corruptions, severities, options)
     predictions_path = None
     if outcome.prediction_file is not None:
         predictions_path = prediction_file_path(encoder.run, name)
@@ -633,6 +634,18 @@ def robustness_eval(encoder: Encoder, suite: Suite, images: SuiteImages,
         return None, predictions_path, outcome
     return (write_result(encoder.run, "robustness", name, outcome.result), predictions_path,
             outcome)
+
+
+def refuse_another_probes_result(path: Path, probe: LinearProbe) -> None:
+    """A suite's result made with one probe is not replaced by another probe's (the report would
+    show the new number as if it were the old one's)."""
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text()).get("settings", {}).get("probe")
+    if previous is not None and previous != probe.dataset:
+        raise RunDirError(f"{path} holds this suite's result with the probe fitted on "
+                          f"{previous!r}, and this probe was fitted on {probe.dataset!r}: move "
+                          f"that file away to keep both, or score with --probe {previous}")
 
 
 def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: Encoder,
