@@ -9,7 +9,9 @@ loses.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import warnings
 from contextlib import nullcontext
@@ -140,6 +142,14 @@ def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:
     return run.last_checkpoint if run.last_checkpoint.exists() else None
 
 
+def writable_folder(folder: Path) -> None:
+    """Make `folder`, and raise the operating system's error now if it cannot be written (the CLI
+    makes it one line that names the folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+
+
 def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
     """`init_from`: copy the weights (not optimiser or epoch) of another run's checkpoint."""
     if not Path(checkpoint).is_file():
@@ -237,6 +247,7 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     trainer = build_trainer(cfg, run)
     # every input is good: only now does the run folder get written
     run.root.mkdir(parents=True, exist_ok=True)
+    writable_folder(run.checkpoints)  # now, not when the first epoch's checkpoint is due
     atomic_write_text(run.config, to_yaml(cfg))  # refreshed: resumable keys may have changed
     datamodule.write_summary(run.data_summary)
     if resume_from is not None:

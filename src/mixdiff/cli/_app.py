@@ -2,19 +2,55 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import NoReturn
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.logging import RichHandler
 
 from mixdiff.errors import MixDiffError
 
-app = typer.Typer(help="MixDiff: self-supervised learning from real and synthetic images.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)
+
+# what an operating-system error means for the path it names, and so what to do
+PATH_PROBLEMS = {
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "this is a folder, where a file is expected",
+    errno.EEXIST: "this exists already, and is not what is expected here",
+    errno.EACCES: "no permission to write (or read) here",
+    errno.EPERM: "no permission to write (or read) here",
+    errno.EROFS: "this is on a read-only file system",
+    errno.ENOSPC: "the disk is full",
+}
+
+
+def path_problem(exc: OSError) -> str:
+    """One line for an error of the file system: the path, what is wrong, what to do."""
+    # a rename's error names its target second: the path the user gave (an atomic write's)
+    where = exc.filename2 or exc.filename or "a file"
+    meaning = PATH_PROBLEMS.get(exc.errno, exc.strerror or str(exc))
+    return (f"{where}: {meaning} ({exc.strerror or type(exc).__name__}); give another path "
+            "(e.g. another --out), or make this one usable")
+
+
+class MixDiffGroup(typer.core.TyperGroup):
+    """Every command of the app: an error of the file system (an --out that is a file or lies
+    under one, a read-only folder, a full disk) is one line naming the path, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] {path_problem(exc)}", highlight=False)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(help="MixDiff: self-supervised learning from real and synthetic images.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=MixDiffGroup)
 
 
 def fail(exc: MixDiffError) -> NoReturn:
