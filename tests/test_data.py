@@ -215,3 +215,19 @@ def test_imagenet100_prepare_links_the_cmc_classes(tmp_path):
     assert refused.exit_code == 2 and "--per-class applies to fashion-mnist only" in refused.output
     with pytest.raises(DatasetError, match="missing"):
         imagenet100.prepare(tmp_path / "x", tmp_path / "in100" / "train")
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit grey at 255 (almost every pixel white); every reader of
+    training, evaluation and generation images goes through decode.to_rgb instead."""
+    from mixdiff.data.decode import ViewNeed, load_rgb_for
+
+    values = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")  # it really is a 16-bit file
+    for image in (load_rgb(path), load_rgb_for(path, [ViewNeed(16, 0.5)])):
+        pixels = np.asarray(image)
+        assert image.mode == "RGB" and pixels.shape == (32, 32, 3)
+        assert np.array_equal(pixels[..., 0], (values >> 8).astype(np.uint8))
+        assert (pixels == 255).mean() < 0.01

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
+import numpy as np
 from PIL import Image
 
 from mixdiff.errors import UnreadableImageError
@@ -74,4 +75,16 @@ def load_rgb_for(path: str | Path, needs: Sequence[ViewNeed] | None) -> Image.Im
         if request is not None:
             image.draft("RGB", request)  # JPEG only: other formats ignore it
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 16-bit PNG/TIFF
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB at 8 bits per channel. PIL's own `convert("RGB")` clips 16-bit grey values at 255, so
+    a 16-bit PNG would come out almost white: its values are scaled to 8 bits instead."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
