@@ -112,14 +112,18 @@ def start_run(out: Path, settings: GenerateSettings, shard: tuple[int, int],
     atomic_write_text(out / SETTINGS_FILE, yaml.safe_dump(asdict(settings), sort_keys=False))
 
 
-def completed(out: Path, fmt: str) -> set[tuple[str, int]]:
-    """(source, variant) whose manifest row says written and whose file has the recorded size."""
+def completed(out: Path, fmt: str, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Of the `wanted` (source, variant), those whose manifest row says written and whose file
+    is the one written: its size and its sha256 as recorded (a file damaged in place since, even
+    at the same size, is made again). Reads each wanted file once."""
     done = set()
-    for (source, variant), row in manifest.latest(manifest.all_rows(out)).items():
+    for key, row in manifest.latest(manifest.all_rows(out)).items():
+        if key not in wanted or row["status"] != "ok" or not row["path"].endswith(f".{fmt}"):
+            continue
         target = out / row["path"]
-        if row["status"] == "ok" and row["path"].endswith(f".{fmt}") and target.is_file() \
-                and target.stat().st_size == row["bytes"]:
-            done.add((source, variant))
+        if target.is_file() and target.stat().st_size == row["bytes"] and \
+                hashlib.sha256(target.read_bytes()).hexdigest() == row.get("sha256"):
+            done.add(key)
     return done
 
 
@@ -185,7 +189,8 @@ def _generate(tree: ImageTree, real: Path, out: Path, settings: GenerateSettings
               backend: Backend | None) -> Summary:
     check_settings(out, settings, overwrite)
     items = plan(tree.relpaths, settings, shard, limit)
-    done = set() if overwrite else completed(out, settings.format)
+    done = set() if overwrite else completed(out, settings.format,
+                                             {(item.source, item.variant) for item in items})
     todo = [item for item in items if (item.source, item.variant) not in done]
     summary = Summary(planned=len(items), skipped=len(items) - len(todo))
     if todo:
