@@ -357,3 +357,18 @@ def test_cli_errors_are_one_line(eval_runs, tmp_path, case):
                   *extra)
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_evaluations_whose_number_means_something_else_are_warned_about(tmp_path):
+    from mixdiff.evaluate.features import evaluation_warnings, labelled_sets
+
+    train = make_tree(tmp_path / "d" / "train", 3)
+    val = make_tree(tmp_path / "d" / "val", 2, seed=1)
+    train_set, _ = labelled_sets(train, val)
+    assert evaluation_warnings(train, val, train_set, ks=(5,)) == []
+    same = evaluation_warnings(train, train, train_set)
+    assert len(same) == 1 and "the same tree" in same[0]
+    assert any("votes with all 9" in n for n in evaluation_warnings(train, val, train_set, (20,)))
+    one = make_tree(tmp_path / "one" / "train", 3, classes=("only",))
+    one_set, _ = labelled_sets(one, one)
+    assert any("has one class (only)" in n for n in evaluation_warnings(one, one, one_set))

@@ -299,3 +299,30 @@ def test_the_progress_bar_does_not_read_the_loss_after_every_step(tiny_data, tmp
     every_time, step_count = run(0.0, "unthrottled")
     assert step_count >= 4 and every_time >= step_count + 2  # each step, epoch and validation
     assert run(1e9, "throttled") == (every_time - (step_count - 1), step_count)  # 1st step only
+
+
+def test_an_unlabelled_val_tree_is_refused_before_anything_is_written(tiny_data, tmp_path):
+    import shutil
+
+    from mixdiff.errors import DatasetError
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted(tiny_data["real"].rglob("*.png"))[:4]:
+        shutil.copy(image, flat / f"{image.parent.name}-{image.name}")
+    with pytest.raises(DatasetError, match=r"`data.val` = .*flat: its images sit directly"):
+        pretrain(load_config(None, tiny_overrides(tiny_data, **{"data.val": flat})),
+                 tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_settings_that_do_not_do_what_they_seem_are_warned_about(tiny_data):
+    from mixdiff.data.datamodule import data_warnings
+
+    def notes(**settings):
+        return data_warnings(load_config(None, tiny_overrides(tiny_data, **settings)).data)
+
+    assert notes(**{"data.mode": "mixdiff"}) == []
+    assert any("ignored in data.mode=real" in n for n in notes(**{"data.mode": "real"}))
+    itself = notes(**{"data.mode": "mixdiff", "data.synthetic": f"[{tiny_data['real']}]"})
+    assert len(itself) == 1 and "is data.real itself" in itself[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import typer
 
@@ -44,13 +44,16 @@ PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of t
                       "`pixels`.")
 
 
-def _trees(train: Path, val: Path):
-    from mixdiff.evaluate.features import labelled_sets
+def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
+    from mixdiff.evaluate.features import evaluation_warnings, labelled_sets
 
     try:
-        return labelled_sets(train, val)
+        train_set, val_set = labelled_sets(train, val)
     except MixDiffError as exc:
         fail(exc)
+    for note in evaluation_warnings(train, val, train_set, ks):
+        console.print(f"[bold yellow]warning:[/] {note}", highlight=False)
+    return train_set, val_set
 
 
 def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
@@ -97,7 +100,7 @@ def knn(
 
     if min(ks) < 1:
         fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
-    train_set, val_set = _trees(train, val)
+    train_set, val_set = _trees(train, val, ks)
     _for_each_run(runs, weights, device, lambda encoder: knn_eval(
         encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers), pixels)
 

@@ -26,7 +26,7 @@ from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
 from mixdiff.data.views import build_views, eval_view
-from mixdiff.errors import UnreadableImageError
+from mixdiff.errors import DatasetError, UnreadableImageError
 from mixdiff.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,21 @@ def epoch_draw_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint32)[0]) << 24
 
 
+def data_warnings(data: DictConfig) -> list[str]:
+    """Data settings that run, but not as they seem to: synthetic roots a mode ignores, or the
+    real tree given as its own synthetic root."""
+    notes = []
+    if data.mode == "real" and data.synthetic:
+        notes.append(f"data.synthetic ({len(data.synthetic)} root(s)) is ignored in "
+                     "data.mode=real: the run trains on the real images only")
+    real = Path(data.real).resolve()
+    for root in data.synthetic:
+        if Path(root).resolve() == real:
+            notes.append(f"data.synthetic root {root} is data.real itself: each 'synthetic twin' "
+                         "is its real image, so this run measures no effect of synthetic data")
+    return notes
+
+
 class MixDiffDataModule(L.LightningDataModule):
     """Training samples for `data.mode`, plus two labelled loaders for the online evaluation:
     the validation images and the kNN bank (real training images, plain views)."""
@@ -112,8 +127,15 @@ class MixDiffDataModule(L.LightningDataModule):
         self.classes = tree.classes
         positions = np.arange(len(tree))
         val_paths, val_labels, val_source = [], [], "none (unlabelled data, no data.val)"
+        for note in data_warnings(data):
+            log.warning("warning: %s", note)
         if data.val:
             val_tree = ImageTree.scan(data.val, classes=tree.classes or None)
+            if not val_tree.labelled:  # found now, not by the online evaluation after an epoch
+                raise DatasetError(f"config key `data.val` = {data.val}: its images sit directly "
+                                   "in the folder; the online evaluation needs class folders "
+                                   "<class>/<image>. Give a labelled tree, or leave data.val "
+                                   "empty to hold out part of a labelled data.real")
             if not tree.classes:
                 self.classes = val_tree.classes
             val_paths = [str(val_tree.path(i)) for i in range(len(val_tree))]

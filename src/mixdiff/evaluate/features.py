@@ -108,6 +108,23 @@ def labelled_sets(train: str | Path, val: str | Path, name: str | None = None
     return train_set, val_set
 
 
+def evaluation_warnings(train: str | Path, val: str | Path, train_set: ImageSet,
+                        ks: Sequence[int] = ()) -> list[str]:
+    """What would make an evaluation's number mean something other than it seems to."""
+    notes = []
+    if Path(train).resolve() == Path(val).resolve():
+        notes.append(f"--train and --val are the same tree ({val}): the score is measured on the "
+                     "training images themselves, not on held-out ones")
+    if len(train_set.classes) == 1:
+        notes.append(f"{train} has one class ({train_set.classes[0]}): every prediction is "
+                     "right, so the accuracy says nothing about the features")
+    for k in ks:
+        if k > len(train_set):
+            notes.append(f"--k {k} is more than the {len(train_set)} training images: it votes "
+                         f"with all {len(train_set)} of them (the same as k={len(train_set)})")
+    return notes
+
+
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
