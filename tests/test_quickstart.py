@@ -72,6 +72,12 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert all(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
     assert all(s["evaluated"] == [] for s in stages if s["stage"].startswith("evaluate"))
 
+    other = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--strength", "0.5", "--out",
+                                     str(out)])
+    said = " ".join(other.output.split())
+    assert other.exit_code == 2 and "holds the twins of another quickstart" in said
+    assert "strength: 0.3 -> 0.5" in said and "--overwrite" not in said  # it has no such option
+
     longer = CliRunner().invoke(app, ["quickstart", *SMALLEST[:-1], "2", "--out", str(out)])
     assert longer.exit_code == 0, longer.output  # runs of another length are not reused
     stages = {s["stage"]: s for s in json.loads((out / "quickstart.json").read_text())["stages"]}
@@ -81,11 +87,22 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert (out / "runs" / "simclr-mixdiff-s0" / "metrics.csv").read_text().count("\n") == 3
 
 
-def test_quickstart_says_which_stage_failed(tmp_path):
-    bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q"),
-                                   "--strength", "1.5"])
+def test_quickstart_says_which_stage_failed(tmp_path, monkeypatch):
+    for option, value in (("--strength", "1.5"), ("--real-fraction", "0")):
+        bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q"),
+                                       option, value])
+        assert bad.exit_code == 2 and option in bad.output  # before any stage has run
+        assert not (tmp_path / "q").exists()
+    import mixdiff.quickstart
+    from mixdiff.errors import DatasetError
+
+    def failing(settings, paths):
+        raise DatasetError("the data is bad")
+
+    monkeypatch.setattr(mixdiff.quickstart, "_generate", failing)
+    bad = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q")])
     assert bad.exit_code == 2
-    assert "stage `generate SDEdit twins` failed" in bad.output and "--strength" in bad.output
+    assert "stage `generate SDEdit twins` failed: the data is bad" in bad.output
     assert "run the same command again" in bad.output
     wrong = CliRunner().invoke(app, ["quickstart", "--methods", "byol", "--out", str(tmp_path)])
     assert wrong.exit_code == 2 and "simclr" in wrong.output
@@ -103,3 +120,25 @@ def test_a_bug_in_a_stage_leaves_its_traceback_in_a_log(tmp_path, monkeypatch):
         in bad.output
     log = tmp_path / "q" / "logs" / "prepare Fashion-MNIST.log"
     assert "RuntimeError: a bug" in log.read_text()
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "run interrupted"])
+def test_a_stopped_quickstart_says_how_to_continue(tmp_path, monkeypatch, stop):
+    import signal
+
+    import mixdiff.quickstart
+    from mixdiff.callbacks import RunInterrupted
+
+    def stopped(settings, paths):
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        raise RunInterrupted(signal.SIGTERM, 0, 3, tmp_path / "last.ckpt", False)
+
+    monkeypatch.setattr(mixdiff.quickstart, "_prepare", stopped)
+    result = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(tmp_path / "q")])
+    signum = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
+    said = " ".join(result.output.split())
+    assert result.exit_code == 128 + signum, result.output
+    assert f"stopped by {signal.Signals(signum).name} during stage `prepare Fashion-MNIST`" in said
+    assert "run the same command again to continue" in said and "failed" not in said
+    assert not (tmp_path / "q" / "logs").exists()  # no traceback log: nothing went wrong

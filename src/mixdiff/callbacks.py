@@ -172,7 +172,9 @@ class RunCheckpoint(Callback):
 
     def _on_signal(self, signum: int, frame) -> None:
         if self._signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            log.warning("a second Ctrl-C: stopping at once, without saving; %s is the last "
+                        "checkpoint saved (re-run the same command to resume from it)", self.path)
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (Lightning exits with 1)
         log.warning("received %s: saving a checkpoint after this batch, then stopping",
                     signal.Signals(signum).name)
         self._signal = signum

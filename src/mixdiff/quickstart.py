@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +34,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from mixdiff.callbacks import RunInterrupted
 from mixdiff.errors import MixDiffError
 from mixdiff.io import atomic_write_text
 from mixdiff.runs import RunDir
@@ -110,6 +112,16 @@ PRESETS: dict[str, QuickstartSettings] = {
 }
 
 
+class QuickstartInterrupted(Exception):
+    """Ctrl-C (or SIGTERM in a pre-training stage) stopped the quickstart; not an error."""
+
+    def __init__(self, stage: str, signum: int):
+        self.stage, self.signum = stage, signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} during stage `{stage}` (a "
+                         "pre-training stage saves where it was); run the same command again to "
+                         "continue: the stages already done are reused")
+
+
 class StageError(MixDiffError):
     """A stage of the quickstart failed; the message says which, why, and where the log is."""
 
@@ -146,8 +158,12 @@ class Paths:
     def record(self) -> Path:
         return self.out / "quickstart.json"
 
+    @property
+    def runs(self) -> Path:
+        return self.out / "runs"
+
     def run(self, name: str) -> RunDir:
-        return RunDir(self.out / "runs" / name)
+        return RunDir(self.runs / name)
 
     def log(self, stage: str) -> Path:
         return self.out / "logs" / f"{stage.replace('/', '_')}.log"
@@ -191,12 +207,18 @@ def _prepare(s: QuickstartSettings, paths: Paths) -> dict:
 
 
 def _generate(s: QuickstartSettings, paths: Paths) -> dict:
-    from mixdiff.generate.runner import generate
+    from mixdiff.generate.runner import SettingsChangedError, generate
     from mixdiff.generate.settings import GenerateSettings
 
     settings = GenerateSettings(generator="sdedit", strength=s.strength, batch_size=100,
                                 device=s.device, seed=s.seed)
-    summary = generate(paths.train, paths.synthetic, settings, show_progress=False)
+    try:
+        summary = generate(paths.train, paths.synthetic, settings, show_progress=False)
+    except SettingsChangedError as exc:  # generate's advice (--overwrite) is not ours to give
+        raise MixDiffError(f"{exc.out} holds the twins of another quickstart ({exc.details}): "
+                           "use another --out for these settings, or the settings it was made "
+                           f"with to reuse it (or delete {exc.out} and {paths.runs} to make "
+                           "both again here)") from None
     if summary.failed:
         raise MixDiffError(f"{len(summary.failed)} images could not be generated, e.g. "
                            f"{summary.failed[0]['source']}: {summary.failed[0]['error']}")
@@ -441,6 +463,9 @@ def quickstart(out: str | Path, settings: QuickstartSettings, console: Console |
             except MixDiffError as exc:
                 raise StageError(f"stage `{stage.name}` failed: {exc}\nFix it and run the same "
                                  "command again: the stages already done are reused.") from None
+            except (RunInterrupted, KeyboardInterrupt) as exc:  # a stop, not a failure
+                raise QuickstartInterrupted(stage.name, getattr(exc, "signum", signal.SIGINT)) \
+                    from None
             except Exception as exc:  # a bug: keep the traceback where the user can send it
                 log_file = paths.log(stage.name)
                 log_file.parent.mkdir(parents=True, exist_ok=True)

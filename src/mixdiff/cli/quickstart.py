@@ -61,13 +61,16 @@ def quickstart(
     pre-train in each data mode and the untrained reference, evaluate (linear, kNN,
     corruptions; raw pixels), report, and a verdict: each mode's gain over the untrained encoder
     and MixDiff − real, paired by seed with 95% intervals."""
+    from mixdiff.quickstart import QuickstartInterrupted, settings_for
     from mixdiff.quickstart import quickstart as run
-    from mixdiff.quickstart import settings_for
 
     log_to_console()
     try:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"--device {device!r}: choose cpu or cuda")
+        for option, fraction in (("--strength", strength), ("--real-fraction", real_fraction)):
+            if fraction is not None and not 0 < fraction <= 1:  # before any stage runs
+                raise ConfigError(f"{option} {fraction}: give a fraction above 0 and at most 1")
         if augment not in (None, "none"):
             raise ConfigError(f"--augment {augment!r}: the only choice is none (the default is "
                               "each method's own recipe)")
@@ -79,6 +82,9 @@ def quickstart(
         outcome = run(out, settings, console)
     except MixDiffError as exc:
         fail(exc)
+    except QuickstartInterrupted as stop:
+        console.print(f"[bold yellow]{stop}[/]", highlight=False)
+        raise typer.Exit(128 + stop.signum)
     console.print(f"\nreport: {out / 'report' / 'results.md'} (and its figures); everything: "
                   f"{out / 'quickstart.json'}; {outcome.seconds / 60:.1f} min", highlight=False)
     for line in outcome.verdict:

@@ -97,8 +97,17 @@ def check_settings(out: Path, settings: GenerateSettings, overwrite: bool) -> No
         if changed:
             details = "; ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}"
                                 for k in changed)
-            raise ConfigError(f"{out} was generated with other settings ({details}). Use another "
-                              "--out, the same settings to resume, or --overwrite to start afresh.")
+            raise SettingsChangedError(
+                f"{out} was generated with other settings ({details}). Use another --out, the "
+                "same settings to resume, or --overwrite to start afresh.", out, details)
+
+
+class SettingsChangedError(ConfigError):
+    """OUT holds outputs of other settings (`details`: what changed, old -> new)."""
+
+    def __init__(self, message: str, out: Path, details: str):
+        super().__init__(message)
+        self.out, self.details = out, details
 
 
 def start_run(out: Path, settings: GenerateSettings, shard: tuple[int, int],
