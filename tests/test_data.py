@@ -231,3 +231,31 @@ def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
         assert image.mode == "RGB" and pixels.shape == (32, 32, 3)
         assert np.array_equal(pixels[..., 0], (values >> 8).astype(np.uint8))
         assert (pixels == 255).mean() < 0.01
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_not_a_missing_class(tmp_path, monkeypatch):
+    """os.walk skips what it cannot list: a class would vanish from training without a word.
+    (Run as root, a chmod cannot make a folder unreadable, so the listing's error is injected.)"""
+    import os
+
+    real = make_tree(tmp_path / "real", 2)
+    locked = real / "circle"
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DatasetError, match=r"cannot read the folder .*circle: Permission denied"):
+        ImageTree.scan(real)
+    result = CliRunner().invoke(app, ["data", "verify", "--real", str(real), "--strict"])
+    assert result.exit_code != 0 and "cannot read the folder" in " ".join(result.output.split())
+
+
+def test_verify_given_a_file_says_it_is_a_file(tmp_path):
+    image = make_tree(tmp_path / "real", 1) / "circle" / "img00.png"
+    result = CliRunner().invoke(app, ["data", "verify", "--real", str(image)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{image} is a file" in said and "not found" not in said

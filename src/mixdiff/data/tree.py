@@ -35,10 +35,18 @@ def twin_key(relpath: str) -> str:
 def list_images(root: str | Path) -> list[str]:
     """Relative POSIX paths of every image under `root`, sorted (hidden files and folders skipped)."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file: give the folder of an image tree "
+                           "(<class>/<image>)")
     if not root.is_dir():
         raise DatasetError(f"image folder not found: {root}")
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip the folder, and its class
+        raise DatasetError(f"cannot read the folder {error.filename}: {error.strerror}; make it "
+                           "readable (or remove it) so that no class or image is left out")
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(root)
         found.extend((rel / f).as_posix() for f in filenames if is_image(f) and not f.startswith("."))
