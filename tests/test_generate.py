@@ -168,6 +168,30 @@ def test_resume_after_a_killed_run(models, real, tmp_path):
         Image.open(image).load()
 
 
+def test_ctrl_c_keeps_what_was_written_in_the_merged_manifest(models, real, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "mixdiff.cli", "generate", "--real", str(real), "--out",
+            str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
+            "--batch-size", "1", "--variants", "4"]
+    shard_file = out / "manifests" / "shard-0-of-1.jsonl"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if shard_file.exists() and len(shard_file.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    said = " ".join(output.split())
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert "written" in said and "stopped by Ctrl-C" in said and "Traceback" not in said
+    written = rows(out)  # the merged manifest lists what the shard file holds
+    assert 2 <= len(written) < 24
+    assert len(written) == len(shard_file.read_text().splitlines())
+    assert all((out / row["path"]).is_file() for row in written)
+
+
 def test_changed_settings_are_refused_unless_overwrite(models, real, tmp_path):
     out = tmp_path / "out"
     generate(real, out, settings(models), show_progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +58,7 @@ def generate(
         "about a minute of compilation, then ~1.5x faster)."),
 ) -> None:
     """Generate diffusion variations of every real image: sharded, resumable, deterministic."""
+    from mixdiff.generate.manifest import MANIFEST
     from mixdiff.generate.runner import generate as run
     from mixdiff.generate.settings import parse_shard
 
@@ -77,6 +79,11 @@ def generate(
                   f"{summary.planned} in this shard")
     for row in summary.failed[:10]:
         console.print(f"  failed {row['source']} (variant {row['variant']}): {row['error']}")
+    if summary.interrupted:
+        console.print(f"[bold yellow]stopped by Ctrl-C: what was written is kept and listed in "
+                      f"{out / MANIFEST}; run the same command again to continue[/]",
+                      highlight=False)
+        raise typer.Exit(128 + signal.SIGINT)
     if summary.failed:
         raise typer.Exit(1)
 

@@ -62,6 +62,7 @@ class Summary:
     written: int = 0
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False  # Ctrl-C: what was written is kept and in the manifest
 
     @property
     def images_per_second(self) -> float:
@@ -206,7 +207,10 @@ def _generate(tree: ImageTree, real: Path, out: Path, settings: GenerateSettings
         with quiet_libraries():
             backend = backend or build_backend(settings)  # fails at once on a bad model id
             start_run(out, settings, shard, overwrite)
-            _run(backend, real, out, todo, shard, summary, show_progress, fresh=overwrite)
+            try:
+                _run(backend, real, out, todo, shard, summary, show_progress, fresh=overwrite)
+            except KeyboardInterrupt:  # Ctrl-C: keep what is written, merged, and say so
+                summary.interrupted = True
     if out.is_dir():
         manifest.merge(out)
     return summary
@@ -250,8 +254,8 @@ def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: t
                                 rate=summary.written / elapsed if elapsed else 0.0)
         finally:  # also when the generator fails: what is on disk gets its row, a re-run skips it
             _collect(pending, writer, provenance, s.format, summary, wait=True)
+            summary.seconds = time.perf_counter() - start
         progress.update(task, completed=summary.written + len(summary.failed))
-    summary.seconds = time.perf_counter() - start
 
 
 def _collect(pending, writer, provenance: dict, fmt: str, summary: Summary, wait: bool):
