@@ -380,3 +380,19 @@ def test_colour_is_the_method_or_with_one_method_the_mode():
     assert styles["simclr · real"].colour != styles["dino · real"].colour
     assert styles["simclr · real"].marker != styles["simclr · mixdiff"].marker
     assert legend_title(two) == "method · data (colour · marker)"
+
+
+@pytest.mark.parametrize("damage", ["metrics.csv", "config.yaml", "data.json"])
+def test_a_damaged_run_file_is_one_line_and_no_report_is_written(tmp_path, damage):
+    run, _ = write_run(tmp_path, "simclr", "real", 0)
+    good, _ = write_run(tmp_path, "simclr", "mixdiff", 0)
+    damaged = {"metrics.csv": "epoch,step,train/loss\n0,12,xyz\n",
+               "config.yaml": "method: [unclosed\n  : -\n",
+               "data.json": "{\"classes\": [\n"}[damage]
+    (run / damage).write_text(damaged)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(good), str(run), "--out", str(out)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert str(run / damage) in said and "damaged" in said and "Traceback" not in said
+    assert not out.exists()  # checked before anything is written: no half report

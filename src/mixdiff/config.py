@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -313,7 +314,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def load_saved_config(path: str | Path) -> DictConfig:
     """A run's saved config.yaml, on today's schema: renamed sections take their new names and keys
     added since it was written take their defaults, so an older run compares cleanly."""
-    node = OmegaConf.load(path)
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}): the run's "
+                          "config is damaged; restore it (or leave the run out)") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} holds no mapping of config keys: the run's config is damaged; "
+                          "restore it (or leave the run out)")
     for old, new in RENAMED.items():
         if old in node and new not in node:
             node[new] = node.pop(old)

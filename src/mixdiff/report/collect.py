@@ -91,9 +91,31 @@ def _read_result(path: Path) -> dict:
     return {**result, "source": str(path)}
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}): the file is damaged; restore it "
+                          "(or delete it and make it again), or leave this run out") from None
+
+
 def _read_metrics(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows, each value checked to be a number (or empty) before any file of the
+    report is written: a damaged file is one line naming it, not a half-written report."""
     with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+        rows = list(csv.DictReader(handle))
+    for line, row in enumerate(rows, 2):
+        for column, value in row.items():
+            try:
+                if column is None or value is None:
+                    raise ValueError
+                if value != "":
+                    float(value)
+            except ValueError:
+                raise RunDirError(f"{path}, line {line}: {value!r} in column {column!r} is not a "
+                                  "number (the file is damaged): restore it, or leave this run "
+                                  "out of the report") from None
+    return rows
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunRecord:
@@ -104,7 +126,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     config = OmegaConf.to_container(run.load_config(), resolve=False)
     untrained = (config.get("trainer") or {}).get("max_epochs") == 0
     missing = []
-    data = json.loads(run.data_summary.read_text()) if run.data_summary.is_file() else {}
+    data = _read_json(run.data_summary) if run.data_summary.is_file() else {}
     if not data:
         missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
     metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
