@@ -23,7 +23,7 @@ import tiny_pipelines
 from conftest import make_tree
 from mixdiff.cli import app
 from mixdiff.data.tree import ImageTree, match_twins
-from mixdiff.errors import ConfigError
+from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.backends import (CLIP_MEAN, CLIP_STD, GeneratorLoadError,
                                        sd_variation_preprocess)
 from mixdiff.generate.embedded import EMBEDDED_DIR, GeneratorTraining, train_generator
@@ -511,3 +511,18 @@ def test_a_twin_damaged_in_place_is_made_again(models, real, tmp_path):
     again = generate(real, out, settings(models, "sdedit"), show_progress=False)
     assert (again.written, again.skipped) == (1, first.written - 1)
     assert victim.read_bytes() == good  # seeded: the same twin as before
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_generator_training_names_a_truncated_image(tmp_path, workers):
+    real = make_tree(tmp_path / "real", per_class=2)
+    bad = real / "circle" / "img01.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # the header survives, the pixels do not
+    cfg = GeneratorTraining(resolution=16, block_out_channels=(8, 16), steps=3, batch_size=2,
+                            warmup_steps=1, num_workers=workers)
+    with pytest.raises(UnreadableImageError, match=r"cannot read image .*img01\.png.*data verify"):
+        train_generator(real, tmp_path / "ddpm", cfg, show_progress=False)
+    result = runner.invoke(app, ["train-generator", "--data", str(real), "--out",
+                                 str(tmp_path / "ddpm"), "--steps", "3", "--resolution", "16",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 2 and "img01.png" in result.output

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.tree import ImageTree, load_rgb
-from mixdiff.errors import ConfigError
+from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
@@ -101,7 +101,15 @@ def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = 
     to `out` with `training.json` beside it. Returns that record."""
     cfg.check()
     with quiet_libraries():
-        return _train(data, Path(out), cfg, show_progress)
+        try:
+            return _train(data, Path(out), cfg, show_progress)
+        except Exception as exc:  # a loader worker re-raises an image's error as a RuntimeError
+            unreadable = UnreadableImageError.from_failure(exc)
+            if unreadable is None:
+                raise
+            raise UnreadableImageError(unreadable.path, f"{unreadable.reason} (found while "
+                                       f"training; `mixdiff data verify --real {data}` decodes "
+                                       "every image to find the others)") from None
 
 
 def _train(data: str | Path, out: Path, cfg: GeneratorTraining, show_progress: bool) -> dict:
