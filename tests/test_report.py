@@ -396,3 +396,23 @@ def test_a_damaged_run_file_is_one_line_and_no_report_is_written(tmp_path, damag
     assert result.exit_code == 2, result.output
     assert str(run / damage) in said and "damaged" in said and "Traceback" not in said
     assert not out.exists()  # checked before anything is written: no half report
+
+
+def test_settings_that_differ_get_labels_that_differ(tmp_path):
+    """Labels show the keys that tell same-named settings apart: as many as it takes (not the
+    first three found), so four settings never share one label."""
+    values = {"data.image_size": (96, 128), "optim.lr": (0.1, 0.2),
+              "simclr.temperature": (0.1, 0.2), "trainer.batch_size": (64, 128)}
+    combos = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (the first three keys, the fourth)
+    runs = []
+    for n, (first, fourth) in enumerate(combos):
+        run, _ = write_run(tmp_path, "simclr", "real", 0, name=f"r{n}")
+        config = OmegaConf.load(run / "config.yaml")
+        for key, (a, b) in values.items():
+            pick = fourth if key == "trainer.batch_size" else first
+            OmegaConf.update(config, key, (a, b)[pick])
+        OmegaConf.save(config, run / "config.yaml")
+        runs.append(run)
+    labels = [s.label for s in group_settings(load_runs(runs))]
+    assert len(set(labels)) == 4, labels
+    assert labels[0] == "simclr · real (image_size=96, batch_size=64)"

@@ -3,6 +3,7 @@ change what is learnt) are seeds of one setting, reported as a mean and a spread
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,15 +89,34 @@ def _labels(groups: list[list[RunRecord]]) -> list[str]:
             for i in same:
                 labels[i] += f" · {groups[i][0].train_dataset}"
     for same in _collisions(labels):
-        keys = sorted({k for i in same for k in flats[i]} - set(NOT_A_SETTING) - set(NAMING_KEYS))
-        if groups[same[0]][0].kind != TRAINED:
-            keys = [k for k in keys if k.startswith(UNTRAINED_KEYS)]
-        differing = [k for k in keys if len({repr(flats[i].get(k)) for i in same}) > 1]
-        for i in same:
-            extra = ", ".join(f"{k.split('.')[-1]}={_short(flats[i].get(k))}"
-                              for k in differing[:3])
-            labels[i] += f" ({extra}{', ...' if len(differing) > 3 else ''})"
+        # the keys of the grouping itself (setting_key), so that what tells settings apart is
+        # exactly what is shown; only as many as it takes for every label to differ
+        keyed = [dict(setting_key(groups[i][0])[2:] if groups[i][0].kind != TRAINED
+                      else setting_key(groups[i][0])) for i in same]
+        keys = sorted(set().union(*keyed) - set(NAMING_KEYS))
+        shown: list[str] = []
+        for key in keys:
+            before = len({tuple(k.get(c) for c in shown) for k in keyed})
+            if before == len(same):
+                break
+            if len({tuple(k.get(c) for c in (*shown, key)) for k in keyed}) > before:
+                shown.append(key)
+        ends = [key.split(".")[-1] for key in shown]
+        names = [end if ends.count(end) == 1 else key for key, end in zip(shown, ends)]
+        for i, values in zip(same, keyed):
+            labels[i] += " (" + ", ".join(
+                f"{name}={_short(_value(values.get(key)))}" for name, key in zip(names, shown)) + ")"
     return labels
+
+
+def _value(text: str | None) -> object:
+    """A value of `setting_key` (its repr) back as the value, for the label."""
+    if text is None:
+        return "none"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def group_settings(records: list[RunRecord]) -> list[Setting]:
