@@ -28,11 +28,11 @@ from mixdiff.generate.backends import (CLIP_MEAN, CLIP_STD, GeneratorLoadError,
                                        sd_variation_preprocess)
 from mixdiff.generate.embedded import EMBEDDED_DIR, GeneratorTraining, train_generator
 from mixdiff.generate.runner import generate
-from mixdiff.generate.settings import GenerateSettings, image_seed, parse_shard
+from mixdiff.generate.settings import USED_BY, GenerateSettings, image_seed, parse_shard
 
 runner = CliRunner()
 MANIFEST_FIELDS = {"source", "variant", "seed", "path", "status", "sha256", "bytes", "generator",
-                   "model", "revision", "scheduler", "steps", "guidance", "resolution", "dtype",
+                   "model", "revision", "scheduler", "steps", "resolution", "dtype",
                    "preprocessing"}
 
 
@@ -99,6 +99,8 @@ def test_every_generator_writes_a_mirrored_tree_and_manifest(models, real, tmp_p
     assert len(manifest) == 12 and all(MANIFEST_FIELDS <= set(r) for r in manifest)
     row = manifest[0]
     assert row["generator"] == generator and row["status"] == "ok" and row["steps"] == 2
+    used = {name for name, users in USED_BY.items() if generator in users}
+    assert set(row) - MANIFEST_FIELDS - {"save_size"} == used  # nothing it ignores
     assert row["seed"] == image_seed(0, row["source"].rsplit(".", 1)[0], row["variant"])
     import hashlib
     assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
@@ -526,3 +528,29 @@ def test_generator_training_names_a_truncated_image(tmp_path, workers):
                                  str(tmp_path / "ddpm"), "--steps", "3", "--resolution", "16",
                                  "--batch-size", "2"])
     assert result.exit_code == 2 and "img01.png" in result.output
+
+
+def test_options_a_generator_ignores_are_said_and_not_recorded():
+    import io
+    import logging
+
+    given = GenerateSettings(generator="sdedit", model="x", guidance=7.0, noise_level=5,
+                             safety_checker=True, quality=80, format="png", strength=0.4)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("mixdiff.generate.settings")
+    logger.addHandler(handler)
+    try:
+        done = given.resolved()
+    finally:
+        logger.removeHandler(handler)
+    said = stream.getvalue()
+    for option in ("--guidance 7.0", "--noise-level 5", "--safety-checker True", "--quality 80"):
+        assert f"{option} is not used by" in said, said
+    assert "--strength" not in said and done.strength == 0.4  # sdedit uses it
+    defaults = GenerateSettings()
+    assert (done.guidance, done.noise_level, done.safety_checker, done.quality) == \
+        (None, defaults.noise_level, defaults.safety_checker, defaults.quality)
+    # so a re-run that changes only an ignored option is the same run
+    again = replace(given, guidance=1.0, quality=50).resolved()
+    assert again.output_settings() == done.output_settings()

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from mixdiff.errors import ConfigError, MixDiffError
-from mixdiff.generate.settings import GenerateSettings
+from mixdiff.generate.settings import USED_BY, GenerateSettings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -154,13 +154,12 @@ class Backend:
         """How every output of this backend is made, as the manifest records it."""
         s = self.settings
         record = {"generator": s.generator, "model": s.model, "revision": s.revision,
-                  "scheduler": self.scheduler_name, "steps": s.steps, "guidance": s.guidance,
+                  "scheduler": self.scheduler_name, "steps": s.steps,
                   "resolution": self.output_resolution, "dtype": s.dtype,
                   "preprocessing": self.preprocessing}
-        if s.generator == "sdedit":
-            record["strength"] = s.strength
-        if s.generator == "unclip":
-            record["noise_level"] = s.noise_level
+        for name, users in USED_BY.items():  # only what this generator uses
+            if s.generator in users:
+                record[name] = getattr(s, name)
         return record
 
     @property

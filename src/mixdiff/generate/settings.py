@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass, replace
 
 from mixdiff.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip", "sdedit")
 SCHEDULERS = ("default", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "ddpm")
@@ -29,6 +32,16 @@ DEFAULTS = {
 # VAE's downsampling factor, 8 for every Stable Diffusion-family VAE these models ship with.
 LATENT_GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip")
 VAE_SCALE_FACTOR = 8
+
+# The options only some generators (or formats) use; elsewhere a value given is ignored, said so,
+# and neither recorded in the manifest nor compared on a re-run.
+USED_BY = {
+    "guidance": ("sd-image-variations", "versatile-diffusion", "unclip"),
+    "strength": ("sdedit",),
+    "noise_level": ("unclip",),
+    "safety_checker": ("sd-image-variations",),
+}
+LOSSY_FORMATS = ("jpg", "webp")  # --quality applies to these
 
 # Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
 OUTPUT_KEYS = ("generator", "model", "revision", "steps", "guidance", "scheduler", "resolution",
@@ -61,15 +74,26 @@ class GenerateSettings:
     compile: bool | None = None  # torch.compile the denoiser; None: on a GPU (1.57x on an H200)
 
     def resolved(self) -> "GenerateSettings":
-        """Fill in the generator's defaults and check every value."""
+        """Fill in the generator's defaults and check every value. Options this generator (or
+        format) does not use are reset to their defaults, with a warning if one was given."""
         if self.generator not in GENERATORS:
             raise ConfigError(f"--generator {self.generator!r} is not one of: {', '.join(GENERATORS)}")
         model, revision, steps, guidance, resolution = DEFAULTS[self.generator]
+        unused = {name: getattr(GenerateSettings, name) for name, users in USED_BY.items()
+                  if self.generator not in users}
+        if self.format not in LOSSY_FORMATS:
+            unused["quality"] = GenerateSettings.quality
+        for name, default in unused.items():
+            if getattr(self, name) not in (default, None):
+                log.warning("--%s %s is not used by %s: ignored", name.replace("_", "-"),
+                            getattr(self, name), self.generator if name != "quality" else
+                            f"--format {self.format}")
         done = replace(
-            self, model=self.model if self.model is not None else model,
+            replace(self, **unused), model=self.model if self.model is not None else model,
             revision=self.revision if self.revision is not None or self.model else revision,
             steps=self.steps if self.steps is not None else steps,
-            guidance=self.guidance if self.guidance is not None else guidance,
+            guidance=(self.guidance if self.guidance is not None else guidance)
+            if "guidance" not in unused else None,
             resolution=self.resolution if self.resolution is not None else resolution,
             device=resolve_device(self.device))
         if done.compile is None:
