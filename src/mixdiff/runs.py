@@ -42,10 +42,11 @@ FEATURE_CACHE = "cache/features"
 PIXELS = "pixels"
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True) -> dict:
     """A Lightning checkpoint of `mixdiff pretrain`, or one clear error saying what is wrong with
     the file (empty, cut short, not a checkpoint) instead of torch's. `mmap`: map the tensors
-    rather than read them (when only some are wanted)."""
+    rather than read them (when only some are wanted). `lightning=False`: any dict torch saved
+    (Lightning's own temporary files, e.g. ddp_spawn's weights)."""
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"checkpoint not found: {path}")
@@ -58,7 +59,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
                 zipfile.BadZipFile) as exc:
             problem = f"cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0]})"
         else:
-            if isinstance(saved, dict) and "state_dict" in saved:
+            if isinstance(saved, dict) and ("state_dict" in saved or not lightning):
                 return saved
             problem = "holds no `state_dict`: not a `mixdiff pretrain` checkpoint"
     raise RunDirError(f"checkpoint {path} {problem}. Give another checkpoint (a run's damaged "

@@ -49,8 +49,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        """The resume's checkpoint, or one line saying what is wrong with it."""
-        return read_checkpoint(path)
+        """The resume's checkpoint (or a file Lightning saved itself), or one line saying what
+        is wrong with it."""
+        return read_checkpoint(path, lightning=False)
 
 
 def quiet_libraries() -> None:

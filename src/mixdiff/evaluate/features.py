@@ -118,10 +118,9 @@ def evaluation_warnings(train: str | Path, val: str | Path, train_set: ImageSet,
     if len(train_set.classes) == 1:
         notes.append(f"{train} has one class ({train_set.classes[0]}): every prediction is "
                      "right, so the accuracy says nothing about the features")
-    for k in ks:
-        if k > len(train_set):
-            notes.append(f"--k {k} is more than the {len(train_set)} training images: it votes "
-                         f"with all {len(train_set)} of them (the same as k={len(train_set)})")
+    if ks and ks[0] > len(train_set):  # the headline k (the others are listed beside it)
+        notes.append(f"--k {ks[0]} is more than the {len(train_set)} training images: it votes "
+                     f"with all {len(train_set)} of them (the same as k={len(train_set)})")
     return notes
 
 
