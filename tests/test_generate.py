@@ -144,21 +144,28 @@ def test_shard_from_torchrun_environment(models, real, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "manifests" / "shard-1-of-3.jsonl").is_file()
 
 
-def test_resume_after_a_killed_run(models, real, tmp_path):
-    out = tmp_path / "out"
+def _generating(models, real, out):
+    """A real `mixdiff generate` process (24 outputs, one per batch), once it has written two;
+    returns it and its shard file."""
     args = [sys.executable, "-m", "mixdiff.cli", "generate", "--real", str(real), "--out",
             str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
             "--batch-size", "1", "--variants", "4"]
     shard_file = out / "manifests" / "shard-0-of-1.jsonl"
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if shard_file.exists() and len(shard_file.read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
+    return process, shard_file
+
+
+def test_resume_after_a_killed_run(models, real, tmp_path):
+    out = tmp_path / "out"
+    process, shard_file = _generating(models, real, out)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     written_before = len(shard_file.read_text().splitlines())
     assert 2 <= written_before < 24, "the run should have been killed part-way"
     summary = generate(real, out, GenerateSettings(generator="sdedit", model=str(models["sdedit"]),
@@ -172,17 +179,7 @@ def test_resume_after_a_killed_run(models, real, tmp_path):
 
 def test_ctrl_c_keeps_what_was_written_in_the_merged_manifest(models, real, tmp_path):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "mixdiff.cli", "generate", "--real", str(real), "--out",
-            str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
-            "--batch-size", "1", "--variants", "4"]
-    shard_file = out / "manifests" / "shard-0-of-1.jsonl"
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if shard_file.exists() and len(shard_file.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    process, shard_file = _generating(models, real, out)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     said = " ".join(output.split())
