@@ -416,3 +416,20 @@ def test_settings_that_differ_get_labels_that_differ(tmp_path):
     labels = [s.label for s in group_settings(load_runs(runs))]
     assert len(set(labels)) == 4, labels
     assert labels[0] == "simclr · real (image_size=96, batch_size=64)"
+
+
+def test_seeds_that_ran_differently_are_one_setting(tmp_path):
+    """How a run was executed (the augmentation backend, decoding on the device, image checks,
+    workers) is not a setting: the same keys a resume may change (config.EXECUTION_KEYS)."""
+    runs = []
+    for seed, how in ((0, {"augment.backend": "per_image", "data.decode": "cpu"}),
+                      (1, {"augment.backend": "batched", "data.decode": "device",
+                           "data.check_images": "none", "data.num_workers": 7})):
+        run, _ = write_run(tmp_path, "simclr", "real", seed)
+        config = OmegaConf.load(run / "config.yaml")
+        for key, value in how.items():
+            OmegaConf.update(config, key, value)
+        OmegaConf.save(config, run / "config.yaml")
+        runs.append(run)
+    (setting,) = group_settings(load_runs(runs))
+    assert setting.label == "simclr · real" and setting.seeds == [0, 1]

@@ -202,12 +202,16 @@ RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mix
 # keys whose default is not what runs written before the key existed did: key -> what they did
 ADDED_SINCE = {"data.pooled_epoch": "all"}
 
-# Keys that may change when an existing run directory is resumed: they do not change what is learnt
-# (devices and num_nodes do: they set the global batch and so the learning rate).
-RESUMABLE_KEYS = ("trainer.max_epochs", "data.num_workers", "trainer.progress_bar",
-                  "trainer.log_every_n_steps", "trainer.strategy", "trainer.accelerator",
-                  "trainer.checkpoint_every_n_steps", "trainer.logger", "data.check_images",
+# The one list of keys that say how a run is executed, not what it learns (devices and num_nodes
+# are not among them: they set the global batch and so the learning rate). A resumed run may
+# change them, and the report counts runs that differ only in them (and the seed) as seeds of one
+# setting.
+EXECUTION_KEYS = ("data.num_workers", "trainer.progress_bar", "trainer.log_every_n_steps",
+                  "trainer.strategy", "trainer.accelerator", "trainer.checkpoint_every_n_steps",
+                  "trainer.logger", "data.check_images",
                   "augment.backend", "data.decode")  # the same views, made elsewhere
+# Keys that may change when an existing run directory is resumed: how it runs, and how long.
+RESUMABLE_KEYS = ("trainer.max_epochs", *EXECUTION_KEYS)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:

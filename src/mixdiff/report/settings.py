@@ -7,16 +7,14 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixdiff.config import flatten
+from mixdiff.config import EXECUTION_KEYS, flatten
 from mixdiff.report.collect import TRAINED, UNTRAINED, RunRecord
 from mixdiff.runs import PIXELS
 
 SEED_KEY = "trainer.seed"
 # Keys that differ between seeds of one setting without changing what is learnt: the seed, the
 # run a stage starts from (its path names the seed's own run), and how the run was executed.
-NOT_A_SETTING = (SEED_KEY, "init_from", "data.num_workers", "trainer.progress_bar",
-                 "trainer.log_every_n_steps", "trainer.logger", "trainer.accelerator",
-                 "trainer.strategy", "trainer.checkpoint_every_n_steps")
+NOT_A_SETTING = (SEED_KEY, "init_from", *EXECUTION_KEYS)
 NAMING_KEYS = ("method", "data.mode")  # a setting is called by these first
 # What the features of an untrained encoder depend on (not the method, mode or schedule it would
 # have trained with), and, without the model keys, what the raw-pixel features depend on.
