@@ -111,3 +111,32 @@ def test_a_run_written_before_newer_keys_reads_with_their_defaults(tmp_path):
     saved = RunDir(tmp_path).load_config()
     assert saved.data.decode == "cpu" and saved.model.drop_path_rate == 0.0
     assert saved.online_eval == load_config(None, ["data.real=/data"]).online_eval
+
+
+def test_the_names_config_allows_are_the_registries_keys():
+    """config.py declares the names (reading a config imports no torch); each registry must
+    define exactly them, in the same order."""
+    from mixdiff import config
+    from mixdiff.data.paired import MODES
+    from mixdiff.data.views import BACKENDS, RECIPES
+    from mixdiff.loggers import LOGGERS
+    from mixdiff.methods import METHODS, OPTIMIZERS
+    from mixdiff.models.backbones import BACKBONES
+
+    for registry, names in ((METHODS, config.METHOD_NAMES), (MODES, config.MODE_NAMES),
+                            (RECIPES, config.RECIPE_NAMES), (BACKENDS, config.AUGMENT_BACKEND_NAMES),
+                            (BACKBONES, config.BACKBONE_NAMES), (OPTIMIZERS, config.OPTIMIZER_NAMES),
+                            (LOGGERS, config.LOGGER_NAMES)):
+        assert tuple(registry) == names
+
+
+def test_reading_a_config_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import mixdiff.config as c; c.load_config(None, ['data.real=/x']); "
+            "print(sorted(m for m in ('torch', 'lightning', 'timm', 'kornia', 'diffusers') "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"

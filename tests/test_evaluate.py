@@ -16,7 +16,8 @@ from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet, labelled_sets
-from mixdiff.evaluate.knn import knn_accuracy, knn_eval, weighted_knn_votes
+from mixdiff.evaluate.knn import knn_eval
+from mixdiff.knn import knn_accuracy, weighted_knn_votes
 from mixdiff.evaluate.linear import LinearProbe, linear_eval, load_probe
 from mixdiff.evaluate.logistic import (LogisticSettings, select_and_fit, stratified_holdout,
                                        sweep_weight_decay)

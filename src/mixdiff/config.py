@@ -175,22 +175,27 @@ IMAGE_CHECKS = ("header", "decode", "none")
 POOLED_EPOCHS = ("real", "all")
 
 
-def allowed_values() -> dict[str, tuple[str, ...]]:
-    """The allowed values of each key with a fixed set, taken from the registries that define
-    them (imported here, not at the top, so that reading a config stays light)."""
-    from mixdiff.data.paired import DECODE_PLACES, MISSING_POLICIES, MODES
-    from mixdiff.data.views import BACKENDS, RECIPES
-    from mixdiff.loggers import LOGGERS
-    from mixdiff.methods import METHODS, OPTIMIZERS
-    from mixdiff.models.backbones import BACKBONES
+# The names of the registries' entries. A registry (`mixdiff.methods.METHODS`, `data.paired.MODES`,
+# `data.views.RECIPES` and `BACKENDS`, `models.backbones.BACKBONES`, `methods.OPTIMIZERS`,
+# `loggers.LOGGERS`) imports torch and what it registers; reading a config must not, so the names
+# live here, and tests/test_config.py checks that each registry defines exactly these.
+METHOD_NAMES = ("simclr", "barlow_twins", "dino")
+MODE_NAMES = ("real", "synthetic", "mixdiff", "pooled")
+MISSING_POLICIES = ("error", "fallback_real")
+DECODE_PLACES = ("cpu", "device")  # where training images are decoded (device: device_decode.py)
+RECIPE_NAMES = ("simclr", "asymmetric", "byol", "dino", "none")
+AUGMENT_BACKEND_NAMES = ("batched", "per_image")
+BACKBONE_NAMES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
+LOGGER_NAMES = ("tensorboard", "csv", "wandb", "none")
 
-    return {"method": tuple(METHODS), "data.mode": tuple(MODES),
-            "data.missing_synthetic": MISSING_POLICIES, "data.check_images": IMAGE_CHECKS,
-            "data.decode": DECODE_PLACES, "data.pooled_epoch": POOLED_EPOCHS,
-            "augment.recipe": tuple(RECIPES), "augment.backend": tuple(BACKENDS),
-            "model.backbone": tuple(BACKBONES),
-            "optim.name": tuple(OPTIMIZERS), "trainer.precision": PRECISIONS,
-            "trainer.logger": tuple(LOGGERS)}
+ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
+    "method": METHOD_NAMES, "data.mode": MODE_NAMES, "data.missing_synthetic": MISSING_POLICIES,
+    "data.check_images": IMAGE_CHECKS, "data.decode": DECODE_PLACES,
+    "data.pooled_epoch": POOLED_EPOCHS, "augment.recipe": RECIPE_NAMES,
+    "augment.backend": AUGMENT_BACKEND_NAMES, "model.backbone": BACKBONE_NAMES,
+    "optim.name": OPTIMIZER_NAMES, "trainer.precision": PRECISIONS,
+    "trainer.logger": LOGGER_NAMES}
 
 
 UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
@@ -242,7 +247,7 @@ def _describe(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(cfg: DictConfig) -> None:
-    for key, allowed in allowed_values().items():
+    for key, allowed in ALLOWED_VALUES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"config key `{key}` = {value!r} is not one of: {', '.join(allowed)}")

@@ -35,14 +35,14 @@ from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from mixdiff.callbacks import RunInterrupted
+from mixdiff.config import METHOD_NAMES, MODE_NAMES
 from mixdiff.errors import MixDiffError
 from mixdiff.io import atomic_write_text
 from mixdiff.runs import RunDir
 
 log = logging.getLogger(__name__)
 
-METHODS = ("simclr", "barlow_twins", "dino")
-MODES = ("real", "synthetic", "mixdiff", "pooled")
+METHODS, MODES = METHOD_NAMES, MODE_NAMES
 DATASET = "fashion-mnist"
 UNTRAINED = "untrained"
 REAL, MIXDIFF = "real", "mixdiff"

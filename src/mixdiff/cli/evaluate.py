@@ -12,7 +12,7 @@ import typer
 from mixdiff.cli._app import app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import WEIGHT_PREFIXES
-from mixdiff.evaluate.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
+from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 
 eval_app = typer.Typer(help="Evaluate pre-trained runs offline: kNN, linear probe, robustness "

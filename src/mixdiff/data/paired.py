@@ -92,9 +92,6 @@ def _pooled_samples(paths, labels, twins) -> list[Sample]:
 MODES: dict[str, Callable[..., list[Sample]]] = {
     "real": _real_samples, "synthetic": _synthetic_samples, "mixdiff": _mixdiff_samples,
     "pooled": _pooled_samples}
-MISSING_POLICIES = ("error", "fallback_real")
-# data.decode: where training images are decoded and cropped (device: data/device_decode.py)
-DECODE_PLACES = ("cpu", "device")
 
 
 def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mixdiff.callbacks import last_batch_of_epoch
 from mixdiff.errors import NonFiniteLossError
-from mixdiff.evaluate.knn import knn_accuracy
+from mixdiff.knn import knn_accuracy
 from mixdiff.methods.epoch_means import EpochMeans
 from mixdiff.models import build_backbone
 from mixdiff.models.one_window import one_window_convs
