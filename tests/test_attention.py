@@ -123,10 +123,9 @@ def test_best_head_is_the_most_concentrated(batch):
 def test_figure_of_runs_side_by_side(runs, batch, tmp_path):
     _, _, paths = batch
     out = tmp_path / "attention.png"
-    args = ["attention", "--run", str(runs["dino-vit"]), "--run", str(runs["simclr-vit"]),
-            "--out", str(out), "--device", "cpu"]
-    for path in paths:
-        args += ["--images", str(path)]
+    # a shell glob gives one --images and the rest as arguments (runs likewise)
+    args = ["attention", "--run", str(runs["dino-vit"]), str(runs["simclr-vit"]),
+            "--out", str(out), "--device", "cpu", "--images", *map(str, paths)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "dino-vit (teacher)" in result.output and "simclr-vit (student)" in result.output

@@ -373,3 +373,14 @@ def test_evaluations_whose_number_means_something_else_are_warned_about(tmp_path
     one = make_tree(tmp_path / "one" / "train", 3, classes=("only",))
     one_set, _ = labelled_sets(one, one)
     assert any("has one class (only)" in n for n in evaluation_warnings(one, one, one_set))
+
+
+def test_a_shell_glob_of_runs_is_taken_whole(eval_runs, tmp_path):
+    """`--run runs/*` reaches the command as one --run and the rest as extra arguments."""
+    result = CliRunner().invoke(app, [
+        "eval", "knn", "--run", str(eval_runs["simclr"]), str(eval_runs["dino"]),
+        "--train", str(eval_runs["train"]), "--val", str(eval_runs["val"]), "--device", "cpu",
+        "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert all((eval_runs[name] / "eval" / "knn" / "toy.json").is_file()
+               for name in ("simclr", "dino"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -51,6 +52,20 @@ class MixDiffGroup(typer.core.TyperGroup):
 
 app = typer.Typer(help="MixDiff: self-supervised learning from real and synthetic images.",
                   no_args_is_help=True, pretty_exceptions_enable=False, cls=MixDiffGroup)
+
+
+# A repeated option given a shell glob (`--run runs/*`, `--images samples/*.png`) arrives as one
+# value for the option and the rest as extra arguments: the commands that take such lists collect
+# the rest here.
+MORE = typer.Argument(None, metavar="[MORE]...", show_default=False,
+                      help="More values of --run (or --images), as a shell glob gives them: "
+                      "folders are runs, files are images.")
+
+
+def sort_more(more: list[Path] | None) -> tuple[list[Path], list[Path]]:
+    """The extra arguments of a shell glob, as (run folders, image files)."""
+    more = more or []
+    return [p for p in more if p.is_dir()], [p for p in more if not p.is_dir()]
 
 
 def fail(exc: MixDiffError) -> NoReturn:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from mixdiff.cli._app import app, console, fail
+from mixdiff.cli._app import MORE, app, console, fail, sort_more
 from mixdiff.errors import MixDiffError
 
 
@@ -24,12 +24,15 @@ def attention(
                                     "this fraction of the head's attention (DINO: 0.6)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the "
                                          "GPU when there is one)."),
+    more: Optional[List[Path]] = MORE,
 ) -> None:
     """The last block's CLS self-attention of ViT runs over the same images: per run the most
     concentrated head (lowest entropy) and DINO's thresholded mask, side by side."""
     from mixdiff.evaluate.attention import run_attention
     from mixdiff.report.attention_grid import plot_attention
 
+    more_runs, more_images = sort_more(more)
+    runs, images = [*runs, *more_runs], [*images, *more_images]
     names = ["/".join(p.parts[-2:]) for p in images]  # class folder and file: tells twins apart
     try:
         maps = [run_attention(run, images, weights, device, threshold) for run in runs]

@@ -9,7 +9,7 @@ from typing import Callable, List, Optional, Sequence
 
 import typer
 
-from mixdiff.cli._app import app, console, fail
+from mixdiff.cli._app import MORE, app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import WEIGHT_PREFIXES
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
@@ -93,6 +93,7 @@ def knn(
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
     pixels: bool = PIXELS,
+    more: Optional[List[Path]] = MORE,
 ) -> None:
     """Weighted kNN on frozen features (DINO's protocol: cosine, T=0.07, k=20 and k=200).
     Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
@@ -101,7 +102,7 @@ def knn(
     if min(ks) < 1:
         fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
     train_set, val_set = _trees(train, val, ks)
-    _for_each_run(runs, weights, device, lambda encoder: knn_eval(
+    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
         encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers), pixels)
 
 
@@ -116,6 +117,7 @@ def linear(
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
     pixels: bool = PIXELS,
+    more: Optional[List[Path]] = MORE,
 ) -> None:
     """Offline linear probe: L-BFGS logistic regression on frozen, standardised features, its
     weight decay chosen on a stratified 20% of the training images, scored on --val (top-1,
@@ -124,7 +126,7 @@ def linear(
     from mixdiff.evaluate.linear import linear_eval
 
     train_set, val_set = _trees(train, val)
-    _for_each_run(runs, weights, device, lambda encoder: linear_eval(
+    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
         encoder, train_set, val_set, name, batch_size=batch_size, num_workers=num_workers),
         pixels)
 
@@ -147,9 +149,10 @@ def transfer(
     device: Optional[str] = DEVICE,
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
+    more: Optional[List[Path]] = MORE,
 ) -> None:
     from mixdiff.evaluate.transfer import transfer_eval
 
-    _for_each_run(runs, weights, device, lambda encoder: transfer_eval(
+    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
         encoder, dataset.value, root, download, result=name, batch_size=batch_size,
         num_workers=num_workers))

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from mixdiff.cli._app import console, fail
+from mixdiff.cli._app import MORE, console, fail
 from mixdiff.cli.evaluate import eval_app
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
@@ -43,6 +43,7 @@ def robustness(
     batch_size: int = typer.Option(256, "--batch-size", help="Images per encoding batch."),
     num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Image decoding "
                                               "processes (default: up to 8)."),
+    more: Optional[List[Path]] = MORE,
 ) -> None:
     from mixdiff.evaluate.features import Encoder
     from mixdiff.evaluate.results import print_table
@@ -55,7 +56,7 @@ def robustness(
         images = spec.scan(root)
         options = EncodeOptions(batch_size, num_workers)
         results = []
-        for run in runs:
+        for run in [*runs, *(more or [])]:
             encoder = Encoder.from_run(run, weights, device)
             path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
                                                          levels, options)
