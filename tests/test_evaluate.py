@@ -4,6 +4,7 @@ files, probes. Real tiny runs of `mixdiff pretrain`, real image trees on disk.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 
 import numpy as np
@@ -226,6 +227,31 @@ def test_equal_heldout_scores_are_told_apart_by_the_heldout_loss():
     assert sweep.best_weight_decay < 1.0, sweep.record()
     assert sweep.chosen.heldout_loss == min(p.heldout_loss for p in sweep.points)
     assert sweep.chosen.heldout_loss < sweep.points[0].heldout_loss / 3
+
+
+def test_linear_chooses_by_the_heldout_loss_where_the_score_is_noise():
+    """30 held-out images: the top-1 moves in steps of 3.3 points and peaks by chance; `eval
+    linear` chooses by the held-out cross-entropy (LINEAR_SETTINGS), transfer by the score."""
+    from mixdiff.evaluate.linear import LINEAR_SETTINGS
+
+    gen = torch.Generator().manual_seed(3)
+    means = torch.randn(10, 64, generator=gen) * 0.35
+
+    def sample(n):
+        y = torch.arange(n) % 10
+        return means[y] + torch.randn(n, 64, generator=gen), y
+    train, held = sample(200), sample(30)
+    grid = dict(grid_log10=(-4.0, 2.0, 13), patience=20)
+    by_score = sweep_weight_decay(*train, *held, 10, "top1", LogisticSettings(**grid))
+    by_loss = sweep_weight_decay(*train, *held, 10, "top1",
+                                 replace(LINEAR_SETTINGS, **grid))
+    assert LINEAR_SETTINGS.select_by == "heldout_loss"
+    losses = [p.heldout_loss for p in by_loss.points]
+    assert by_loss.chosen.heldout_loss == min(losses)
+    assert by_score.chosen.score == max(p.score for p in by_score.points)
+    assert by_score.best_weight_decay != by_loss.best_weight_decay  # they disagree here
+    assert "chosen by the held-out cross-entropy" not in str(by_score.record())
+    assert by_loss.record()["chosen_by"].startswith("the held-out cross-entropy")
 
 
 def test_stratified_holdout_is_seeded_and_keeps_every_class():

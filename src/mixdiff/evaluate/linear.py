@@ -99,8 +99,12 @@ def load_probe(run: RunDir, dataset: str | None = None, weights: str | None = No
     return probe
 
 
+# the weight decay chosen by the held-out cross-entropy (see evaluate.logistic)
+LINEAR_SETTINGS = LogisticSettings(select_by="heldout_loss")
+
+
 def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
-                settings: LogisticSettings = LogisticSettings(), batch_size: int = 256,
+                settings: LogisticSettings = LINEAR_SETTINGS, batch_size: int = 256,
                 num_workers: int | None = None, show_progress: bool = True) -> Path:
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
@@ -127,8 +131,10 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
     result = {
         "command": "linear",
         "protocol": "offline linear probe on frozen standardised features: multinomial logistic "
-                    "regression (full-batch L-BFGS), weight decay chosen on a stratified "
-                    f"{settings.heldout_fraction:.0%} held-out part of the training images, refit "
+                    "regression (full-batch L-BFGS), weight decay chosen by the "
+                    f"{'cross-entropy' if settings.select_by == 'heldout_loss' else 'top-1'} on "
+                    f"a stratified {settings.heldout_fraction:.0%} held-out part of the training "
+                    "images, refit "
                     "on all of them, scored once on the val images",
         "online": False, "dataset": val.name, "split": val.split,
         "classes": len(val.classes), "images": len(val), **scores,
