@@ -50,6 +50,11 @@ def test_a_difference_says_whether_it_is_beyond_the_noise():
     assert noisy.judgement() == "not distinguishable from zero"
     below = Difference((0, 1, 2), -0.02, (-0.03, -0.01))
     assert below.distinguishable  # below zero is also beyond the noise
+    # two seeds give an interval but no claim: here both seeds differ by exactly 0.4 points,
+    # a zero-width interval that would otherwise read as certainty
+    two = paired_difference({0: 0.800, 1: 0.804}, {0: 0.796, 1: 0.800})
+    assert two.ci95 == pytest.approx((0.004, 0.004)) and two.distinguishable is None
+    assert two.judgement() == "no claim (2 seeds are too few; 3 or more make one)"
     sentence = Difference((0, 1, 2), 0.009, (-0.012, 0.030)).sentence("MixDiff − real, linear")
     assert sentence == ("MixDiff − real, linear: +0.9 points (95% CI −1.2 to +3.0, 3 seeds): not "
                         "distinguishable from zero")

@@ -28,7 +28,8 @@ from mixdiff.generate.backends import (CLIP_MEAN, CLIP_STD, GeneratorLoadError,
                                        sd_variation_preprocess)
 from mixdiff.generate.embedded import EMBEDDED_DIR, GeneratorTraining, train_generator
 from mixdiff.generate.runner import generate
-from mixdiff.generate.settings import USED_BY, GenerateSettings, image_seed, parse_shard
+from mixdiff.generate.settings import (USED_BY, GenerateSettings, changed_settings, image_seed,
+                                       parse_shard)
 
 runner = CliRunner()
 MANIFEST_FIELDS = {"source", "variant", "seed", "path", "status", "sha256", "bytes", "generator",
@@ -548,6 +549,10 @@ def test_options_a_generator_ignores_are_said_and_not_recorded():
     defaults = GenerateSettings()
     assert (done.guidance, done.noise_level, done.safety_checker, done.quality) == \
         (None, defaults.noise_level, defaults.safety_checker, defaults.quality)
-    # so a re-run that changes only an ignored option is the same run
+    # so a re-run that changes only an ignored option is the same run, and so is an OUT
+    # written before ignored options were reset (its generate.yaml has sdedit's guidance 0.0)
     again = replace(given, guidance=1.0, quality=50).resolved()
     assert again.output_settings() == done.output_settings()
+    older = {**done.output_settings(), "guidance": 0.0, "quality": 95}
+    assert changed_settings(older, done.output_settings()) == []
+    assert changed_settings({**older, "strength": 0.5}, done.output_settings()) == ["strength"]

@@ -385,8 +385,10 @@ def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
             text = ", ".join(f"{METRIC_WORDS[m]} {gains[m].bracket()}" for m in COMPARED)
             learnt = all(gains[m].distinguishable and gains[m].difference > 0
                          for m in ("linear", "knn"))
+            few = gains["linear"].distinguishable is None
             lines.append(f"{method} · {mode} − untrained, points [95% CI, {s.seeds} seeds]: "
-                         f"{text}: " + ("it learnt (linear and kNN above the untrained encoder "
+                         f"{text}: " + (f"no claim ({s.seeds} seeds are too few)" if few else
+                                        "it learnt (linear and kNN above the untrained encoder "
                                         "beyond the noise)" if learnt else
                                         "not distinguishable from the untrained encoder"))
         if MIXDIFF in s.modes and REAL in s.modes:

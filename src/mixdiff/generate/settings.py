@@ -153,7 +153,12 @@ def resolve_device(text: str) -> str:
 
 
 def changed_settings(saved: dict, current: dict) -> list[str]:
-    return sorted(k for k in OUTPUT_KEYS if saved.get(k) != current.get(k))
+    """The output keys whose values differ, but for those the generator does not use (an OUT
+    written before they were reset still matches)."""
+    unused = {name for name, users in USED_BY.items() if current.get("generator") not in users}
+    if current.get("format") not in LOSSY_FORMATS:
+        unused.add("quality")
+    return sorted(k for k in OUTPUT_KEYS if k not in unused and saved.get(k) != current.get(k))
 
 
 def image_seed(global_seed: int, key: str, variant: int) -> int:

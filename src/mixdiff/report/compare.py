@@ -23,6 +23,12 @@ from mixdiff.report.settings import NOT_A_SETTING, UNTRAINED_KEYS, Setting
 CONFIDENCE = 0.95
 
 
+# Fewer seeds give an interval but no claim: with two, the t-interval has one degree of freedom
+# (t = 12.7), and two accuracies on a thousand test images often differ by exactly the same
+# tenth of a point, a sample spread of zero that would pass for certainty.
+MIN_SEEDS_FOR_A_CLAIM = 3
+
+
 @dataclass(frozen=True)
 class Difference:
     """`value − baseline`, the mean over the seeds both have."""
@@ -34,8 +40,9 @@ class Difference:
 
     @property
     def distinguishable(self) -> bool | None:
-        """Whether the interval excludes zero; None where there is no interval."""
-        if self.ci95 is None:
+        """Whether the interval excludes zero; None where there is no interval, or too few
+        seeds for a claim (MIN_SEEDS_FOR_A_CLAIM)."""
+        if self.ci95 is None or len(self.seeds) < MIN_SEEDS_FOR_A_CLAIM:
             return None
         return self.ci95[0] > 0 or self.ci95[1] < 0
 
@@ -62,6 +69,9 @@ class Difference:
             return "no claim (the settings share no seed)"
         if self.ci95 is None:
             return "no claim (one seed has no interval; --seeds 3 gives one)"
+        if self.distinguishable is None:
+            return (f"no claim ({len(self.seeds)} seeds are too few; "
+                    f"{MIN_SEEDS_FOR_A_CLAIM} or more make one)")
         return "distinguishable from zero" if self.distinguishable else \
             "not distinguishable from zero"
 
