@@ -18,7 +18,7 @@ from conftest import make_tree, tiny_overrides
 HOLD = """
 import sys, time
 from mixdiff.lock import exclusive
-with exclusive(sys.argv[1], what="the holder"):
+with exclusive(sys.argv[1], "the holder"):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -36,22 +36,22 @@ def test_a_held_folder_is_refused_naming_the_holder_until_the_holder_dies(tmp_pa
     process = _holder(folder)
     try:
         with pytest.raises(FolderInUseError, match=rf"`the holder` \(pid {process.pid} on "):
-            with exclusive(folder):
+            with exclusive(folder, "a second writer"):
                 pass
     finally:
         process.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel drops the lock
         process.wait()
-    with exclusive(folder, what="the next one"):
+    with exclusive(folder, "the next one"):
         assert "the next one" in (folder / lock_name()).read_text()
 
 
 def test_a_folder_made_only_for_the_lock_goes_again(tmp_path):
     with pytest.raises(RuntimeError):
-        with exclusive(tmp_path / "new"):
+        with exclusive(tmp_path / "new", "a failed start"):
             raise RuntimeError("a failed start")
     assert not (tmp_path / "new").exists()
     (tmp_path / "old").mkdir()
-    with exclusive(tmp_path / "old"):
+    with exclusive(tmp_path / "old", "a start"):
         pass
     assert (tmp_path / "old").is_dir()  # it was there before: kept
 
@@ -83,7 +83,7 @@ def test_a_second_generate_of_the_same_shard_is_refused(tmp_path):
     real = make_tree(tmp_path / "real", per_class=2)
     out = tmp_path / "out"
     settings = GenerateSettings(generator="sdedit", model=str(tmp_path / "not-needed"))
-    with exclusive(out, part="shard-0-of-1", what="the other generate"):
+    with exclusive(out, "the other generate", part="shard-0-of-1"):
         with pytest.raises(FolderInUseError, match="the other generate"):
             generate(real, out, settings, shard=(0, 1), show_progress=False)
         # another shard of the same run is not held: it gets as far as loading its model

@@ -68,13 +68,12 @@ class EpochSummary(Callback):
         if trainer.max_epochs == 0 and trainer.is_global_zero and not self.path.exists():
             atomic_write_text(self.path, "epoch,step\n")
 
-    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch (Lightning's fit
-        # loop skips it): its row times the part of the epoch that ran in this process
-        self._start, self._samples = time.perf_counter(), 0
-
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._samples = time.perf_counter(), 0
+
+    # a run resumed mid-epoch gets no on_train_epoch_start for that epoch (Lightning's fit loop
+    # skips it): its row times the part of the epoch that ran in this process
+    on_train_start = on_train_epoch_start
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
         self._samples += len(batch[0])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,9 +34,10 @@ def launched_rank_zero() -> bool:
 
 
 @contextmanager
-def exclusive(folder: Path, part: str | None = None, what: str = "") -> Iterator[None]:
-    """Hold `folder`'s lock (or the lock of `part` of it) while the block runs. A folder this
-    call had to create is removed again if the block leaves nothing in it but the lock."""
+def exclusive(folder: Path, what: str, part: str | None = None) -> Iterator[None]:
+    """Hold `folder`'s lock (or the lock of `part` of it) while the block runs; `what` names the
+    holder to a process refused. A folder this call had to create is removed again if the block
+    leaves nothing in it but the lock."""
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,8 +54,7 @@ def exclusive(folder: Path, part: str | None = None, what: str = "") -> Iterator
     try:
         handle.seek(0)
         handle.truncate()
-        command = " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:2]) or "python"
-        handle.write(f"`{what or command}` (pid {os.getpid()} on {socket.gethostname()}, since "
+        handle.write(f"`{what}` (pid {os.getpid()} on {socket.gethostname()}, since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         handle.flush()
         yield

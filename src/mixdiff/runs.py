@@ -23,7 +23,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from mixdiff.config import load_saved_config
@@ -47,6 +46,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True
     the file (empty, cut short, not a checkpoint) instead of torch's. `mmap`: map the tensors
     rather than read them (when only some are wanted). `lightning=False`: any dict torch saved
     (Lightning's own temporary files, e.g. ddp_spawn's weights)."""
+    import torch  # here: reading a run folder's files (the report) needs no torch
+
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"checkpoint not found: {path}")

@@ -229,7 +229,7 @@ def pretrain(cfg: DictConfig, out: str | Path) -> Path:
     """Pre-train (or resume) the run in `out`; returns the run directory."""
     quiet_libraries()
     run = RunDir(out)
-    holder = exclusive(run.root, what="mixdiff pretrain") if launched_rank_zero() else nullcontext()
+    holder = exclusive(run.root, "mixdiff pretrain") if launched_rank_zero() else nullcontext()
     with holder:
         return _pretrain(cfg, run)
 

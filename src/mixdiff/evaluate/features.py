@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from mixdiff.data.tree import ImageTree, load_rgb
 from mixdiff.data.views import eval_view
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
-from mixdiff.io import atomic_open
+from mixdiff.io import atomic_open, file_sha256
 from mixdiff.models import build_backbone
 from mixdiff.runs import PIXELS, RunDir, read_checkpoint
 
@@ -122,11 +122,6 @@ def evaluation_warnings(train: str | Path, val: str | Path, train_set: ImageSet,
         notes.append(f"--k {ks[0]} is more than the {len(train_set)} training images: it votes "
                      f"with all {len(train_set)} of them (the same as k={len(train_set)})")
     return notes
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def resolve_device(device: str | None) -> torch.device:

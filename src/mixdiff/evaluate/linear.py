@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from mixdiff.errors import RunDirError
-from mixdiff.evaluate.features import Encoder, ImageSet, file_sha256
+from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
 from mixdiff.evaluate.results import accuracies, result_name, write_result
-from mixdiff.io import atomic_open
+from mixdiff.io import atomic_open, file_sha256
 from mixdiff.runs import RunDir
 
 PROBE_SUFFIX = ".probe"  # RUN/eval/linear/<name>.probe.pt

@@ -14,11 +14,10 @@ noise: a 150-epoch SimCLR run's sweep chose a decay of 3.2 (held-out top-1 77.5%
 1.07) over 0.03 (76.0%, 0.66) and scored 75.8% on the test images, against an online probe of
 78.6% on the same features. The cross-entropy is a proper score, smooth in the decay.
 
-Equal held-out scores are told apart by the held-out cross-entropy. Accuracy on a few hundred
-held-out images moves in steps of one image, so a plateau of equal scores is common; keeping the
-first (the heaviest decay) there once chose a decay of 31.6 that left the probe near-constant
-(training loss 2.03 for 10 classes): 72.1% on Fashion-MNIST's test images, against 80.9% for
-the same features with this tie-break. The cross-entropy is a proper score that does not move in steps.
+Choosing by the score, equal held-out scores are told apart by the held-out cross-entropy: on a
+plateau of equal scores, keeping the first (the heaviest decay) once chose a decay of 31.6 that
+left the probe near-constant (training loss 2.03 for 10 classes): 72.1% on Fashion-MNIST's test
+images, against 80.9% for the same features with this tie-break.
 """
 
 from __future__ import annotations

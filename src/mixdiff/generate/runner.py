@@ -34,7 +34,7 @@ from mixdiff.generate import manifest
 from mixdiff.generate.backends import Backend, build_backend
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
-from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.io import atomic_open, atomic_write_text, file_sha256
 from mixdiff.lock import exclusive
 
 SETTINGS_FILE = "generate.yaml"
@@ -132,7 +132,7 @@ def completed(out: Path, fmt: str, wanted: set[tuple[str, int]]) -> set[tuple[st
             continue
         target = out / row["path"]
         if target.is_file() and target.stat().st_size == row["bytes"] and \
-                hashlib.sha256(target.read_bytes()).hexdigest() == row.get("sha256"):
+                file_sha256(target) == row.get("sha256"):
             done.add(key)
     return done
 
@@ -189,7 +189,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     shard = shard or shard_from_environment()
     tree = ImageTree.scan(real)
     # a lock per shard: the ranks of one run write side by side, two runs of a shard may not
-    with exclusive(out, part=f"shard-{shard[0]}-of-{shard[1]}", what="mixdiff generate"):
+    with exclusive(out, "mixdiff generate", part=f"shard-{shard[0]}-of-{shard[1]}"):
         return _generate(tree, real, out, settings, shard, limit, overwrite, show_progress,
                          backend)
 

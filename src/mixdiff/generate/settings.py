@@ -43,6 +43,12 @@ USED_BY = {
 }
 LOSSY_FORMATS = ("jpg", "webp")  # --quality applies to these
 
+
+def unused_options(generator: str, fmt: str) -> tuple[str, ...]:
+    """The options of USED_BY (and --quality) that this generator and format ignore."""
+    unused = [name for name, users in USED_BY.items() if generator not in users]
+    return (*unused, "quality") if fmt not in LOSSY_FORMATS else tuple(unused)
+
 # Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
 OUTPUT_KEYS = ("generator", "model", "revision", "steps", "guidance", "scheduler", "resolution",
                "seed", "strength", "noise_level", "format", "quality", "save_size", "dtype",
@@ -79,10 +85,8 @@ class GenerateSettings:
         if self.generator not in GENERATORS:
             raise ConfigError(f"--generator {self.generator!r} is not one of: {', '.join(GENERATORS)}")
         model, revision, steps, guidance, resolution = DEFAULTS[self.generator]
-        unused = {name: getattr(GenerateSettings, name) for name, users in USED_BY.items()
-                  if self.generator not in users}
-        if self.format not in LOSSY_FORMATS:
-            unused["quality"] = GenerateSettings.quality
+        unused = {name: getattr(GenerateSettings, name)
+                  for name in unused_options(self.generator, self.format)}
         for name, default in unused.items():
             if getattr(self, name) not in (default, None):
                 log.warning("--%s %s is not used by %s: ignored", name.replace("_", "-"),
@@ -155,9 +159,7 @@ def resolve_device(text: str) -> str:
 def changed_settings(saved: dict, current: dict) -> list[str]:
     """The output keys whose values differ, but for those the generator does not use (an OUT
     written before they were reset still matches)."""
-    unused = {name for name, users in USED_BY.items() if current.get("generator") not in users}
-    if current.get("format") not in LOSSY_FORMATS:
-        unused.add("quality")
+    unused = unused_options(current.get("generator"), current.get("format"))
     return sorted(k for k in OUTPUT_KEYS if k not in unused and saved.get(k) != current.get(k))
 
 
