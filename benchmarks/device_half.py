@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from mixdiff.data import device_decode
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input import device_decode
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from photo_tree import benchmark_config, make_real_and_twins
 from timing import device_name, sync
 

@@ -24,7 +24,7 @@ from mixdiff.evaluate.linear import linear_eval
 from mixdiff.generate.runner import generate
 from mixdiff.generate.settings import GenerateSettings
 from mixdiff.quickstart import DATASET, PRESETS, Paths, preset_config, run_overrides
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 
 def main() -> None:

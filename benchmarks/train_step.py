@@ -44,9 +44,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from mixdiff.data.datamodule import MixDiffDataModule
-from mixdiff.methods import METHODS
-from mixdiff.train import native_bf16
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
+from mixdiff.pretrain.methods import METHODS
+from mixdiff.pretrain.train import native_bf16
 from photo_tree import benchmark_config, make_real_and_twins
 from timing import device_name, sync
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from mixdiff.data import device_decode
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input import device_decode
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from photo_tree import benchmark_config, make_real_and_twins
 
 def worker_seconds(dm: MixDiffDataModule, samples: int, batch: int) -> float:

@@ -16,7 +16,7 @@ from mixdiff.data.tree import load_rgb
 from mixdiff.evaluate.attention import (attention_maps, cls_patch_attention, head_entropy,
                                         last_block_attention, run_attention, threshold_masks)
 from mixdiff.evaluate.features import Encoder
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 runner = CliRunner()
 VIT = {"model.backbone": "vit_tiny", "model.patch_size": 4}

@@ -16,11 +16,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from mixdiff.config import load_config
-from mixdiff.data.batch_augment import BatchAugment, adjust_hue_turns, step_seed
+from mixdiff.pretrain.input.batch_augment import BatchAugment, adjust_hue_turns, step_seed
 from mixdiff.data.decode import ViewNeed, load_rgb_for, max_reduction
-from mixdiff.data.views import build_views
+from mixdiff.pretrain.input.views import build_views
 from mixdiff.errors import UnreadableImageError
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import tiny_overrides
 

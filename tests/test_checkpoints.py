@@ -13,7 +13,7 @@ from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.errors import ConfigError, RunDirError
 from mixdiff.runs import RunDir, read_checkpoint
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 

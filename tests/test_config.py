@@ -117,10 +117,10 @@ def test_the_names_config_allows_are_the_registries_keys():
     """config.py declares the names (reading a config imports no torch); each registry must
     define exactly them, in the same order."""
     from mixdiff import config
-    from mixdiff.data.paired import MODES
-    from mixdiff.data.views import BACKENDS, RECIPES
-    from mixdiff.loggers import LOGGERS
-    from mixdiff.methods import METHODS, OPTIMIZERS
+    from mixdiff.pretrain.input.paired import MODES
+    from mixdiff.pretrain.input.views import BACKENDS, RECIPES
+    from mixdiff.pretrain.loggers import LOGGERS
+    from mixdiff.pretrain.methods import METHODS, OPTIMIZERS
     from mixdiff.models.backbones import BACKBONES
 
     for registry, names in ((METHODS, config.METHOD_NAMES), (MODES, config.MODE_NAMES),

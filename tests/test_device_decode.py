@@ -15,11 +15,11 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from mixdiff.config import load_config
-from mixdiff.data import device_decode
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input import device_decode
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.data.decode import load_rgb_for
 from mixdiff.errors import ConfigError, UnreadableImageError
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import tiny_overrides
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.evaluate.features import Encoder, ImageSet
-from mixdiff.export import export_backbone
-from mixdiff.train import pretrain
+from mixdiff.evaluate.export import export_backbone
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 from test_evaluate import eval_runs  # noqa: F401  (the shared session runs)

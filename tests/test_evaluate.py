@@ -25,7 +25,7 @@ from mixdiff.evaluate.logistic import (LogisticSettings, select_and_fit, stratif
 from mixdiff.evaluate.results import (REQUIRED, mean_per_class_accuracy, read_result,
                                       write_result)
 from mixdiff.runs import RunDir
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 

@@ -11,7 +11,7 @@ from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.linear import linear_eval
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 

@@ -452,7 +452,7 @@ def test_generator_training_settings_are_checked_before_anything(real, tmp_path)
                             ({"batch_size": 0}, "--batch-size must be at least 1"),
                             ({"resolution": 0}, "--resolution must be at least 1"),
                             ({"resolution": 15}, "--resolution 15: .* multiple of 2"),
-                            ({"channels": 2}, "--channels must be 1 .* or 3"),
+                            ({"channels": 2}, "--channels 2 is not one of: 1, 3"),
                             ({"lr": 0.0}, "--lr must be positive"),
                             ({"lr": float("nan")}, "--lr must be positive")):
         with pytest.raises(ConfigError, match=message):
@@ -490,7 +490,7 @@ def test_train_generator_writes_a_loadable_pipeline(real, tmp_path):
 def test_pretrain_takes_generated_roots_directly(models, real, tmp_path):
     from conftest import tiny_overrides
     from mixdiff.config import load_config
-    from mixdiff.train import pretrain
+    from mixdiff.pretrain.train import pretrain
 
     out = tmp_path / "syn"
     generate(real, out, settings(models, "sdedit", variants=2), show_progress=False)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mixdiff.config import load_config
-from mixdiff.data import device_decode, input_stream
-from mixdiff.data.batch_augment import BatchAugment
-from mixdiff.data.views import build_views
-from mixdiff.train import pretrain
+from mixdiff.pretrain.input import device_decode, input_stream
+from mixdiff.pretrain.input.batch_augment import BatchAugment
+from mixdiff.pretrain.input.views import build_views
+from mixdiff.pretrain.train import pretrain
 
 from conftest import tiny_overrides
 from test_device_decode import _data_module, photo_tree  # noqa: F401  (the fixture)

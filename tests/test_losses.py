@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mixdiff.losses import DINOLoss, barlow_twins_loss, info_nce_loss, nt_xent_loss
+from mixdiff.pretrain.losses import DINOLoss, barlow_twins_loss, info_nce_loss, nt_xent_loss
 
 
 def test_nt_xent_matches_lightly():

@@ -12,12 +12,12 @@ from torch import nn
 from torchvision.transforms import v2
 
 from mixdiff.config import load_config
-from mixdiff.data.views import build_views
-from mixdiff.methods import METHODS
-from mixdiff.methods.base import VAL
+from mixdiff.pretrain.input.views import build_views
+from mixdiff.pretrain.methods import METHODS
+from mixdiff.pretrain.methods.base import VAL
 from mixdiff.models import DINOHead, projection_mlp
 from mixdiff.schedules import cosine, warmup_cosine
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import tiny_overrides
 
@@ -192,7 +192,7 @@ def test_teacher_follows_the_student_within_each_optimiser_step(tiny_data, tmp_p
                                                                 monkeypatch):
     """The EMA runs inside optimizer_step, so a checkpoint saved at a batch boundary holds the
     teacher of that step (with momentum 0 at step 0: a copy of the student)."""
-    from mixdiff.callbacks import RunCheckpoint
+    from mixdiff.pretrain.callbacks import RunCheckpoint
 
     matched = []
     save = RunCheckpoint.on_train_batch_end

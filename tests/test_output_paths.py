@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 

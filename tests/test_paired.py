@@ -5,11 +5,11 @@ import torch
 from torchvision.transforms.v2 import PILToTensor
 
 from mixdiff.config import load_config
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.data.decode import load_rgb_for
-from mixdiff.data.paired import build_samples
+from mixdiff.pretrain.input.paired import build_samples
 from mixdiff.data.tree import ImageTree
-from mixdiff.data.views import build_views
+from mixdiff.pretrain.input.views import build_views
 from mixdiff.errors import MissingSyntheticError
 
 from conftest import make_tree, tiny_overrides

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
-from mixdiff.data.datamodule import MixDiffDataModule, ResumableSampler
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule, ResumableSampler
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.runs import RunDir
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 
@@ -99,7 +99,7 @@ def test_init_from_copies_weights(tiny_data, tmp_path):
 
 
 def _nan_loss(monkeypatch):
-    from mixdiff.methods.simclr import SimCLR
+    from mixdiff.pretrain.methods.simclr import SimCLR
 
     monkeypatch.setattr(SimCLR, "ssl_loss", lambda self, *a: torch.tensor(float("nan"),
                                                                           requires_grad=True))
@@ -276,10 +276,10 @@ def test_the_progress_bar_does_not_read_the_loss_after_every_step(tiny_data, tmp
                                                                   monkeypatch):
     """Each read of the logged metrics waits for the device: the bar reads them at most every
     METRICS_EVERY_S between steps, and always at the ends of epoch and validation."""
-    import mixdiff.train
+    import mixdiff.pretrain.train
     from lightning.pytorch.callbacks import RichProgressBar
 
-    from mixdiff.callbacks import ProgressBar
+    from mixdiff.pretrain.callbacks import ProgressBar
 
     reads, steps = [], []
     read, step_end = RichProgressBar.get_metrics, RichProgressBar.on_train_batch_end
@@ -287,7 +287,7 @@ def test_the_progress_bar_does_not_read_the_loss_after_every_step(tiny_data, tmp
                         lambda self, *a: reads.append(1) or read(self, *a))
     monkeypatch.setattr(RichProgressBar, "on_train_batch_end",
                         lambda self, *a: steps.append(1) or step_end(self, *a))
-    monkeypatch.setattr(mixdiff.train, "show_progress_bar", lambda cfg: True)
+    monkeypatch.setattr(mixdiff.pretrain.train, "show_progress_bar", lambda cfg: True)
 
     def run(every_s: float, name: str) -> tuple[int, int]:
         reads.clear(), steps.clear()
@@ -317,7 +317,7 @@ def test_an_unlabelled_val_tree_is_refused_before_anything_is_written(tiny_data,
 
 
 def test_data_settings_that_do_not_do_what_they_seem_are_warned_about(tiny_data):
-    from mixdiff.data.datamodule import data_warnings
+    from mixdiff.pretrain.input.datamodule import data_warnings
 
     def notes(**settings):
         return data_warnings(load_config(None, tiny_overrides(tiny_data, **settings)).data)

@@ -127,7 +127,7 @@ def test_a_stopped_quickstart_says_how_to_continue(tmp_path, monkeypatch, stop):
     import signal
 
     import mixdiff.quickstart
-    from mixdiff.callbacks import RunInterrupted
+    from mixdiff.pretrain.callbacks import RunInterrupted
 
     def stopped(settings, paths):
         if stop == "ctrl-c":

@@ -315,7 +315,7 @@ def test_pairs_from_the_runs_synthetic_roots(tiny_data, tmp_path):
 
 
 def test_real_run_is_read_as_pretrain_wrote_it(tiny_data, tmp_path):
-    from mixdiff.train import pretrain
+    from mixdiff.pretrain.train import pretrain
 
     run = pretrain(load_config(None, tiny_overrides(tiny_data, **{"trainer.max_epochs": 2})),
                    tmp_path / "run")

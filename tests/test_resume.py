@@ -14,12 +14,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-import mixdiff.train
-from mixdiff.callbacks import RunInterrupted
+import mixdiff.pretrain.train
+from mixdiff.pretrain.callbacks import RunInterrupted
 from mixdiff.config import load_config
-from mixdiff.data.datamodule import ResumableSampler
+from mixdiff.pretrain.input.datamodule import ResumableSampler
 from mixdiff.runs import Metric
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 
@@ -127,7 +127,7 @@ class _Recorder(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-BUILD_TRAINER = mixdiff.train.build_trainer
+BUILD_TRAINER = mixdiff.pretrain.train.build_trainer
 
 
 def _run_recorded(monkeypatch, cfg, out, seen, signal_at_step=None, signum=signal.SIGTERM):
@@ -136,7 +136,7 @@ def _run_recorded(monkeypatch, cfg, out, seen, signal_at_step=None, signum=signa
         trainer.callbacks.insert(0, _Recorder(seen, signal_at_step, signum))
         return trainer
 
-    monkeypatch.setattr(mixdiff.train, "build_trainer", with_recorder)
+    monkeypatch.setattr(mixdiff.pretrain.train, "build_trainer", with_recorder)
     return pretrain(cfg, out)
 
 
@@ -219,7 +219,7 @@ def test_several_processes_agree_on_stopping_every_few_steps(tmp_path):
     every STOP_POLL_STEPS steps (and at every epoch's end), a single process after every step."""
     from types import SimpleNamespace
 
-    from mixdiff.callbacks import STOP_POLL_STEPS, RunCheckpoint
+    from mixdiff.pretrain.callbacks import STOP_POLL_STEPS, RunCheckpoint
 
     asked = []
     strategy = SimpleNamespace(reduce_boolean_decision=lambda stop, all: asked.append(1) or stop)

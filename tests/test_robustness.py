@@ -239,7 +239,7 @@ def wnid_run(tmp_path_factory):
 
     from mixdiff.cli import app
     from mixdiff.config import load_config
-    from mixdiff.train import pretrain
+    from mixdiff.pretrain.train import pretrain
 
     base = tmp_path_factory.mktemp("wnid-run")
     data = {"real": make_tree(base / "tiny-imagenet" / "train", classes=WNIDS),

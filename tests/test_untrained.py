@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.data.tree import load_rgb
-from mixdiff.data.views import eval_view
+from mixdiff.data.eval_transform import eval_view
 from mixdiff.evaluate.features import Encoder, labelled_sets
-from mixdiff.methods import METHODS
+from mixdiff.pretrain.methods import METHODS
 from mixdiff.report.build import write_report
 from mixdiff.runs import RunDir
-from mixdiff.train import pretrain
+from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 

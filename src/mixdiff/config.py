@@ -16,148 +16,188 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixdiff.errors import ConfigError
+from mixdiff.settings import check, differences, not_producing, rules, setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# The names of the registries' entries. A registry (`pretrain.methods.METHODS` and `OPTIMIZERS`,
+# `pretrain.input.paired.MODES`, `pretrain.input.views.RECIPES` and `BACKENDS`,
+# `models.backbones.BACKBONES`, `pretrain.loggers.LOGGERS`) imports torch and what it registers;
+# reading a config must not, so the names live here, and tests/test_config.py checks that each
+# registry defines exactly these.
+METHOD_NAMES = ("simclr", "barlow_twins", "dino")
+MODE_NAMES = ("real", "synthetic", "mixdiff", "pooled")
+MISSING_POLICIES = ("error", "fallback_real")
+DECODE_PLACES = ("cpu", "device")  # where training images are decoded (device: device_decode.py)
+RECIPE_NAMES = ("simclr", "asymmetric", "byol", "dino", "none")
+AUGMENT_BACKEND_NAMES = ("batched", "per_image")
+BACKBONE_NAMES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
+LOGGER_NAMES = ("tensorboard", "csv", "wandb", "none")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+IMAGE_CHECKS = ("header", "decode", "none")
+POOLED_EPOCHS = ("real", "all")
+FRACTION = {"least": 0.0, "most": 1.0}  # a probability or a share, in [0, 1]
+
+
 @dataclass
 class DataConfig:
     real: str = ""  # image tree: <root>/<class>/<image>
-    image_size: int = 224  # training resolution (global crops)
+    image_size: int = setting(224, least=1)  # training resolution (global crops)
     synthetic: list[str] = field(default_factory=list)  # one root per variant, mirroring `real`
     val: Optional[str] = None  # labelled tree for the online evaluation; None: hold-out of `real`
-    val_fraction: float = 0.05  # size of that seeded, stratified hold-out
-    mode: str = "real"  # real | synthetic | mixdiff | pooled
-    p_synthetic: float = 1.0  # mixdiff: probability that the second view is synthetic
+    val_fraction: float = setting(0.05, **FRACTION)  # size of that seeded, stratified hold-out
+    mode: str = setting("real", choices=MODE_NAMES)
+    p_synthetic: float = setting(1.0, **FRACTION)  # mixdiff: probability the 2nd view is synthetic
     # pooled: samples per epoch. real: as many as the real images used (a different draw of the
     # pool each epoch), so every mode runs the same optimiser steps; all: every real and synthetic
     # image once (twice the steps with one variant)
-    pooled_epoch: str = "real"
-    real_fraction: float = 1.0  # seeded, stratified fraction of the real training images used
-    missing_synthetic: str = "error"  # error | fallback_real
-    num_workers: int = 8
-    eval_resize: float = 1.14  # evaluation: resize the short side to image_size * this, centre crop
-    check_images: str = "header"  # before training: header (every file opens), decode, or none
+    pooled_epoch: str = setting("real", choices=POOLED_EPOCHS)
+    # seeded, stratified fraction of the real training images used
+    real_fraction: float = setting(1.0, above=0.0, most=1.0)
+    missing_synthetic: str = setting("error", choices=MISSING_POLICIES)
+    num_workers: int = setting(8, least=0, produces=False)
+    # evaluation: resize the short side to image_size * this, centre crop
+    eval_resize: float = setting(1.14, above=0.0)
+    # before training: header (every file opens), decode, or none
+    check_images: str = setting("header", choices=IMAGE_CHECKS, produces=False)
     # where training images are decoded and cropped: cpu (loader workers) or device (the training
-    # device, nvJPEG on a GPU; workers only read files; needs augment.backend=batched)
-    decode: str = "cpu"
+    # device, nvJPEG on a GPU; workers only read files; needs augment.backend=batched). The same
+    # views, made elsewhere
+    decode: str = setting("cpu", choices=DECODE_PLACES, produces=False)
 
 
 @dataclass
 class AugmentConfig:
-    recipe: str = "simclr"  # simclr | asymmetric | byol | dino | none (see data/views.py)
+    # simclr | asymmetric | byol | dino | none (see pretrain/input/views.py)
+    recipe: str = setting("simclr", choices=RECIPE_NAMES)
     # batched: loader workers crop and flip; colour, grey, blur, solarise run per sample on the whole
-    # batch on the training device. per_image: everything per image in the workers (torchvision)
-    backend: str = "batched"
+    # batch on the training device. per_image: everything per image in the workers (torchvision).
+    # The same views, made elsewhere
+    backend: str = setting("batched", choices=AUGMENT_BACKEND_NAMES, produces=False)
     synthetic_augment: bool = True  # False: views of synthetic images are only resized and cropped
-    crop_min_scale: float = 0.08
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5  # simclr recipe (the others fix blur and solarize per view)
-    solarize_p: float = 0.0  # simclr recipe
+    crop_min_scale: float = setting(0.08, **FRACTION)
+    color_jitter_p: float = setting(0.8, **FRACTION)
+    brightness: float = setting(0.4, least=0.0)
+    contrast: float = setting(0.4, least=0.0)
+    saturation: float = setting(0.2, least=0.0)
+    hue: float = setting(0.1, least=0.0, most=0.5)
+    grayscale_p: float = setting(0.2, **FRACTION)
+    blur_p: float = setting(0.5, **FRACTION)  # simclr recipe (the others fix blur and solarize)
+    solarize_p: float = setting(0.0, **FRACTION)  # simclr recipe
     # dino multi-crop
     global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    local_crop_size: Optional[int] = None  # None: 96/224 of data.image_size
-    local_crops_real: int = 6
-    local_crops_synthetic: int = 2  # only drawn from synthetic images in mixdiff mode
+    local_crop_size: Optional[int] = setting(None, least=1)  # None: 96/224 of data.image_size
+    local_crops_real: int = setting(6, least=0)
+    local_crops_synthetic: int = setting(2, least=0)  # only from synthetic images, mixdiff mode
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet18 | resnet50 | vit_tiny | vit_small | vit_base
+    backbone: str = setting("resnet50", choices=BACKBONE_NAMES)
     small_stem: bool = False  # ResNet: 3x3 stride-1 first conv and no max-pool (32 px images)
-    patch_size: int = 16  # ViT
-    drop_path_rate: float = 0.0  # ViT stochastic depth, student only (DINO's ViTs: 0.1)
+    patch_size: int = setting(16, least=1)  # ViT
+    # ViT stochastic depth, student only (DINO's ViTs: 0.1)
+    drop_path_rate: float = setting(0.0, **FRACTION)
 
 
 @dataclass
 class SimCLRConfig:
-    proj_layers: int = 2  # linear layers in the projector (SimCLR: 2)
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 128
-    temperature: float = 0.2
+    proj_layers: int = setting(2, least=1)  # linear layers in the projector (SimCLR: 2)
+    proj_hidden_dim: int = setting(2048, least=1)
+    proj_output_dim: int = setting(128, least=1)
+    temperature: float = setting(0.2, above=0.0)
 
 
 @dataclass
 class BarlowTwinsConfig:
-    proj_layers: int = 3  # linear layers in the projector (Barlow Twins: 3, 8192-8192-8192)
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 2048
-    lambd: float = 0.005
-    scale_loss: float = 1.0
+    # linear layers in the projector (Barlow Twins: 3, 8192-8192-8192)
+    proj_layers: int = setting(3, least=1)
+    proj_hidden_dim: int = setting(2048, least=1)
+    proj_output_dim: int = setting(2048, least=1)
+    lambd: float = setting(0.005, least=0.0)
+    scale_loss: float = setting(1.0, above=0.0)
 
 
 @dataclass
 class DINOConfig:
-    proj_hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    out_dim: int = 65536
+    proj_hidden_dim: int = setting(2048, least=1)
+    bottleneck_dim: int = setting(256, least=1)
+    out_dim: int = setting(65536, least=1)
     norm_last_layer: bool = True
-    student_temperature: float = 0.1
-    teacher_temperature: float = 0.04
-    warmup_teacher_temperature: float = 0.04
-    warmup_teacher_temperature_epochs: int = 0
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996  # EMA momentum, raised to 1.0 on a cosine schedule
-    freeze_last_layer_epochs: int = 1
-    clip_grad: Optional[float] = 3.0  # DINO's clip: each student parameter's gradient norm
+    student_temperature: float = setting(0.1, above=0.0)
+    teacher_temperature: float = setting(0.04, above=0.0)
+    warmup_teacher_temperature: float = setting(0.04, above=0.0)
+    warmup_teacher_temperature_epochs: int = setting(0, least=0)
+    center_momentum: float = setting(0.9, **FRACTION)
+    momentum_teacher: float = setting(0.996, **FRACTION)  # EMA, raised to 1.0 on a cosine
+    freeze_last_layer_epochs: int = setting(1, least=0)
+    # DINO's clip: each student parameter's gradient norm
+    clip_grad: Optional[float] = setting(3.0, above=0.0)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd | lars
-    lr: float = 5e-4  # per 256 images of global batch: lr = lr * batch_size * world_size / 256
-    weight_decay: float = 4e-5
-    weight_decay_end: Optional[float] = None  # cosine schedule to this value (DINO: 0.04 -> 0.4)
-    momentum: float = 0.9  # sgd, lars
+    name: str = setting("adamw", choices=OPTIMIZER_NAMES)
+    # per 256 images of global batch: lr = lr * batch_size * world_size / 256
+    lr: float = setting(5e-4, above=0.0)
+    weight_decay: float = setting(4e-5, least=0.0)
+    # cosine schedule to this value (DINO: 0.04 -> 0.4)
+    weight_decay_end: Optional[float] = setting(None, least=0.0)
+    momentum: float = setting(0.9, **FRACTION)  # sgd, lars
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
-    warmup_epochs: float = 10.0
-    min_lr_ratio: float = 1e-3  # cosine ends at this fraction of the peak
+    warmup_epochs: float = setting(10.0, least=0.0)
+    min_lr_ratio: float = setting(1e-3, **FRACTION)  # cosine ends at this fraction of the peak
     exclude_bias_and_norm: bool = True  # no weight decay (and no LARS adaptation) on them
-    probe_lr: float = 1e-3  # online linear probe (AdamW, no weight decay, not scaled)
+    probe_lr: float = setting(1e-3, above=0.0)  # online linear probe (AdamW, no decay, not scaled)
 
 
 @dataclass
 class OnlineEvalConfig:
     """The online evaluation during pre-training (offline evaluation is `mixdiff eval`)."""
 
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_max_train_images: Optional[int] = None  # kNN bank: all training images, or a seeded subset
-    every_n_epochs: int = 1
+    knn_k: int = setting(20, least=1)
+    knn_temperature: float = setting(0.07, above=0.0)
+    # kNN bank: all training images, or a seeded subset
+    knn_max_train_images: Optional[int] = setting(None, least=1)
+    every_n_epochs: int = setting(1, least=1)
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 100  # 0: no training, the untrained reference (the seed's initial weights)
-    batch_size: int = 256  # per device
-    precision: str = "auto"  # auto: bf16-mixed where the hardware has bf16, else 16-mixed / 32-true
-    accelerator: str = "auto"
+    # 0: no training, the untrained reference (the seed's initial weights)
+    max_epochs: int = setting(100, least=0, hint="0: the untrained reference, the seed's initial "
+                              "weights")
+    batch_size: int = setting(256, least=1)  # per device
+    # auto: bf16-mixed where the hardware has bf16, else 16-mixed / 32-true
+    precision: str = setting("auto", choices=PRECISIONS)
+    accelerator: str = setting("auto", produces=False)
     devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    num_nodes: int = setting(1, least=1)
+    strategy: str = setting("auto", produces=False)
     sync_batchnorm: Optional[bool] = None  # None: on when training on more than one GPU
     seed: int = 0
     channels_last: bool = True
-    gradient_clip_val: Optional[float] = None
-    limit_train_batches: float = 1.0  # a fraction (<=1.0) or a number of batches (>1)
-    log_every_n_steps: int = 50
-    progress_bar: bool = True  # on a terminal; otherwise (or False) one log line per epoch
-    checkpoint_every_n_steps: Optional[int] = None  # also save last.ckpt every N optimiser steps
-    logger: str = "tensorboard"  # tensorboard | csv | wandb | none, beside metrics.csv
+    gradient_clip_val: Optional[float] = setting(None, above=0.0)
+    # a fraction (<=1.0) or a number of batches (>1)
+    limit_train_batches: float = setting(1.0, above=0.0)
+    log_every_n_steps: int = setting(50, least=1, produces=False)
+    # on a terminal; otherwise (or False) one log line per epoch
+    progress_bar: bool = setting(True, produces=False)
+    # also save last.ckpt every N optimiser steps
+    checkpoint_every_n_steps: Optional[int] = setting(None, least=1, produces=False)
+    # tensorboard | csv | wandb | none, beside metrics.csv
+    logger: str = setting("tensorboard", choices=LOGGER_NAMES, produces=False)
 
 
 @dataclass
 class MixDiffConfig:
-    method: str = "simclr"  # simclr | barlow_twins | dino
+    method: str = setting("simclr", choices=METHOD_NAMES)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,51 +210,25 @@ class MixDiffConfig:
     init_from: Optional[str] = None  # a checkpoint whose weights start this run (not its state)
 
 
-PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
-IMAGE_CHECKS = ("header", "decode", "none")
-POOLED_EPOCHS = ("real", "all")
+# Defaults that come with a method, whenever it is chosen (a preset, a YAML file or an override may
+# still set each): DINO's multi-crop, and its weight decay rising 0.04 -> 0.4 on a cosine. Its
+# teacher temperature and gradient clipping are the `dino` section's own defaults.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dino": {"augment.recipe": "dino", "optim.weight_decay": 0.04, "optim.weight_decay_end": 0.4},
+}
 
-
-# The names of the registries' entries. A registry (`mixdiff.methods.METHODS`, `data.paired.MODES`,
-# `data.views.RECIPES` and `BACKENDS`, `models.backbones.BACKBONES`, `methods.OPTIMIZERS`,
-# `loggers.LOGGERS`) imports torch and what it registers; reading a config must not, so the names
-# live here, and tests/test_config.py checks that each registry defines exactly these.
-METHOD_NAMES = ("simclr", "barlow_twins", "dino")
-MODE_NAMES = ("real", "synthetic", "mixdiff", "pooled")
-MISSING_POLICIES = ("error", "fallback_real")
-DECODE_PLACES = ("cpu", "device")  # where training images are decoded (device: device_decode.py)
-RECIPE_NAMES = ("simclr", "asymmetric", "byol", "dino", "none")
-AUGMENT_BACKEND_NAMES = ("batched", "per_image")
-BACKBONE_NAMES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
-OPTIMIZER_NAMES = ("adamw", "sgd", "lars")
-LOGGER_NAMES = ("tensorboard", "csv", "wandb", "none")
-
-ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
-    "method": METHOD_NAMES, "data.mode": MODE_NAMES, "data.missing_synthetic": MISSING_POLICIES,
-    "data.check_images": IMAGE_CHECKS, "data.decode": DECODE_PLACES,
-    "data.pooled_epoch": POOLED_EPOCHS, "augment.recipe": RECIPE_NAMES,
-    "augment.backend": AUGMENT_BACKEND_NAMES, "model.backbone": BACKBONE_NAMES,
-    "optim.name": OPTIMIZER_NAMES, "trainer.precision": PRECISIONS,
-    "trainer.logger": LOGGER_NAMES}
-
-
-UNIT_INTERVAL = ("data.p_synthetic", "data.real_fraction", "data.val_fraction",
-                 "augment.crop_min_scale", "augment.color_jitter_p", "augment.grayscale_p",
-                 "augment.blur_p", "augment.solarize_p", "optim.min_lr_ratio",
-                 "model.drop_path_rate")
+ALLOWED_VALUES: dict[str, tuple] = {key: rule.choices for key, rule in rules(MixDiffConfig).items()
+                                    if rule.choices}
 
 RENAMED = {"eval": "online_eval"}  # old section name -> new one (`eval` is `mixdiff eval` now)
 # keys whose default is not what runs written before the key existed did: key -> what they did
 ADDED_SINCE = {"data.pooled_epoch": "all"}
 
-# The one list of keys that say how a run is executed, not what it learns (devices and num_nodes
-# are not among them: they set the global batch and so the learning rate). A resumed run may
-# change them, and the report counts runs that differ only in them (and the seed) as seeds of one
-# setting.
-EXECUTION_KEYS = ("data.num_workers", "trainer.progress_bar", "trainer.log_every_n_steps",
-                  "trainer.strategy", "trainer.accelerator", "trainer.checkpoint_every_n_steps",
-                  "trainer.logger", "data.check_images",
-                  "augment.backend", "data.decode")  # the same views, made elsewhere
+# The keys that say how a run is executed, not what it learns (the fields declared with
+# produces=False; devices and num_nodes are not among them: they set the global batch and so the
+# learning rate). A resumed run may change them, and the report counts runs that differ only in
+# them (and the seed) as seeds of one setting.
+EXECUTION_KEYS = not_producing(MixDiffConfig)
 # Keys that may change when an existing run directory is resumed: how it runs, and how long.
 RESUMABLE_KEYS = ("trainer.max_epochs", *EXECUTION_KEYS)
 
@@ -247,16 +261,7 @@ def _describe(exc: OmegaConfBaseException) -> str:
 
 
 def _check_values(cfg: DictConfig) -> None:
-    for key, allowed in ALLOWED_VALUES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"config key `{key}` = {value!r} is not one of: {', '.join(allowed)}")
-    for key in UNIT_INTERVAL:
-        value = OmegaConf.select(cfg, key)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"config key `{key}` = {value!r} must lie in [0, 1]")
-    if cfg.data.real_fraction <= 0.0:
-        raise ConfigError("config key `data.real_fraction` must be greater than 0")
+    check(flatten(cfg), MixDiffConfig)  # each key's own rule: allowed names, ranges
     if not cfg.data.real:
         raise ConfigError("config key `data.real` is required: the image tree to pre-train on")
     if cfg.data.mode != "real" and not cfg.data.synthetic:
@@ -275,15 +280,6 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.model.backbone.startswith("vit") and cfg.data.image_size % cfg.model.patch_size:
         raise ConfigError(f"config key `data.image_size` = {cfg.data.image_size} is not a "
                           f"multiple of model.patch_size = {cfg.model.patch_size}")
-    if cfg.trainer.max_epochs < 0:
-        raise ConfigError(f"config key `trainer.max_epochs` = {cfg.trainer.max_epochs} must be at "
-                          "least 0 (0: the untrained reference, the seed's initial weights)")
-    for key in ("trainer.batch_size", "data.image_size",
-                "online_eval.knn_k", "simclr.proj_layers", "barlow_twins.proj_layers",
-                "trainer.checkpoint_every_n_steps", "online_eval.every_n_epochs"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"config key `{key}` = {value} must be at least 1")
 
 
 def _user_node(node: DictConfig, where: str) -> DictConfig:
@@ -303,16 +299,19 @@ def _user_node(node: DictConfig, where: str) -> DictConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> DictConfig:
-    """Defaults, then the YAML file at `path`, then dotlist `overrides`; validated."""
-    schema = OmegaConf.structured(MixDiffConfig)
+    """Defaults, then the chosen method's defaults (METHOD_DEFAULTS), then the YAML file at `path`,
+    then dotlist `overrides`; validated."""
     try:
-        if path is not None:
-            schema = OmegaConf.merge(schema, _user_node(_read_yaml(Path(path)), str(path)))
+        given = [_user_node(_read_yaml(Path(path)), str(path))] if path is not None else []
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-            node = _user_node(OmegaConf.from_dotlist([item]), f"override {item!r}")
-            schema = OmegaConf.merge(schema, node)
+            given.append(_user_node(OmegaConf.from_dotlist([item]), f"override {item!r}"))
+        schema = OmegaConf.merge(OmegaConf.structured(MixDiffConfig), *given)
+        method_defaults = METHOD_DEFAULTS.get(schema.method, {})
+        if method_defaults:  # beneath what was given: merged again on top of them
+            schema = OmegaConf.merge(OmegaConf.structured(MixDiffConfig), OmegaConf.from_dotlist(
+                [f"{key}={value}" for key, value in method_defaults.items()]), *given)
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc)) from None
     _check_values(schema)
@@ -362,6 +361,5 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def differing_keys(saved: DictConfig, current: DictConfig, ignore=RESUMABLE_KEYS) -> list[str]:
     """Keys whose values differ between two configs (a key absent on one side counts)."""
-    a, b = flatten(saved), flatten(current)
-    return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
+    return differences(flatten(saved), flatten(current), ignore)
 

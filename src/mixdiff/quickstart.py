@@ -34,11 +34,12 @@ from rich.console import Console
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from mixdiff.callbacks import RunInterrupted
 from mixdiff.config import METHOD_NAMES, MODE_NAMES
 from mixdiff.errors import MixDiffError
 from mixdiff.io import atomic_write_text
+from mixdiff.pretrain.callbacks import RunInterrupted
 from mixdiff.runs import RunDir
+from mixdiff.settings import check, cli_option, setting
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,31 @@ COMPARED = {"linear": ("linear", DATASET), "knn": ("knn", DATASET),
 class QuickstartSettings:
     """Everything the quickstart does; `PRESETS` hold the three sizes (fast, default, gpu)."""
 
-    methods: tuple[str, ...] = ("simclr",)
-    modes: tuple[str, ...] = (REAL, MIXDIFF)
-    seeds: int = 1
-    per_class: int | None = 100  # train AND test images per class (None: all 60,000 + 10,000)
-    epochs: int = 80
-    batch_size: int = 64
-    lr: float = 4e-3  # optim.lr: per 256 images of batch (AdamW), so 1e-3 at batch 64
-    temperature: float = 0.1  # SimCLR's (its preset's: 0.2); 0.1 learnt more here (README)
-    image_size: int = 32
+    methods: tuple[str, ...] = setting(("simclr",), choices=METHODS)
+    modes: tuple[str, ...] = setting((REAL, MIXDIFF), choices=MODES)
+    seeds: int = setting(1, least=1)
+    # train AND test images per class (None: all 60,000 + 10,000)
+    per_class: int | None = setting(100, least=1)
+    epochs: int = setting(80, least=1)
+    batch_size: int = setting(64, least=1)
+    # optim.lr: per 256 images of batch (AdamW), so 1e-3 at batch 64
+    lr: float = setting(4e-3, above=0.0)
+    # SimCLR's (its preset's: 0.2); 0.1 learnt more here (README)
+    temperature: float = setting(0.1, above=0.0)
+    image_size: int = setting(32, least=1)
     small_stem: bool = False  # the CPU presets use ResNet-18's own stem: 16x fewer FLOPs at 32 px
-    strength: float = 0.3  # SDEdit strength: keeps the class best (README, "Measured": fidelity)
-    real_fraction: float = 1.0  # the paper's "less real data"
-    augment: str | None = None  # "none": the paper's no-augmentation run (else the preset's)
+    # SDEdit strength: keeps the class best (README, "Measured": fidelity)
+    strength: float = setting(0.3, above=0.0, most=1.0)
+    real_fraction: float = setting(1.0, above=0.0, most=1.0)  # the paper's "less real data"
+    # "none": the paper's no-augmentation run (None: each method's own recipe)
+    augment: str | None = setting(None, choices=("none",))
     corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "pixelate",
                                     "jpeg_compression", "sketch")
     severities: tuple[int, ...] = (3,)
-    online_eval_every: int = 10  # epochs between online evaluations (each encodes val + bank)
-    device: str = "cpu"
-    workers: int = 2
+    # epochs between online evaluations (each encodes val + bank)
+    online_eval_every: int = setting(10, least=1)
+    device: str = setting("cpu", choices=("cpu", "cuda"))
+    workers: int = setting(2, least=0, produces=False)
     seed: int = 0
     smoke: bool = False  # --fast: every stage, too short to learn: no claim is made
 
@@ -238,7 +245,7 @@ def _finished(run: RunDir, epochs: int) -> bool:
 def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int,
               name: str, epochs: int) -> dict:
     from mixdiff.config import load_config
-    from mixdiff.train import pretrain
+    from mixdiff.pretrain.train import pretrain
 
     run = paths.run(name)
     if _finished(run, epochs):
@@ -487,5 +494,8 @@ def quickstart(out: str | Path, settings: QuickstartSettings, console: Console |
 
 
 def settings_for(preset: str, **changes) -> QuickstartSettings:
-    """A preset with the options the user gave (None: keep the preset's)."""
-    return replace(PRESETS[preset], **{k: v for k, v in changes.items() if v is not None})
+    """A preset with the options the user gave (None: keep the preset's), checked before any
+    stage runs (each named as its option, e.g. --strength)."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    check(given, QuickstartSettings, cli_option)
+    return replace(PRESETS[preset], **given)

@@ -68,6 +68,11 @@ def sort_more(more: list[Path] | None) -> tuple[list[Path], list[Path]]:
     return [p for p in more if p.is_dir()], [p for p in more if not p.is_dir()]
 
 
+def given(**options) -> dict:
+    """The options the user gave (None: not given)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def fail(exc: MixDiffError) -> NoReturn:
     """Print the error's message (it names the file, key or value) and exit 2, no traceback."""
     console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -24,7 +24,7 @@ def export(
     """Export a run's backbone as a plain state dict that torchvision / timm load with
     `load_state_dict` (strict) and no MixDiff import; the .json beside it holds the exact loading
     code and the preprocessing (resize, crop, mean, std)."""
-    from mixdiff.export import export_backbone
+    from mixdiff.evaluate.export import export_backbone
 
     try:
         weights_file, recipe = export_backbone(run, out, fmt, weights)

@@ -9,47 +9,51 @@ from typing import Optional
 
 import typer
 
-from mixdiff.cli._app import app, console, fail
+from mixdiff.cli._app import app, console, fail, given
 from mixdiff.errors import MixDiffError
 from mixdiff.generate.settings import (DEFAULTS, DEVICE_TYPES, DTYPES, FORMATS, GENERATORS,
                                        SCHEDULERS, GenerateSettings)
 
+DEFAULT = GenerateSettings()  # the one place the options' defaults come from
 _GUIDANCE = ", ".join(f"{name} {default[3]}" for name, default in DEFAULTS.items())
 
 
 @app.command()
-def generate(
+def generate(  # each option's default is GenerateSettings' own (None: the generator's default)
     real: Path = typer.Option(..., "--real", help="The real image tree."),
     out: Path = typer.Option(..., "--out", help="Output root: OUT/v<k>/<relative path>."),
-    generator: str = typer.Option(GENERATORS[0], "--generator", help=", ".join(GENERATORS)),
+    generator: str = typer.Option(DEFAULT.generator, "--generator", help=", ".join(GENERATORS)),
     model: Optional[str] = typer.Option(None, "--model", help="Hugging Face id or local folder."),
     revision: Optional[str] = typer.Option(None, "--revision"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default 50)."),
     guidance: Optional[float] = typer.Option(None, "--guidance",
                                              help=f"Guidance scale (default: {_GUIDANCE})."),
-    scheduler: str = typer.Option("default", "--scheduler", help="default (the pipeline's own), "
-                                  + ", ".join(SCHEDULERS[1:])),
+    scheduler: str = typer.Option(DEFAULT.scheduler, "--scheduler", help="default (the "
+                                  "pipeline's own), " + ", ".join(SCHEDULERS[1:])),
     resolution: Optional[int] = typer.Option(
         None, "--resolution", help="Output side in pixels (a multiple of 8 for the latent "
         "generators; sdedit: the UNet's own, other sides are resized after denoising)."),
-    variants: int = typer.Option(1, "--variants", help="Variations per real image."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU), "
+    variants: int = typer.Option(DEFAULT.variants, "--variants", help="Variations per real image."),
+    seed: int = typer.Option(DEFAULT.seed, "--seed"),
+    batch_size: int = typer.Option(DEFAULT.batch_size, "--batch-size"),
+    dtype: str = typer.Option(DEFAULT.dtype, "--dtype", help="auto (fp16 on GPU, fp32 on CPU), "
                               + ", ".join(DTYPES[1:])),
-    device: str = typer.Option("auto", "--device", help="auto (this rank's GPU, else the CPU), "
-                               + ", ".join(DEVICE_TYPES) + ", cuda:N"),
+    device: str = typer.Option(DEFAULT.device, "--device", help="auto (this rank's GPU, else the "
+                               "CPU), " + ", ".join(DEVICE_TYPES) + ", cuda:N"),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: this process's share "
                                         "(default: from torchrun/accelerate, else 0/1)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N real images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in an OUT made with "
                                    "other settings."),
-    safety_checker: bool = typer.Option(False, "--safety-checker/--no-safety-checker"),
-    strength: float = typer.Option(0.5, "--strength", help="sdedit: noise level to start from."),
-    noise_level: int = typer.Option(0, "--noise-level", help="unclip: image-embedding noise."),
-    image_format: str = typer.Option(GenerateSettings.format, "--format",
+    safety_checker: bool = typer.Option(DEFAULT.safety_checker,
+                                        "--safety-checker/--no-safety-checker"),
+    strength: float = typer.Option(DEFAULT.strength, "--strength",
+                                   help="sdedit: noise level to start from."),
+    noise_level: int = typer.Option(DEFAULT.noise_level, "--noise-level",
+                                    help="unclip: image-embedding noise."),
+    image_format: str = typer.Option(DEFAULT.format, "--format",
                                      help=", ".join(FORMATS) + " (jpg: fast to decode)."),
-    quality: int = typer.Option(GenerateSettings.quality, "--quality", help="jpg/webp quality."),
+    quality: int = typer.Option(DEFAULT.quality, "--quality", help="jpg/webp quality."),
     save_size: Optional[int] = typer.Option(
         None, "--save-size", help="Store each twin with its short side resized to N px (the "
         "MixDiff authors stored 256); default: as generated."),
@@ -104,11 +108,10 @@ def train_generator(
     from mixdiff.generate.embedded import GeneratorTraining
     from mixdiff.generate.embedded import train_generator as run
 
-    given = {"steps": steps, "batch_size": batch_size, "resolution": resolution,
-             "channels": channels, "lr": lr, "seed": seed}
     try:
-        record = run(data, out, GeneratorTraining(
-            **{key: value for key, value in given.items() if value is not None}))
+        record = run(data, out, GeneratorTraining(**given(
+            steps=steps, batch_size=batch_size, resolution=resolution, channels=channels, lr=lr,
+            seed=seed)))
     except MixDiffError as exc:
         fail(exc)
     console.print(f"{out}: {record['settings']['steps']} steps in {record['seconds']} s, "

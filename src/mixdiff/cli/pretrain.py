@@ -23,10 +23,10 @@ def pretrain(
 
     last.ckpt is saved after every epoch; SIGTERM or Ctrl-C saves where the run is and stops.
     """
-    from mixdiff.callbacks import RunInterrupted
+    from mixdiff.pretrain.callbacks import RunInterrupted
     from mixdiff.config import load_config
     from mixdiff.runs import RunDir
-    from mixdiff.train import pretrain as run
+    from mixdiff.pretrain.train import pretrain as run
 
     log_to_console()
     try:

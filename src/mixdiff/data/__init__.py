@@ -1,1 +1,2 @@
-"""Image trees, real/synthetic pairing, view recipes and dataset preparation."""
+"""What every stage reads: image trees, decoding, splits, dataset preparation, verify, and the
+evaluation transform. Imports no later stage (pre-training's input pipeline is `pretrain/input/`)."""

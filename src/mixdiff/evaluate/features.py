@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.tree import ImageTree, load_rgb
-from mixdiff.data.views import eval_view
+from mixdiff.data.eval_transform import eval_view
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.models import build_backbone

@@ -23,6 +23,7 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
+from mixdiff.settings import check, cli_option, setting
 
 EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
@@ -32,33 +33,22 @@ EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
 class GeneratorTraining:
     """Settings of `mixdiff train-generator` (defaults: what made the shipped weights)."""
 
-    resolution: int = 32
-    channels: int = 1  # Fashion-MNIST is grey
+    resolution: int = setting(32, least=1)
+    channels: int = setting(1, choices=(1, 3), hint="1: grey, as Fashion-MNIST; 3: RGB")
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    train_timesteps: int = 1000
-    steps: int = 2500
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
+    layers_per_block: int = setting(1, least=1)
+    train_timesteps: int = setting(1000, least=1)
+    steps: int = setting(2500, least=1)
+    batch_size: int = setting(64, least=1)
+    lr: float = setting(1e-3, above=0.0)
+    warmup_steps: int = setting(200, least=0)
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = setting(2, least=0, produces=False)
     bf16: bool = True  # autocast
 
     def check(self) -> None:
         """Refuse a value that would crash or hang the training (named as the CLI option)."""
-        for option, value, least in (("--steps", self.steps, 1),
-                                     ("--batch-size", self.batch_size, 1),
-                                     ("--resolution", self.resolution, 1),
-                                     ("train_timesteps", self.train_timesteps, 1),
-                                     ("warmup_steps", self.warmup_steps, 0),
-                                     ("num_workers", self.num_workers, 0)):
-            if value < least:
-                raise ConfigError(f"{option} must be at least {least}, not {value}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"--channels must be 1 (grey) or 3 (RGB), not {self.channels}")
-        if not self.lr > 0:  # also refuses NaN
-            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        check(asdict(self), GeneratorTraining, cli_option)
         halvings = 2 ** (len(self.block_out_channels) - 1)  # one per down block but the last
         if self.resolution % halvings:
             raise ConfigError(f"--resolution {self.resolution}: the UNet halves the image "

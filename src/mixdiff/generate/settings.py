@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from mixdiff.errors import ConfigError
+from mixdiff.settings import check, cli_option, differences, rules, setting
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +50,41 @@ def unused_options(generator: str, fmt: str) -> tuple[str, ...]:
     unused = [name for name, users in USED_BY.items() if generator not in users]
     return (*unused, "quality") if fmt not in LOSSY_FORMATS else tuple(unused)
 
-# Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
-OUTPUT_KEYS = ("generator", "model", "revision", "steps", "guidance", "scheduler", "resolution",
-               "seed", "strength", "noise_level", "format", "quality", "save_size", "dtype",
-               "safety_checker")
-
-
 @dataclass(frozen=True)
 class GenerateSettings:
-    generator: str = "sd-image-variations"
+    """A generation run. The fields declared produces=False (how many variants, batch size,
+    device, compilation) may change between runs on one OUT; every other one must stay, since it
+    changes the images (or --overwrite)."""
+
+    generator: str = setting("sd-image-variations", choices=GENERATORS)
     model: str | None = None  # a Hugging Face id or a local folder
     revision: str | None = None
-    steps: int | None = None
+    steps: int | None = setting(None, least=1)
     guidance: float | None = None
-    scheduler: str = "default"  # the pipeline's own
-    resolution: int | None = None
-    variants: int = 1
+    scheduler: str = setting("default", choices=SCHEDULERS)  # default: the pipeline's own
+    resolution: int | None = setting(None, least=1)
+    variants: int = setting(1, least=1, produces=False)
     seed: int = 0
-    batch_size: int = 8
-    dtype: str = "auto"  # fp16 on a GPU, fp32 on the CPU
-    device: str = "auto"
-    strength: float = 0.5  # sdedit: how far the image is noised (0: unchanged, 1: pure noise)
-    noise_level: int = 0  # unclip: noise added to the image embedding
+    batch_size: int = setting(8, least=1, produces=False)
+    dtype: str = setting("auto", choices=DTYPES)  # fp16 on a GPU, fp32 on the CPU
+    device: str = setting("auto", produces=False)  # checked against the machine: resolve_device
+    # sdedit: how far the image is noised (0: unchanged, 1: pure noise)
+    strength: float = setting(0.5, above=0.0, most=1.0)
+    noise_level: int = setting(0, least=0)  # unclip: noise added to the image embedding
     # JPEG at quality 95: 5.6x faster to decode than PNG at 512 px (2.5 vs 14.3 ms), a quarter of
     # the bytes, 40.9 dB PSNR (benchmarks/decode_formats.py), and draft/nvJPEG decoding apply
-    format: str = "jpg"
-    quality: int = 95  # jpg / webp
-    save_size: int | None = None  # store with the short side resized to this (authors: 256)
+    format: str = setting("jpg", choices=tuple(FORMATS))
+    quality: int = setting(95, least=1, most=100)  # jpg / webp
+    # store with the short side resized to this (authors: 256)
+    save_size: int | None = setting(None, least=1)
     safety_checker: bool = False  # off, as in the paper
-    compile: bool | None = None  # torch.compile the denoiser; None: on a GPU (1.57x on an H200)
+    # torch.compile the denoiser; None: on a GPU (1.57x on an H200)
+    compile: bool | None = setting(None, produces=False)
 
     def resolved(self) -> "GenerateSettings":
         """Fill in the generator's defaults and check every value. Options this generator (or
         format) does not use are reset to their defaults, with a warning if one was given."""
-        if self.generator not in GENERATORS:
-            raise ConfigError(f"--generator {self.generator!r} is not one of: {', '.join(GENERATORS)}")
+        check(asdict(self), GenerateSettings, cli_option)
         model, revision, steps, guidance, resolution = DEFAULTS[self.generator]
         unused = {name: getattr(GenerateSettings, name)
                   for name in unused_options(self.generator, self.format)}
@@ -104,28 +105,20 @@ class GenerateSettings:
             done = replace(done, compile=done.device.startswith("cuda"))
         if done.dtype == "auto":
             done = replace(done, dtype="fp16" if done.device.startswith("cuda") else "fp32")
-        for name, value, allowed in (("--scheduler", done.scheduler, SCHEDULERS),
-                                     ("--format", done.format, tuple(FORMATS)),
-                                     ("--dtype", self.dtype, DTYPES)):
-            if value not in allowed:
-                raise ConfigError(f"{name} {value!r} is not one of: {', '.join(allowed)}")
-        for name, value in (("--variants", done.variants), ("--steps", done.steps),
-                            ("--batch-size", done.batch_size), ("--resolution", done.resolution),
-                            ("--save-size", done.save_size)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, not {value}")
         if done.generator in LATENT_GENERATORS and done.resolution % VAE_SCALE_FACTOR:
             nearest = max(1, round(done.resolution / VAE_SCALE_FACTOR)) * VAE_SCALE_FACTOR
             raise ConfigError(
                 f"--resolution {done.resolution}: {done.generator} denoises in a VAE latent space "
                 f"{VAE_SCALE_FACTOR}x smaller, so the side must be a multiple of "
                 f"{VAE_SCALE_FACTOR} (e.g. {nearest})")
-        if not 0.0 < done.strength <= 1.0:
-            raise ConfigError(f"--strength must lie in (0, 1], not {done.strength}")
         return done
 
     def output_settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in OUTPUT_KEYS}
+
+
+# Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
+OUTPUT_KEYS = tuple(key for key, rule in rules(GenerateSettings).items() if rule.produces)
 
 
 def resolve_device(text: str) -> str:
@@ -160,7 +153,8 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     """The output keys whose values differ, but for those the generator does not use (an OUT
     written before they were reset still matches)."""
     unused = unused_options(current.get("generator"), current.get("format"))
-    return sorted(k for k in OUTPUT_KEYS if k not in unused and saved.get(k) != current.get(k))
+    return differences({k: saved.get(k) for k in OUTPUT_KEYS},
+                       {k: current.get(k) for k in OUTPUT_KEYS}, ignore=unused)
 
 
 def image_seed(global_seed: int, key: str, variant: int) -> int:

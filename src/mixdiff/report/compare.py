@@ -19,6 +19,7 @@ from mixdiff.config import flatten
 from mixdiff.report.collect import TRAINED, UNTRAINED
 from mixdiff.report.results import ResultRow, default_weights, evaluated_on
 from mixdiff.report.settings import NOT_A_SETTING, UNTRAINED_KEYS, Setting
+from mixdiff.settings import differences
 
 CONFIDENCE = 0.95
 
@@ -140,8 +141,7 @@ def _model_keys(setting: Setting) -> dict:
 
 
 def _differing(a: Setting, b: Setting) -> int:
-    fa, fb = flatten(a.runs[0].config), flatten(b.runs[0].config)
-    return sum(fa.get(k) != fb.get(k) for k in fa.keys() | fb.keys() if k not in NOT_A_SETTING)
+    return len(differences(flatten(a.runs[0].config), flatten(b.runs[0].config), NOT_A_SETTING))
 
 
 def baselines(setting: Setting, neighbours: list[Setting]) -> list[Setting]:

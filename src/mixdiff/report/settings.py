@@ -10,6 +10,7 @@ from pathlib import Path
 from mixdiff.config import EXECUTION_KEYS, flatten
 from mixdiff.report.collect import TRAINED, UNTRAINED, RunRecord
 from mixdiff.runs import PIXELS
+from mixdiff.settings import identity
 
 SEED_KEY = "trainer.seed"
 # Keys that differ between seeds of one setting without changing what is learnt: the seed, the
@@ -29,9 +30,9 @@ def setting_key(record: RunRecord) -> tuple:
         return (record.kind, record.train_dataset) + tuple(sorted(
             (k, repr(v)) for k, v in flat.items() if k.startswith(kept)))
     # whether a run starts from another one is part of the setting; which seed's run is not
-    flat["init_from"] = flat.get("init_from") is not None
-    return tuple(sorted((k, repr(v)) for k, v in flat.items()
-                        if k not in NOT_A_SETTING or k == "init_from"))
+    starts_from_a_run = flat.get("init_from") is not None
+    return tuple(sorted((k, repr(v)) for k, v in identity(flat, NOT_A_SETTING).items())) + (
+        ("init_from", repr(starts_from_a_run)),)
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity

@@ -10,7 +10,7 @@ What a kill loses:
     saves last.ckpt where it is (mid-epoch if need be), and stops; SIGUSR1 also requeues the
     SLURM job (`#SBATCH --signal=USR1@120`). A second Ctrl-C stops at once, without saving.
 Re-running the same command resumes from last.ckpt; a run saved mid-epoch continues that epoch
-with the samples it had not seen yet (see `data.datamodule.ResumableSampler`).
+with the samples it had not seen yet (see `pretrain.input.datamodule.ResumableSampler`).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class ProgressBar(RichProgressBar):
     between steps (always at the ends of epochs and validation). A read copies the loss from the
     GPU and so waits for the step to finish: after every step, it would leave the GPU idle while
     the CPU prepares the next batch, where the next batch's input work could have run beside the
-    step (`mixdiff.data.input_stream`)."""
+    step (`mixdiff.pretrain.input.input_stream`)."""
 
     METRICS_EVERY_S = 0.5
 

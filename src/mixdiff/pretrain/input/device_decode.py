@@ -8,7 +8,7 @@ the batch reaches the main process (`transfer_batch_to_device`), the JPEGs are d
 (`torchvision.io.decode_jpeg` on a list: nvJPEG's batched decoder on CUDA, libjpeg-turbo on the
 CPU) and each group of same-size views is cut and resized by `torchvision.ops.roi_align`, one call
 per bucket of similar-size images. The views then go on as uint8 crops to the batched photometric
-ops (`mixdiff.data.batch_augment`).
+ops (`mixdiff.pretrain.input.batch_augment`).
 
 The worker still decodes what the device should not: a JPEG so large that JPEG draft mode may
 shrink it (as the CPU path would: `mixdiff.data.decode`; only photos of several megapixels at
@@ -25,7 +25,7 @@ flips are the same (tests/test_device_decode.py).
 
 On CUDA the decode first waits for the work already queued on the current stream: nvJPEG's
 hardware decoder would otherwise overwrite memory that work still reads (`decode_images`). In
-training that stream is the input stream beside the training step (`mixdiff.data.input_stream`),
+training that stream is the input stream beside the training step (`mixdiff.pretrain.input.input_stream`),
 so the wait is for the last batch's input work, not for the step, which runs on meanwhile.
 """
 
@@ -45,7 +45,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for, naming_errors
-from mixdiff.data.input_stream import to_device
+from mixdiff.pretrain.input.input_stream import to_device
 from mixdiff.errors import UnreadableImageError
 
 DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU

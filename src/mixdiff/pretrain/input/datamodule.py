@@ -19,13 +19,14 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mixdiff.data import device_decode
-from mixdiff.data.batch_augment import BatchAugment, GroupPlan, step_seed
-from mixdiff.data.input_stream import beside_the_step
-from mixdiff.data.paired import LabelledImages, PairedDataset, build_samples
+from mixdiff.pretrain.input import device_decode
+from mixdiff.pretrain.input.batch_augment import BatchAugment, GroupPlan, step_seed
+from mixdiff.pretrain.input.input_stream import beside_the_step
+from mixdiff.pretrain.input.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
-from mixdiff.data.views import build_views, eval_view
+from mixdiff.data.eval_transform import eval_view
+from mixdiff.pretrain.input.views import build_views
 from mixdiff.errors import DatasetError, UnreadableImageError
 from mixdiff.io import atomic_write_text
 

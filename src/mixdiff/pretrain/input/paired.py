@@ -3,7 +3,7 @@
 `sources[v]` says what view v was cut from: 0 for a real image, k + 1 for synthetic variant k
 (the k-th entry of `data.synthetic`). A synthetic view carries its real image's index, so losses
 find positives by index whatever the mode or the number of views. With `augment.backend=batched`
-the views are uint8 crops that the training device finishes (`mixdiff.data.batch_augment`); with
+the views are uint8 crops that the training device finishes (`mixdiff.pretrain.input.batch_augment`); with
 `per_image` they are finished, normalised float views.
 """
 
@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed, load_rgb_for
-from mixdiff.data.device_decode import ImageFile, draw_crop
+from mixdiff.pretrain.input.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.data.views import ANCHOR, BACKENDS, PARTNER, ViewSpec
+from mixdiff.pretrain.input.views import ANCHOR, BACKENDS, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mixdiff.losses import DINOLoss
-from mixdiff.methods.base import SSLMethod
+from mixdiff.pretrain.losses import DINOLoss
+from mixdiff.pretrain.methods.base import SSLMethod
 from mixdiff.models import DINOHead, build_backbone
 from mixdiff.models.one_window import one_window_convs
 from mixdiff.schedules import cosine

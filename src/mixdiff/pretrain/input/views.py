@@ -7,7 +7,7 @@ image. A recipe is a list of views, so a two-view recipe and DINO's multi-crop a
 A view is described once (`ViewSpec`: its crop and its `Photometric` ops) and run by either backend
 (`augment.backend`, registry `BACKENDS`): `per_image` runs everything per image in the loader
 workers (torchvision v2); `batched` has the workers crop and flip to uint8 tensors and runs the
-photometric ops on the whole batch on the training device (`mixdiff.data.batch_augment`).
+photometric ops on the whole batch on the training device (`mixdiff.pretrain.input.batch_augment`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed
+from mixdiff.data.eval_transform import normalise, plain_view, resize_and_centre_crop
 
 ANCHOR, PARTNER = "anchor", "partner"
 BLUR_SIGMA = (0.1, 2.0)  # SimCLR's Gaussian blur: sigma uniform in this range (both backends)
@@ -81,7 +82,7 @@ class ViewSpec:
 
     @cached_property
     def plain_crop(self) -> v2.Compose:
-        return v2.Compose(_resize_and_centre_crop(self.size))
+        return v2.Compose(resize_and_centre_crop(self.size))
 
     @cached_property
     def augmented(self) -> v2.Compose:
@@ -98,7 +99,7 @@ class ViewSpec:
                                                          sigma=BLUR_SIGMA)], p=p.blur_p))
         if p.solarize_p > 0:  # views are uint8 here
             steps.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=p.solarize_p))
-        return v2.Compose(steps + _normalise(self.mean, self.std))
+        return v2.Compose(steps + normalise(self.mean, self.std))
 
     @cached_property
     def plain(self) -> v2.Compose:
@@ -110,19 +111,6 @@ class ViewSpec:
         the plain view a synthetic image may get instead."""
         crop = [ViewNeed(self.size, self.scale[0])] if self.scale is not None else []
         return crop + [ViewNeed(self.size, None)]
-
-
-def _resize_and_centre_crop(size: int, resize_ratio: float = 1.0) -> list:
-    return [v2.Resize(round(size * resize_ratio), antialias=True), v2.CenterCrop(size)]
-
-
-def _normalise(mean, std) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-
-
-def plain_view(size: int, mean, std, resize_ratio: float = 1.0) -> v2.Compose:
-    """Resize the short side, centre crop, normalise: evaluation, and the `none` recipe."""
-    return v2.Compose(_resize_and_centre_crop(size, resize_ratio) + _normalise(mean, std))
 
 
 def _view(cfg: DictConfig, slot: str, size: int, scale, blur_p: float, solarize_p: float,
@@ -198,8 +186,3 @@ BACKENDS: dict[str, Callable[[ViewSpec], tuple[Callable, Callable]]] = {
 def build_views(cfg: DictConfig) -> list[ViewSpec]:
     """The views of one training sample for `augment.recipe`."""
     return RECIPES[cfg.augment.recipe](cfg)
-
-
-def eval_view(cfg: DictConfig) -> v2.Compose:
-    aug = cfg.augment
-    return plain_view(cfg.data.image_size, aug.mean, aug.std, cfg.data.eval_resize)

@@ -37,9 +37,9 @@ from kornia.filters import gaussian_blur2d
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from mixdiff.data.input_stream import to_device
-from mixdiff.data.paired import REAL
-from mixdiff.data.views import (BLUR_SIGMA, SOLARIZE_THRESHOLD, Photometric, ViewSpec,
+from mixdiff.pretrain.input.input_stream import to_device
+from mixdiff.pretrain.input.paired import REAL
+from mixdiff.pretrain.input.views import (BLUR_SIGMA, SOLARIZE_THRESHOLD, Photometric, ViewSpec,
                                 blur_kernel_size)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixdiff.losses import info_nce_loss
-from mixdiff.methods.base import SSLMethod
+from mixdiff.pretrain.losses import info_nce_loss
+from mixdiff.pretrain.methods.base import SSLMethod
 from mixdiff.models import projection_mlp
 
 

@@ -6,8 +6,8 @@ import itertools
 
 from torch import Tensor
 
-from mixdiff.losses import barlow_twins_loss
-from mixdiff.methods.base import SSLMethod
+from mixdiff.pretrain.losses import barlow_twins_loss
+from mixdiff.pretrain.methods.base import SSLMethod
 from mixdiff.models import projection_mlp
 
 

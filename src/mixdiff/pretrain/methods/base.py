@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from mixdiff.callbacks import last_batch_of_epoch
+from mixdiff.pretrain.callbacks import last_batch_of_epoch
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.knn import knn_accuracy
-from mixdiff.methods.epoch_means import EpochMeans
+from mixdiff.pretrain.methods.epoch_means import EpochMeans
 from mixdiff.models import build_backbone
 from mixdiff.models.one_window import one_window_convs
 from mixdiff.runs import Metric
@@ -41,7 +41,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict], float, DictConfig], torch.optim.Opti
 
 
 class SSLMethod(L.LightningModule):
-    """Base class. Batches are `(index, views, sources, labels)`; see `mixdiff.data.paired`."""
+    """Base class. Batches are `(index, views, sources, labels)`; see `mixdiff.pretrain.input.paired`."""
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__()

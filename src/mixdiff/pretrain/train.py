@@ -3,7 +3,7 @@
 The run folder (`mixdiff.runs.RunDir`) is written only once every input has been checked (the
 config, the data, every image's header, the hardware, `init_from`), so a failed start never leaves
 a folder that refuses the corrected command (nor does a start that saved no checkpoint). One
-process at a time writes a run folder (`mixdiff.lock`). See `mixdiff.callbacks` for what a kill
+process at a time writes a run folder (`mixdiff.lock`). See `mixdiff.pretrain.callbacks` for what a kill
 loses.
 """
 
@@ -26,14 +26,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mixdiff.callbacks import EpochSummary, ProgressBar, RunCheckpoint
+from mixdiff.pretrain.callbacks import EpochSummary, ProgressBar, RunCheckpoint
 from mixdiff.config import differing_keys, to_yaml
-from mixdiff.data.datamodule import MixDiffDataModule
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.lock import exclusive, launched_rank_zero
-from mixdiff.loggers import build_logger
-from mixdiff.methods import METHODS
+from mixdiff.pretrain.loggers import build_logger
+from mixdiff.pretrain.methods import METHODS
 from mixdiff.runs import RunDir, read_checkpoint
 
 log = logging.getLogger(__name__)
