@@ -12,7 +12,6 @@ median of --steps steps after two warm-up steps, interleaved --repeats times.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from mixdiff.config import load_config
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
 from mixdiff.models import build_backbone
 from photo_tree import make_photo_tree
@@ -67,10 +68,10 @@ def encode_rate(encoder: Encoder, batch_size: int, repeats: int, bf16: bool) -> 
 
 
 def loader_rate(encoder: Encoder, images: ImageSet, batch_size: int, workers: int) -> float:
-    encoder._encode(images, None, batch_size, workers, False)  # warm-up (and page cache)
+    encoder._encode(images, None, EncodeOptions(batch_size, workers, False))  # warm-up, page cache
     sync(encoder.device)
     start = time.perf_counter()
-    encoder._encode(images, None, batch_size, workers, False)
+    encoder._encode(images, None, EncodeOptions(batch_size, workers, False))
     sync(encoder.device)
     return len(images) / (time.perf_counter() - start)
 

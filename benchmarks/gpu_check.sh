@@ -19,8 +19,8 @@ python3 -c "import torch, lightning, diffusers; print('torch', torch.__version__
 
 tests() {
   echo "== tests on the GPU (bf16 training, both backends, both decodes)"
-  python3 -m pytest -q -p no:cacheprovider -p no:logging tests/test_gpu.py \
-    tests/test_device_decode.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"} 2>&1 | tail -6
+  python3 -m pytest -q -p no:cacheprovider -p no:logging tests/pretrain/test_gpu.py \
+    tests/pretrain/test_device_decode.py ${GPU_TEST_FILTER:+-k "$GPU_TEST_FILTER"} 2>&1 | tail -6
 }
 train() {
   echo "== training throughput, ResNet-50 asymmetric (224 px, bf16): both decodes, input stream on and off"
@@ -61,7 +61,7 @@ evaluate() {
 }
 generate() {
   echo "== generation tests on the GPU (fp16)"
-  python3 -m pytest -q -p no:cacheprovider -p no:logging tests/test_generate.py 2>&1 | tail -3
+  python3 -m pytest -q -p no:cacheprovider -p no:logging tests/generate/test_generate.py 2>&1 | tail -3
   echo "== generation throughput (SD image variations, full size, 512 px, 50 steps)"
   quiet python3 benchmarks/generate_throughput.py --full-size --images 96 --batch-size 32 \
     --json "$OUT/generate_full.json"

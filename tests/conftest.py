@@ -65,3 +65,26 @@ def tiny_overrides(data: dict[str, Path], **extra) -> list[str]:
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]
+
+
+DINO = {"method": "dino", "augment.recipe": "dino"}  # tiny DINO runs: multi-crop
+
+
+@pytest.fixture(scope="session")
+def eval_runs(tiny_data, tmp_path_factory):
+    """A DINO run and a SimCLR run (one epoch each), and a toy train/val pair of trees: trained
+    once per session, for every test that needs a trained run and does not change it."""
+    from mixdiff.config import load_config
+    from mixdiff.pretrain.train import pretrain
+
+    base = tmp_path_factory.getbasetemp() / "eval_runs"
+    runs = {}
+    for name, extra in (("dino", DINO), ("simclr", {})):
+        runs[name] = base / name
+        if not (runs[name] / "checkpoints" / "last.ckpt").is_file():
+            pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), runs[name])
+    toy = {"train": base / "toy" / "train", "val": base / "toy" / "val"}
+    if not toy["val"].is_dir():
+        make_tree(toy["train"], 8, seed=10)
+        make_tree(toy["val"], 6, seed=11)
+    return {**runs, **toy}

@@ -118,13 +118,13 @@ def test_the_names_config_allows_are_the_registries_keys():
     define exactly them, in the same order."""
     from mixdiff import config
     from mixdiff.pretrain.input.paired import MODES
-    from mixdiff.pretrain.input.views import BACKENDS, RECIPES
+    from mixdiff.pretrain.input.views import AUGMENT_BACKENDS, RECIPES
     from mixdiff.pretrain.loggers import LOGGERS
     from mixdiff.pretrain.methods import METHODS, OPTIMIZERS
     from mixdiff.models.backbones import BACKBONES
 
     for registry, names in ((METHODS, config.METHOD_NAMES), (MODES, config.MODE_NAMES),
-                            (RECIPES, config.RECIPE_NAMES), (BACKENDS, config.AUGMENT_BACKEND_NAMES),
+                            (RECIPES, config.RECIPE_NAMES), (AUGMENT_BACKENDS, config.AUGMENT_BACKEND_NAMES),
                             (BACKBONES, config.BACKBONE_NAMES), (OPTIMIZERS, config.OPTIMIZER_NAMES),
                             (LOGGERS, config.LOGGER_NAMES)):
         assert tuple(registry) == names

@@ -4,7 +4,6 @@ imports itself back through others, and a stage imports only the floor and the s
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 

@@ -15,6 +15,8 @@ from mixdiff.lock import FolderInUseError, exclusive, lock_name
 
 from conftest import make_tree, tiny_overrides
 
+pytestmark = pytest.mark.slow  # real processes killed and re-run
+
 HOLD = """
 import sys, time
 from mixdiff.lock import exclusive

@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixdiff.errors import ConfigError
-from mixdiff.settings import check, differences, not_producing, rules, setting
+from mixdiff.schema import check, differences, not_producing, rules, setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # The names of the registries' entries. A registry (`pretrain.methods.METHODS` and `OPTIMIZERS`,
-# `pretrain.input.paired.MODES`, `pretrain.input.views.RECIPES` and `BACKENDS`,
+# `pretrain.input.paired.MODES`, `pretrain.input.views.RECIPES` and `AUGMENT_BACKENDS`,
 # `models.backbones.BACKBONES`, `pretrain.loggers.LOGGERS`) imports torch and what it registers;
 # reading a config must not, so the names live here, and tests/test_config.py checks that each
 # registry defines exactly these.
@@ -73,8 +73,8 @@ class DataConfig:
 class AugmentConfig:
     # simclr | asymmetric | byol | dino | none (see pretrain/input/views.py)
     recipe: str = setting("simclr", choices=RECIPE_NAMES)
-    # batched: loader workers crop and flip; colour, grey, blur, solarise run per sample on the whole
-    # batch on the training device. per_image: everything per image in the workers (torchvision).
+    # batched: loader workers crop and flip; colour, grey, blur, solarise run per sample on the
+    # whole batch on the training device. per_image: everything per image in the workers.
     # The same views, made elsewhere
     backend: str = setting("batched", choices=AUGMENT_BACKEND_NAMES, produces=False)
     synthetic_augment: bool = True  # False: views of synthetic images are only resized and cropped
@@ -145,7 +145,7 @@ class DINOConfig:
 class OptimConfig:
     name: str = setting("adamw", choices=OPTIMIZER_NAMES)
     # per 256 images of global batch: lr = lr * batch_size * world_size / 256
-    lr: float = setting(5e-4, above=0.0)
+    lr: float = setting(5e-4, least=0.0)  # 0: the weights stay as they start (init_from)
     weight_decay: float = setting(4e-5, least=0.0)
     # cosine schedule to this value (DINO: 0.04 -> 0.4)
     weight_decay_end: Optional[float] = setting(None, least=0.0)

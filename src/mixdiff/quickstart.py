@@ -36,10 +36,11 @@ from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
 
 from mixdiff.config import METHOD_NAMES, MODE_NAMES
 from mixdiff.errors import MixDiffError
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.io import atomic_write_text
 from mixdiff.pretrain.callbacks import RunInterrupted
 from mixdiff.runs import RunDir
-from mixdiff.settings import check, cli_option, setting
+from mixdiff.schema import check, cli_option, setting
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ class QuickstartSettings:
     workers: int = setting(2, least=0, produces=False)
     seed: int = 0
     smoke: bool = False  # --fast: every stage, too short to learn: no claim is made
+
+    @property
+    def encode_options(self) -> EncodeOptions:
+        """How its evaluations encode: its workers, no progress bar (the quickstart shows one)."""
+        return EncodeOptions(num_workers=self.workers, show_progress=False)
 
     def run_name(self, method: str, mode: str, seed: int) -> str:
         return f"{method}-{mode}-s{seed}"
@@ -269,24 +275,23 @@ def _evaluate(s: QuickstartSettings, paths: Paths, name: str) -> dict:
     from mixdiff.evaluate.features import Encoder, labelled_sets
     from mixdiff.evaluate.knn import knn_eval
     from mixdiff.evaluate.linear import linear_eval
-    from mixdiff.evaluate.robustness import (SUITES, EncodeOptions, parse_corruptions,
-                                             robustness_eval)
+    from mixdiff.evaluate.robustness import SUITES, parse_corruptions, robustness_eval
 
     run = paths.run(name)
     encoder = Encoder.from_run(run, device=s.device)
     train, test = labelled_sets(paths.train, paths.test, DATASET)
     done = []
     if not _current(run, "linear", DATASET, encoder.checkpoint_sha256):
-        linear_eval(encoder, train, test, num_workers=s.workers, show_progress=False)
+        linear_eval(encoder, train, test, options=s.encode_options)
         done.append("linear")
     if not _current(run, "knn", DATASET, encoder.checkpoint_sha256):
-        knn_eval(encoder, train, test, num_workers=s.workers, show_progress=False)
+        knn_eval(encoder, train, test, options=s.encode_options)
         done.append("knn")
     suite = SUITES[SHIFT_SUITE]
     if not _current(run, "robustness", suite.name, encoder.checkpoint_sha256):
         corruptions = s.corruptions or parse_corruptions(None)  # none named: all of them
         robustness_eval(encoder, suite, suite.scan(paths.test), DATASET, corruptions,
-                        s.severities, EncodeOptions(num_workers=s.workers, show_progress=False))
+                        s.severities, s.encode_options)
         done.append("robustness")
     return {"evaluated": done}
 
@@ -304,7 +309,7 @@ def _evaluate_pixels(s: QuickstartSettings, paths: Paths) -> dict:
     done = []
     for command, evaluate in (("linear", linear_eval), ("knn", knn_eval)):
         if not _current(encoder.run, command, name, None):
-            evaluate(encoder, train, test, num_workers=s.workers, show_progress=False)
+            evaluate(encoder, train, test, options=s.encode_options)
             done.append(command)
     return {"evaluated": done}
 

@@ -12,8 +12,9 @@ import typer
 from mixdiff.cli._app import MORE, app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import WEIGHT_PREFIXES
-from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
+from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 
 eval_app = typer.Typer(help="Evaluate pre-trained runs offline: kNN, linear probe, robustness "
                        "suites, transfer. Each writes RUN/eval/<command>/<dataset>.json and "
@@ -30,7 +31,8 @@ WEIGHTS = typer.Option(None, "--weights", help=f"{' | '.join(WEIGHT_PREFIXES)} (
                        "written as <dataset>-<weights>.json.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the GPU when there is "
                       "one).")
-BATCH_SIZE = typer.Option(256, "--batch-size", help="Images per encoding batch.")
+BATCH_SIZE = typer.Option(EncodeOptions.batch_size, "--batch-size",
+                          help="Images per encoding batch.")
 NUM_WORKERS = typer.Option(None, "--num-workers", help="Image decoding processes (default: up "
                            "to 8).")
 TRAIN = typer.Option(..., "--train", help="The training tree <class>/<image>.")
@@ -103,7 +105,8 @@ def knn(
         fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
     train_set, val_set = _trees(train, val, ks)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
-        encoder, train_set, val_set, name, ks, temperature, batch_size, num_workers), pixels)
+        encoder, train_set, val_set, name, ks, temperature, EncodeOptions(batch_size, num_workers)),
+        pixels)
 
 
 @eval_app.command("linear")
@@ -127,8 +130,7 @@ def linear(
 
     train_set, val_set = _trees(train, val)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
-        encoder, train_set, val_set, name, batch_size=batch_size, num_workers=num_workers),
-        pixels)
+        encoder, train_set, val_set, name, options=EncodeOptions(batch_size, num_workers)), pixels)
 
 
 @eval_app.command("transfer", help=(
@@ -154,5 +156,5 @@ def transfer(
     from mixdiff.evaluate.transfer import transfer_eval
 
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
-        encoder, dataset.value, root, download, result=name, batch_size=batch_size,
-        num_workers=num_workers))
+        encoder, dataset.value, root, download, result=name,
+        options=EncodeOptions(batch_size, num_workers)))

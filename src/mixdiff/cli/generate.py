@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 
 from mixdiff.cli._app import app, console, fail, given
+from mixdiff.devices import DEVICE_TYPES
 from mixdiff.errors import MixDiffError
-from mixdiff.generate.settings import (DEFAULTS, DEVICE_TYPES, DTYPES, FORMATS, GENERATORS,
-                                       SCHEDULERS, GenerateSettings)
+from mixdiff.generate.settings import (DEFAULTS, DTYPES, FORMATS, GENERATORS, SCHEDULERS,
+                                       GenerateSettings)
 
 DEFAULT = GenerateSettings()  # the one place the options' defaults come from
 _GUIDANCE = ", ".join(f"{name} {default[3]}" for name, default in DEFAULTS.items())

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import MORE, console, fail
-from mixdiff.cli.evaluate import eval_app
+from mixdiff.cli.evaluate import BATCH_SIZE, DEVICE, NUM_WORKERS, WEIGHTS, eval_app
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from mixdiff.evaluate.robustness import SUITES
@@ -31,23 +31,21 @@ def robustness(
     root: Path = typer.Option(..., "--root", help="The suite's folder, in its own layout."),
     probe: Optional[str] = typer.Option(None, "--probe", help="The probe to use when a run has "
                                         "several (the dataset it was fitted on)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="student | teacher (default: "
-                                          "teacher for DINO runs, else student)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: "
-                                         "the GPU when there is one)."),
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help=f"--suite corruptions: a comma-separated subset of "
         f"{', '.join(CORRUPTIONS)} (default: all)."),
     severities: str = typer.Option(",".join(map(str, SEVERITIES)), "--severities",
                                    help="--suite corruptions: the severities to run."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per encoding batch."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Image decoding "
-                                              "processes (default: up to 8)."),
+    batch_size: int = BATCH_SIZE,
+    num_workers: Optional[int] = NUM_WORKERS,
     more: Optional[List[Path]] = MORE,
 ) -> None:
     from mixdiff.evaluate.features import Encoder
     from mixdiff.evaluate.results import print_table
-    from mixdiff.evaluate.robustness import (EncodeOptions, parse_corruptions, parse_severities,
+    from mixdiff.evaluate.options import EncodeOptions
+    from mixdiff.evaluate.robustness import (parse_corruptions, parse_severities,
                                              robustness_eval, selection_notes)
 
     try:

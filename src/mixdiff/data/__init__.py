@@ -1,2 +1,2 @@
 """What every stage reads: image trees, decoding, splits, dataset preparation, verify, and the
-evaluation transform. Imports no later stage (pre-training's input pipeline is `pretrain/input/`)."""
+evaluation transform. Imports no later stage (pre-training's input pipeline: `pretrain/input/`)."""

@@ -1,7 +1,8 @@
 """The evaluation transform every stage shares: resize the short side, centre crop, normalise.
 
 Pre-training's online evaluation, `mixdiff eval` and the `none` view recipe all use it, so it lives
-with the data every stage stands on, not with pre-training's augmentations (`pretrain/input/views.py`).
+with the data every stage stands on, not with pre-training's augmentations
+(`pretrain/input/views.py`).
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from mixdiff.data.tree import ImageTree, load_rgb
 from mixdiff.data.eval_transform import eval_view
+from mixdiff.data.tree import ImageTree, load_rgb
+from mixdiff.devices import resolve_device
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.models import build_backbone
@@ -124,19 +126,6 @@ def evaluation_warnings(train: str | Path, val: str | Path, train_set: ImageSet,
     return notes
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise MixDiffError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") \
-            from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise MixDiffError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    return resolved
-
-
 class _Decoded(Dataset):
     """Item i of an ImageSet as the run's evaluation tensor; decoded in the loader's workers.
 
@@ -206,7 +195,7 @@ class Encoder:
         backbone, dim = build_backbone(config.model, config.data.image_size)
         backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                   if k.startswith(prefix)})
-        resolved = resolve_device(device)
+        resolved = torch.device(resolve_device(device))
         backbone.eval().requires_grad_(False).to(resolved)
         return cls(run, config, weights, checkpoint, file_sha256(checkpoint), int(saved["epoch"]),
                    int(saved["global_step"]), backbone, dim, resolved, default)
@@ -220,7 +209,7 @@ class Encoder:
         config = run.load_config()
         size = config.data.image_size
         return cls(run, config, PIXELS, None, None, None, None, nn.Flatten().eval(),
-                   3 * size * size, resolve_device(device), "student")
+                   3 * size * size, torch.device(resolve_device(device)), "student")
 
     @property
     def is_pixels(self) -> bool:
@@ -250,8 +239,7 @@ class Encoder:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def encode(self, images: ImageSet, pre_transform: PreTransform | None = None, tag: str = "",
-               batch_size: int = 256, num_workers: int | None = None,
-               show_progress: bool = True) -> torch.Tensor:
+               options: EncodeOptions = EncodeOptions()) -> torch.Tensor:
         """(len(images), feature_dim) float32 CPU features, from the cache when it has them.
         `pre_transform(image, i)` changes each PIL image before the evaluation transform; `tag`
         names it in the cache key (e.g. "gaussian_noise/3")."""
@@ -262,7 +250,7 @@ class Encoder:
         cache = self.run.feature_cache(self.cache_key(images, tag))
         if cache.is_file():
             return torch.load(cache, map_location="cpu", weights_only=True)["features"].float()
-        features = self._encode(images, pre_transform, batch_size, num_workers, show_progress)
+        features = self._encode(images, pre_transform, options)
         # stored in the dtype the backbone produced (bf16 on a GPU): lossless, and a second call
         # returns exactly what the first did
         with atomic_open(cache, "wb") as handle:
@@ -272,18 +260,20 @@ class Encoder:
         return features.float()
 
     @torch.inference_mode()
-    def _encode(self, images: ImageSet, pre_transform: PreTransform | None, batch_size: int,
-                num_workers: int | None, show_progress: bool) -> torch.Tensor:
-        workers = min(MAX_WORKERS, os.cpu_count() or 1) if num_workers is None else num_workers
+    def _encode(self, images: ImageSet, pre_transform: PreTransform | None,
+                options: EncodeOptions) -> torch.Tensor:
+        workers = min(MAX_WORKERS, os.cpu_count() or 1) if options.num_workers is None \
+            else options.num_workers
         on_gpu = self.device.type == "cuda"
-        loader = DataLoader(_Decoded(images, self.transform, pre_transform), batch_size=batch_size,
+        loader = DataLoader(_Decoded(images, self.transform, pre_transform),
+                            batch_size=options.batch_size,
                             num_workers=workers, collate_fn=_collate, pin_memory=on_gpu,
                             persistent_workers=False)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
         console = Console(stderr=True)
         features, start = None, 0
         with Progress(console=console, transient=True,
-                      disable=not (show_progress and console.is_terminal)) as progress:
+                      disable=not (options.show_progress and console.is_terminal)) as progress:
             task = progress.add_task(f"encoding {images.name}/{images.split} "
                                      f"({self.weights})", total=len(images))
             for batch in loader:

@@ -18,6 +18,7 @@ from PIL import Image
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins
 from mixdiff.errors import DatasetError
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.linear import load_probe
 
 
@@ -54,7 +55,7 @@ def fidelity(real: str | Path, synthetic: str | Path, run: str | Path,
     def predictions(paths: list[str], split: str) -> torch.Tensor:
         images = ImageSet(Path(real).name, split, tuple(paths), tree.labels[positions],
                           tree.classes)
-        features = encoder.encode(images, show_progress=show_progress)
+        features = encoder.encode(images, options=EncodeOptions(show_progress=show_progress))
         return classifier.logits(features).argmax(dim=1).cpu()
 
     real_paths = [str(tree.path(i)) for i in positions]

@@ -9,23 +9,20 @@ from typing import Sequence
 import torch
 
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.results import accuracies, result_name, write_result
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, weighted_knn_votes
 
 
 def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
              ks: Sequence[int] = DEFAULT_KS, temperature: float = DEFAULT_TEMPERATURE,
-             batch_size: int = 256, num_workers: int | None = None,
-             show_progress: bool = True) -> Path:
+             options: EncodeOptions = EncodeOptions()) -> Path:
     """Weighted kNN of the val images among the training images (headline: the first k); returns
     the result file written."""
     ks = tuple(dict.fromkeys(ks))
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be positive, got {ks}")
-    bank = encoder.encode(train, batch_size=batch_size, num_workers=num_workers,
-                          show_progress=show_progress)
-    queries = encoder.encode(val, batch_size=batch_size, num_workers=num_workers,
-                             show_progress=show_progress)
+    bank, queries = encoder.encode(train, options=options), encoder.encode(val, options=options)
     votes = weighted_knn_votes(bank.to(encoder.device), torch.from_numpy(train.labels), queries,
                                len(train.classes), ks, temperature)
     labels = torch.from_numpy(val.labels)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mixdiff.errors import RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
 from mixdiff.evaluate.results import accuracies, result_name, write_result
 from mixdiff.io import atomic_open, file_sha256
@@ -104,14 +105,11 @@ LINEAR_SETTINGS = LogisticSettings(select_by="heldout_loss")
 
 
 def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None = None,
-                settings: LogisticSettings = LINEAR_SETTINGS, batch_size: int = 256,
-                num_workers: int | None = None, show_progress: bool = True) -> Path:
+                settings: LogisticSettings = LINEAR_SETTINGS,
+                options: EncodeOptions = EncodeOptions()) -> Path:
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
-    x_train = encoder.encode(train, batch_size=batch_size, num_workers=num_workers,
-                             show_progress=show_progress)
-    x_val = encoder.encode(val, batch_size=batch_size, num_workers=num_workers,
-                           show_progress=show_progress)
+    x_train, x_val = encoder.encode(train, options=options), encoder.encode(val, options=options)
     y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     fit_idx, held_idx = stratified_holdout(train.labels, settings.heldout_fraction, settings.seed)
     fitted = select_and_fit(x_train[fit_idx], y_train[fit_idx], x_train[held_idx],

@@ -30,6 +30,7 @@ from torchvision import datasets
 
 from mixdiff.errors import DatasetError
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit
 from mixdiff.evaluate.results import METRICS, accuracies, result_name, write_result
 
@@ -142,8 +143,7 @@ def synclr_val_split(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool = False,
                   settings: LogisticSettings = LogisticSettings(), result: str | None = None,
-                  batch_size: int = 256, num_workers: int | None = None,
-                  show_progress: bool = True) -> Path:
+                  options: EncodeOptions = EncodeOptions()) -> Path:
     """Fit on train, sweep on val, refit on train+val, score on test; returns the result file."""
     spec = TRANSFER_DATASETS[name]
     first, *others = spec.splits  # the first split downloads the dataset if asked to
@@ -157,8 +157,7 @@ def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool 
                                f"split ({len(images.classes)} vs {len(classes)})")
 
     def encode(images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-        return (encoder.encode(images, batch_size=batch_size, num_workers=num_workers,
-                               show_progress=show_progress), torch.from_numpy(images.labels))
+        return encoder.encode(images, options=options), torch.from_numpy(images.labels)
 
     x_test, y_test = encode(sets["test"])
     if spec.official_val:

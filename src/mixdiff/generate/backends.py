@@ -302,10 +302,10 @@ class SDEdit(Backend):
         return outputs
 
 
-BACKENDS = {"sd-image-variations": SDImageVariations, "versatile-diffusion": VersatileDiffusion,
-            "unclip": UnCLIP, "sdedit": SDEdit}
+GENERATOR_BACKENDS = {"sd-image-variations": SDImageVariations,
+                      "versatile-diffusion": VersatileDiffusion, "unclip": UnCLIP, "sdedit": SDEdit}
 
 
 def build_backend(settings: GenerateSettings) -> Backend:
-    return BACKENDS[settings.generator](settings)
+    return GENERATOR_BACKENDS[settings.generator](settings)
 

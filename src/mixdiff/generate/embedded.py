@@ -23,7 +23,7 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
-from mixdiff.settings import check, cli_option, setting
+from mixdiff.schema import check, cli_option, setting
 
 EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"

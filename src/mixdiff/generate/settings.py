@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass, replace
 
+from mixdiff.devices import resolve_device
 from mixdiff.errors import ConfigError
-from mixdiff.settings import check, cli_option, differences, rules, setting
+from mixdiff.schema import check, cli_option, differences, rules, setting
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,6 @@ GENERATORS = ("sd-image-variations", "versatile-diffusion", "unclip", "sdedit")
 SCHEDULERS = ("default", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "ddpm")
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # what --device accepts, besides auto
 
 # (model, revision, steps, guidance, resolution) when the user gives none. resolution None: the
 # model's own. sdedit's default is the DDPM shipped in the package (mixdiff.generate.embedded).
@@ -119,34 +118,6 @@ class GenerateSettings:
 
 # Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
 OUTPUT_KEYS = tuple(key for key, rule in rules(GenerateSettings).items() if rule.produces)
-
-
-def resolve_device(text: str) -> str:
-    """'auto' -> this rank's GPU if there is one, else 'cpu'; anything else is checked against the
-    machine, so a missing GPU is one clear line, not a CUDA traceback at model load."""
-    import torch
-
-    if text == "auto":  # under torchrun/accelerate each rank takes its own GPU
-        return f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise ConfigError(f"--device {text!r} is not one of: auto, {', '.join(DEVICE_TYPES)}, "
-                          "cuda:N")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"--device {text}: no CUDA GPU is visible on this machine "
-                              "(torch.cuda.is_available() is False); use --device cpu or auto")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device {text}: this machine has {count} CUDA GPU(s), "
-                              f"cuda:0 to cuda:{count - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {text}: Apple's MPS backend is not available here; "
-                          "use --device cpu or auto")
-    return text
 
 
 def changed_settings(saved: dict, current: dict) -> list[str]:

@@ -3,7 +3,7 @@
 The run folder (`mixdiff.runs.RunDir`) is written only once every input has been checked (the
 config, the data, every image's header, the hardware, `init_from`), so a failed start never leaves
 a folder that refuses the corrected command (nor does a start that saved no checkpoint). One
-process at a time writes a run folder (`mixdiff.lock`). See `mixdiff.pretrain.callbacks` for what a kill
+process at a time writes a run folder (`mixdiff.lock`). See `pretrain.callbacks` for what a kill
 loses.
 """
 
@@ -54,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, lightning=False)
 
 
-def quiet_libraries() -> None:
+def quiet_lightning() -> None:
     """Keep Lightning's start-up chatter and known-harmless library warnings out of the user's
     way; real warnings and errors still show."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -227,7 +227,7 @@ def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
 
 def pretrain(cfg: DictConfig, out: str | Path) -> Path:
     """Pre-train (or resume) the run in `out`; returns the run directory."""
-    quiet_libraries()
+    quiet_lightning()
     run = RunDir(out)
     holder = exclusive(run.root, "mixdiff pretrain") if launched_rank_zero() else nullcontext()
     with holder:

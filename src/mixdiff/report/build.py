@@ -17,7 +17,7 @@ from mixdiff.report.markdown import render
 from mixdiff.report.radar import plot_radar, radar_panels
 from mixdiff.report.results import SPREADS, result_rows, setting_home, write_csv, write_json
 from mixdiff.report.scatter import plot_id_vs_ood
-from mixdiff.report.settings import group_settings
+from mixdiff.report.grouping import group_settings
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
 ID_VS_OOD, RADAR, CURVES, PAIRS = "id_vs_ood.png", "radar.png", "curves.png", "pairs.png"

@@ -18,8 +18,8 @@ from scipy import stats
 from mixdiff.config import flatten
 from mixdiff.report.collect import TRAINED, UNTRAINED
 from mixdiff.report.results import ResultRow, default_weights, evaluated_on
-from mixdiff.report.settings import NOT_A_SETTING, UNTRAINED_KEYS, Setting
-from mixdiff.settings import differences
+from mixdiff.report.grouping import NOT_A_SETTING, UNTRAINED_KEYS, Setting
+from mixdiff.schema import differences
 
 CONFIDENCE = 0.95
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from mixdiff.report.figures import figure_legend, pyplot, save
 from mixdiff.report.results import SPREADS, Summary
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 from mixdiff.report.style import setting_styles
 from mixdiff.runs import Metric
 

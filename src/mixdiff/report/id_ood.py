@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from mixdiff.report.results import (ResultRow, Summary, evaluated_on, in_distribution,
                                     shift_rows)
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 from mixdiff.runs import PIXELS
 
 

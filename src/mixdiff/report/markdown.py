@@ -7,7 +7,7 @@ from __future__ import annotations
 from mixdiff.report.compare import COMPARED, Comparison
 from mixdiff.report.id_ood import Point
 from mixdiff.report.results import SPREADS, ResultRow, Summary
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 
 # columns in this order: in-distribution, shift sets, their mean, transfer, then online
 _ORDER = {"linear": 0, "knn": 1, "robustness": 2, "transfer": 4, "online_knn": 5,

@@ -13,7 +13,7 @@ import numpy as np
 
 from mixdiff.report.figures import figure_legend, pyplot, save
 from mixdiff.report.results import SHIFT, ResultRow, Summary, evaluated_on, in_distribution
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 from mixdiff.report.style import setting_styles
 
 INNER = 0.15  # where the lowest value of an axis sits, so that no polygon collapses to a dot

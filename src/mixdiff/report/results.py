@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.report.collect import RunRecord, tree_name
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 from mixdiff.runs import PIXELS, Metric
 
 IN_DISTRIBUTION = ("linear", "knn")  # commands, in order of preference, for a run's own dataset

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixdiff.report.collect import UNTRAINED
-from mixdiff.report.settings import Setting
+from mixdiff.report.grouping import Setting
 from mixdiff.runs import PIXELS
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",

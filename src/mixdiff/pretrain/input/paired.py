@@ -3,8 +3,8 @@
 `sources[v]` says what view v was cut from: 0 for a real image, k + 1 for synthetic variant k
 (the k-th entry of `data.synthetic`). A synthetic view carries its real image's index, so losses
 find positives by index whatever the mode or the number of views. With `augment.backend=batched`
-the views are uint8 crops that the training device finishes (`mixdiff.pretrain.input.batch_augment`); with
-`per_image` they are finished, normalised float views.
+the views are uint8 crops that the training device finishes (`pretrain.input.batch_augment`);
+with `per_image` they are finished, normalised float views.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from mixdiff.data.decode import ViewNeed, load_rgb_for
 from mixdiff.pretrain.input.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.pretrain.input.views import ANCHOR, BACKENDS, PARTNER, ViewSpec
+from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class PairedDataset(Dataset):
                  backend: str = "per_image", decode: str = "cpu"):
         self.samples, self.views, self.mode, self.decode = samples, views, mode, decode
         self.p_synthetic, self.synthetic_augment = p_synthetic, synthetic_augment
-        self.transforms = [BACKENDS[backend](view) for view in views]  # (augmented, plain)
+        self.transforms = [AUGMENT_BACKENDS[backend](view) for view in views]  # (augmented, plain)
         # what each slot's views read from its image, so JPEG decoding can skip what none uses
         self.needs: dict[str, list[ViewNeed]] = {
             slot: [need for view in views if view.slot == slot for need in view.needs]

@@ -5,9 +5,9 @@ real image and the `partner` slot its synthetic twin; in the other modes both sl
 image. A recipe is a list of views, so a two-view recipe and DINO's multi-crop are the same thing.
 
 A view is described once (`ViewSpec`: its crop and its `Photometric` ops) and run by either backend
-(`augment.backend`, registry `BACKENDS`): `per_image` runs everything per image in the loader
-workers (torchvision v2); `batched` has the workers crop and flip to uint8 tensors and runs the
-photometric ops on the whole batch on the training device (`mixdiff.pretrain.input.batch_augment`).
+(`augment.backend`, registry `AUGMENT_BACKENDS`): `per_image` runs everything per image in the
+loader workers (torchvision v2); `batched` has the workers crop and flip to uint8 tensors and runs
+the photometric ops on the whole batch on the training device (`pretrain.input.batch_augment`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
-import torch
 from omegaconf import DictConfig
 from torchvision.transforms import v2
 
@@ -178,7 +177,7 @@ MULTI_CROP = ("dino",)  # recipes that only DINO can train (views of two sizes)
 
 # augment.backend -> what the loader workers do to a view: (augmented, plain) transforms.
 # batched: crop and flip only, to uint8; the training device does the rest (batch_augment.py).
-BACKENDS: dict[str, Callable[[ViewSpec], tuple[Callable, Callable]]] = {
+AUGMENT_BACKENDS: dict[str, Callable[[ViewSpec], tuple[Callable, Callable]]] = {
     "batched": lambda view: (view.crop, view.plain_crop),
     "per_image": lambda view: (view.augmented, view.plain)}
 

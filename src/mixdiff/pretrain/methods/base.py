@@ -41,7 +41,8 @@ OPTIMIZERS: dict[str, Callable[[list[dict], float, DictConfig], torch.optim.Opti
 
 
 class SSLMethod(L.LightningModule):
-    """Base class. Batches are `(index, views, sources, labels)`; see `mixdiff.pretrain.input.paired`."""
+    """Base class. Batches are `(index, views, sources, labels)`; see
+    `mixdiff.pretrain.input.paired`."""
 
     def __init__(self, cfg: dict[str, Any], num_classes: int):
         super().__init__()

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.export import export_backbone
 from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
-from test_evaluate import eval_runs  # noqa: F401  (the shared session runs)
 
 # run in a fresh interpreter: follow each .json's recipe with torchvision/timm alone
 PLAIN_LOAD = """
@@ -78,7 +78,7 @@ def test_exports_give_the_encoders_features_in_plain_torchvision_and_timm(eval_r
         encoder = Encoder.from_run(run, weights, "cpu")
         assert saved["source"]["weights"] == encoder.weights == (weights or encoder.weights)
         jobs.append((recipe, images))
-        expected.append(encoder.encode(images, num_workers=0))
+        expected.append(encoder.encode(images, options=EncodeOptions(num_workers=0)))
     loads = [json.loads(recipe.read_text())["load"] for recipe, _ in jobs]
     assert all("model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3" in load  # the small stem
                for load in loads[:2])

@@ -162,6 +162,7 @@ def _generating(models, real, out):
     return process, shard_file
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_run(models, real, tmp_path):
     out = tmp_path / "out"
     process, shard_file = _generating(models, real, out)
@@ -178,6 +179,7 @@ def test_resume_after_a_killed_run(models, real, tmp_path):
         Image.open(image).load()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_what_was_written_in_the_merged_manifest(models, real, tmp_path):
     out = tmp_path / "out"
     process, shard_file = _generating(models, real, out)

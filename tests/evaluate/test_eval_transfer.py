@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.evaluate.features import Encoder
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.results import read_result
 from mixdiff.evaluate.transfer import (TRANSFER_DATASETS, load_split, synclr_val_split,
                                        transfer_eval)
 
 from conftest import _pattern
-from test_evaluate import eval_runs  # noqa: F401  (the shared session runs)
 
 runner = CliRunner()
 SHAPES = 3  # conftest's patterns: circle, square, stripes
@@ -120,7 +120,7 @@ def test_cifar10_random_val_split_and_top1(eval_runs, tmp_path, no_md5):
     assert train.labels.tolist() == [i % SHAPES for i in range(6)] * 5
     assert train.read(0).size == (32, 32)
     result = read_result(transfer_eval(Encoder.from_run(eval_runs["dino"]), "cifar10", tmp_path,
-                                       num_workers=0))
+                                       options=EncodeOptions(num_workers=0)))
     assert (result["dataset"], result["split"], result["images"], result["classes"]) == \
         ("cifar10", "test", 9, 3)
     assert result["metric"] == "top1" and result["value"] == result["top1"]
@@ -136,17 +136,19 @@ def test_dtd_and_flowers_use_official_val_splits(eval_runs, tmp_path, no_md5):
     write_dtd(tmp_path)
     write_flowers102(tmp_path)
     encoder = Encoder.from_run(eval_runs["dino"])
-    dtd = read_result(transfer_eval(encoder, "dtd", tmp_path, num_workers=0))
+    dtd = read_result(transfer_eval(encoder, "dtd", tmp_path, options=EncodeOptions(num_workers=0)))
     assert dtd["details"]["splits"] == {"train": 12, "val": 12, "trainval": 24, "test": 12}
     assert dtd["metric"] == "top1" and dtd["top1"] > 1 / 3 + 0.25  # well above chance
-    flowers = read_result(transfer_eval(encoder, "flowers102", tmp_path, num_workers=0))
+    flowers = read_result(transfer_eval(encoder, "flowers102", tmp_path,
+                                        options=EncodeOptions(num_workers=0)))
     assert flowers["details"]["splits"] == {"train": 9, "val": 9, "trainval": 18, "test": 9}
     assert flowers["metric"] == "mean_per_class_accuracy"
     assert flowers["details"]["weight_decay_sweep"]["metric"] == "mean_per_class_accuracy"
     assert flowers["details"]["dataset_classes"] == 102 and flowers["classes"] == 3
     assert "official val split" in flowers["protocol"]
     # a second call reads every split from the feature cache and gives the same numbers
-    again = read_result(transfer_eval(encoder, "flowers102", tmp_path, num_workers=0))
+    again = read_result(transfer_eval(encoder, "flowers102", tmp_path,
+                                      options=EncodeOptions(num_workers=0)))
     assert again["value"] == flowers["value"]
 
 

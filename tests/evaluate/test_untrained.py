@@ -18,6 +18,7 @@ from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.data.tree import load_rgb
 from mixdiff.data.eval_transform import eval_view
 from mixdiff.evaluate.features import Encoder, labelled_sets
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.pretrain.methods import METHODS
 from mixdiff.report.build import write_report
 from mixdiff.runs import RunDir
@@ -104,7 +105,7 @@ def test_eval_accepts_the_untrained_run_and_scores_raw_pixels(untrained):
 def test_pixel_features_are_the_flattened_evaluation_images(untrained):
     run = untrained["run"]
     train, _ = labelled_sets(untrained["train"], untrained["val"])
-    features = Encoder.pixels(run, "cpu").encode(train, num_workers=0)
+    features = Encoder.pixels(run, "cpu").encode(train, options=EncodeOptions(num_workers=0))
     transform = eval_view(run.load_config())
     from torchvision.transforms import v2
     expected = torch.stack([transform(v2.PILToTensor()(load_rgb(p))).flatten()

@@ -23,6 +23,8 @@ from mixdiff.pretrain.train import pretrain
 
 from conftest import make_tree, tiny_overrides
 
+pytestmark = pytest.mark.slow  # real processes killed and re-run
+
 
 def _rows(run):
     with open(run / "metrics.csv", newline="") as handle:

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from mixdiff.cli import app
 from mixdiff.data.fashion_mnist import DEBIAN_DIR
 
-pytestmark = pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs dataset-fashion-mnist")
+pytestmark = [pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs dataset-fashion-mnist"),
+              pytest.mark.slow]
 
 SMALLEST = ["--fast", "--per-class", "4", "--epochs", "1"]
 

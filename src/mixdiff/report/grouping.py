@@ -10,7 +10,7 @@ from pathlib import Path
 from mixdiff.config import EXECUTION_KEYS, flatten
 from mixdiff.report.collect import TRAINED, UNTRAINED, RunRecord
 from mixdiff.runs import PIXELS
-from mixdiff.settings import identity
+from mixdiff.schema import identity
 
 SEED_KEY = "trainer.seed"
 # Keys that differ between seeds of one setting without changing what is learnt: the seed, the

@@ -14,10 +14,10 @@ from PIL import Image
 
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate import imagenet
-from mixdiff.evaluate.robustness import (SUITES, SuiteLayoutError, border_crop, predictions,
-                                         read_imagenet_a, read_imagenet_r, read_imagenet_sketch,
-                                         read_imagenet_v2, read_labelled_tree, read_objectnet,
-                                         read_vizwiz, restrict, score, vizwiz_prediction_file)
+from mixdiff.evaluate.robustness import SUITES, predictions, score, vizwiz_prediction_file
+from mixdiff.evaluate.suites import (SuiteLayoutError, border_crop, read_imagenet_a,
+                                     read_imagenet_r, read_imagenet_sketch, read_imagenet_v2,
+                                     read_labelled_tree, read_objectnet, read_vizwiz, restrict)
 
 IN100 = tuple(sorted(imagenet.imagenet100_wnids()))  # an ImageFolder over IN-100: sorted wnids
 IN1K = imagenet.in1k_wnids()
@@ -321,6 +321,7 @@ def test_cli_objectnet_groups_and_border_crop(wnid_run, tmp_path):
 
     # the cached features are those of the images without their border
     from mixdiff.evaluate.features import Encoder, ImageSet
+    from mixdiff.evaluate.options import EncodeOptions
 
     cache = next(torch.load(p, weights_only=True) for p in (run / "cache" / "features").glob("*.pt")
                  if torch.load(p, weights_only=True)["tag"] == "objectnet-border-crop")
@@ -334,7 +335,8 @@ def test_cli_objectnet_groups_and_border_crop(wnid_run, tmp_path):
 
     def encode(paths, name):
         image_set = ImageSet(name, "test", tuple(map(str, paths)), np.full(4, -1), ())
-        return encoder.encode(image_set, num_workers=0, show_progress=False)
+        return encoder.encode(image_set,
+                              options=EncodeOptions(num_workers=0, show_progress=False))
 
     assert torch.allclose(cache["features"].float(), encode(cropped, "cropped"), atol=1e-5)
     assert not torch.allclose(cache["features"].float(), encode(scored, "framed"), atol=1e-5)

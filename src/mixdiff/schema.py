@@ -3,8 +3,8 @@ says which values it takes and whether it changes what is produced.
 
 The pre-training config (`config.MixDiffConfig`), a generation run (`generate.settings`), the
 embedded generator's training (`generate.embedded.GeneratorTraining`) and the quickstart
-(`quickstart.QuickstartSettings`) declare their fields with `setting(...)`. One `check` validates any
-of them and names the culprit the way its user wrote it: `config key `data.mode`` for a config,
+(`quickstart.QuickstartSettings`) declare their fields with `setting(...)`. One `check` validates
+any of them and names the culprit the way its user wrote it: `config key `data.mode`` for a config,
 `--strength` for a command-line option. One rule says which keys make two runs different
 (`differences`): resume, the generation manifest and the report's grouping of seeds all use it.
 
@@ -60,7 +60,8 @@ class Rule:
         if not fails:
             return None
         if low is not None and self.most is not None:
-            return "range", f"must lie in {'(' if self.above is not None else '['}{low:g}, {self.most:g}]"
+            opening = "(" if self.above is not None else "["
+            return "range", f"must lie in {opening}{low:g}, {self.most:g}]"
         if self.most is not None:
             return "range", f"must be at most {self.most:g}"
         if self.above is not None:

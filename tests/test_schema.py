@@ -13,7 +13,7 @@ from mixdiff.config import EXECUTION_KEYS, load_config
 from mixdiff.errors import ConfigError
 from mixdiff.generate.settings import OUTPUT_KEYS, GenerateSettings
 from mixdiff.quickstart import settings_for
-from mixdiff.settings import (Rule, check, cli_option, config_key, differences, not_producing,
+from mixdiff.schema import (Rule, check, cli_option, config_key, differences, not_producing,
                               rules, setting)
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.evaluate.features import Encoder, ImageSet
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.linear import linear_eval
 from mixdiff.pretrain.train import pretrain
 
@@ -24,7 +25,7 @@ def judged(tiny_data, tmp_path_factory):
     run = pretrain(load_config(None, tiny_overrides(tiny_data, **{
         "data.real": real, "data.mode": "real", "trainer.max_epochs": 2})), base / "run")
     images = ImageSet.from_tree(real, name="toy")
-    linear_eval(Encoder.from_run(run), images, images, show_progress=False)
+    linear_eval(Encoder.from_run(run), images, images, options=EncodeOptions(show_progress=False))
     copies = shutil.copytree(real, base / "copies")
     # the twin of circle/imgNN is a square, of square/imgNN a stripes image, ...
     swapped = make_tree(base / "swapped", per_class=6, classes=("square", "stripes", "circle"))

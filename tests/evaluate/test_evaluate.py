@@ -17,6 +17,7 @@ from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet, labelled_sets
+from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.knn import knn_eval
 from mixdiff.knn import knn_accuracy, weighted_knn_votes
 from mixdiff.evaluate.linear import LinearProbe, linear_eval, load_probe
@@ -27,27 +28,7 @@ from mixdiff.evaluate.results import (REQUIRED, mean_per_class_accuracy, read_re
 from mixdiff.runs import RunDir
 from mixdiff.pretrain.train import pretrain
 
-from conftest import make_tree, tiny_overrides
-
-DINO = {"method": "dino", "augment.recipe": "dino"}
-
-
-@pytest.fixture(scope="session")
-def eval_runs(tiny_data, tmp_path_factory):
-    """A DINO run and a SimCLR run (one epoch each), and a toy train/val pair of trees. Made once
-    per session in a fixed folder, so the other test_eval_* modules that import this fixture
-    reuse them instead of training again."""
-    base = tmp_path_factory.getbasetemp() / "eval_runs"
-    runs = {}
-    for name, extra in (("dino", DINO), ("simclr", {})):
-        runs[name] = base / name
-        if not (runs[name] / "checkpoints" / "last.ckpt").is_file():
-            pretrain(load_config(None, tiny_overrides(tiny_data, **extra)), runs[name])
-    toy = {"train": base / "toy" / "train", "val": base / "toy" / "val"}
-    if not toy["val"].is_dir():
-        make_tree(toy["train"], 8, seed=10)
-        make_tree(toy["val"], 6, seed=11)
-    return {**runs, **toy}
+from conftest import DINO, make_tree, tiny_overrides
 
 
 def _forward_counter(encoder: Encoder) -> list[int]:
@@ -118,22 +99,22 @@ def test_feature_cache_hits_and_invalidates(eval_runs, tmp_path):
     images = ImageSet.from_tree(make_tree(tmp_path / "set" / "test", 2, seed=5))
     encoder = Encoder.from_run(run)
     calls = _forward_counter(encoder)
-    first = encoder.encode(images, num_workers=0, batch_size=4)
+    first = encoder.encode(images, options=EncodeOptions(num_workers=0, batch_size=4))
     assert first.shape == (6, encoder.feature_dim) and first.dtype == torch.float32
     assert calls[0] == 2  # 6 images in batches of 4
-    again = encoder.encode(images, num_workers=0, batch_size=4)
+    again = encoder.encode(images, options=EncodeOptions(num_workers=0, batch_size=4))
     assert calls[0] == 2 and torch.equal(first, again)  # read from the cache
     assert len(list((run / "cache" / "features").glob("*.pt"))) == 1
     # a changed input is encoded again: a tag, other weights, a changed file, another checkpoint
     encoder.encode(images, pre_transform=lambda image, i: image.rotate(90), tag="rot90",
-                   num_workers=0)
+                   options=EncodeOptions(num_workers=0))
     assert calls[0] == 3
     student = Encoder.from_run(run, weights="student")
     student_calls = _forward_counter(student)
-    student.encode(images, num_workers=0)
+    student.encode(images, options=EncodeOptions(num_workers=0))
     assert student_calls[0] == 1
     Image.new("RGB", (24, 24), "red").save(images.paths[0])
-    changed = encoder.encode(images, num_workers=0)
+    changed = encoder.encode(images, options=EncodeOptions(num_workers=0))
     assert calls[0] == 4 and not torch.equal(changed[0], first[0])
     assert torch.equal(changed[1:], first[1:])
     checkpoint = run / "checkpoints" / "last.ckpt"
@@ -142,7 +123,7 @@ def test_feature_cache_hits_and_invalidates(eval_runs, tmp_path):
     torch.save(saved, checkpoint)
     retrained = Encoder.from_run(run)
     retrained_calls = _forward_counter(retrained)
-    retrained.encode(images, num_workers=0)
+    retrained.encode(images, options=EncodeOptions(num_workers=0))
     assert retrained_calls[0] == 1
     assert len(list((run / "cache" / "features").glob("*.pt"))) == 5
 
@@ -151,11 +132,11 @@ def test_encoding_in_loader_workers_matches_and_names_a_broken_image(eval_runs, 
     root = make_tree(tmp_path / "set" / "test", 2, seed=6)
     images = ImageSet.from_tree(root)
     encoder = Encoder.from_run(eval_runs["simclr"])
-    inline = encoder._encode(images, None, 4, 0, False)
-    assert torch.equal(encoder._encode(images, None, 4, 2, False), inline)
+    inline = encoder._encode(images, None, EncodeOptions(4, 0, False))
+    assert torch.equal(encoder._encode(images, None, EncodeOptions(4, 2, False)), inline)
     (root / "square" / "img00.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"cannot read image .*square/img00\.png"):
-        encoder.encode(ImageSet.from_tree(root), num_workers=2)
+        encoder.encode(ImageSet.from_tree(root), options=EncodeOptions(num_workers=2))
 
 
 # --- kNN ---------------------------------------------------------------------------------------
@@ -274,8 +255,9 @@ def test_knn_and_linear_probe_are_well_above_chance(eval_runs):
     run = RunDir(eval_runs["dino"])
     train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
     encoder = Encoder.from_run(run)
-    knn = read_result(knn_eval(encoder, train, val, ks=(5, 20), num_workers=0))
-    linear = read_result(linear_eval(encoder, train, val, num_workers=0))
+    knn = read_result(knn_eval(encoder, train, val, ks=(5, 20),
+                               options=EncodeOptions(num_workers=0)))
+    linear = read_result(linear_eval(encoder, train, val, options=EncodeOptions(num_workers=0)))
     chance = 1 / 3
     assert knn["top1"] >= 0.7 > chance and linear["top1"] >= 0.7, (knn, linear)
     for command, result in (("knn", knn), ("linear", linear)):
@@ -293,10 +275,11 @@ def test_knn_and_linear_probe_are_well_above_chance(eval_runs):
     # the saved probe reproduces the score, and a second call gives the same numbers
     probe = load_probe(run, "toy", "teacher")
     assert probe.classes == train.classes and probe.dataset == "toy"
-    features = encoder.encode(val, num_workers=0)
+    features = encoder.encode(val, options=EncodeOptions(num_workers=0))
     top1 = (probe.logits(features).argmax(1).numpy() == val.labels).mean()
     assert top1 == pytest.approx(linear["top1"])
-    assert read_result(linear_eval(encoder, train, val, num_workers=0))["top1"] == linear["top1"]
+    assert read_result(linear_eval(encoder, train, val,
+                                   options=EncodeOptions(num_workers=0)))["top1"] == linear["top1"]
 
 
 def test_load_probe_refuses_other_weights_checkpoints_and_ambiguity(eval_runs, tmp_path):
@@ -306,11 +289,11 @@ def test_load_probe_refuses_other_weights_checkpoints_and_ambiguity(eval_runs, t
         load_probe(run)
     train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
     student = Encoder.from_run(run, weights="student")
-    linear_eval(student, train, val, num_workers=0)
+    linear_eval(student, train, val, options=EncodeOptions(num_workers=0))
     assert run.probe("toy-student").is_file()  # not the default weights: its own name
     with pytest.raises(RunDirError, match="fitted on the student weights, not the teacher"):
         load_probe(run, "toy-student", weights="teacher")
-    linear_eval(Encoder.from_run(run), train, val, num_workers=0)
+    linear_eval(Encoder.from_run(run), train, val, options=EncodeOptions(num_workers=0))
     with pytest.raises(RunDirError, match=r"2 linear probes \(toy-student, toy\).*--probe"):
         load_probe(run)
     assert load_probe(run, "toy").weights == "teacher"

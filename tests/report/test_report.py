@@ -25,7 +25,7 @@ from mixdiff.report.collect import load_runs
 from mixdiff.report.id_ood import id_vs_ood_points
 from mixdiff.report.radar import INNER, radar_panels
 from mixdiff.report.results import result_rows
-from mixdiff.report.settings import group_settings
+from mixdiff.report.grouping import group_settings
 from mixdiff.runs import Metric, RunDir
 
 runner = CliRunner()
@@ -360,7 +360,7 @@ def test_pairs_grid_shows_real_beside_each_variant(tmp_path):
 
 def _setting(method: str, mode: str):
     from mixdiff.report.collect import RunRecord
-    from mixdiff.report.settings import Setting
+    from mixdiff.report.grouping import Setting
 
     config = {"method": method, "data": {"mode": mode}}
     record = RunRecord(f"{method}-{mode}", RunDir("unused"), config, {}, [], [])
