@@ -71,8 +71,9 @@ class QuickstartSettings:
     temperature: float = setting(0.1, above=0.0)
     image_size: int = setting(32, least=1)
     small_stem: bool = False  # the CPU presets use ResNet-18's own stem: 16x fewer FLOPs at 32 px
-    # SDEdit strength: keeps the class best (README, "Measured": fidelity)
-    strength: float = setting(0.3, above=0.0, most=1.0)
+    # SDEdit strength: keeps the class best (README, "Measured": fidelity); a tuple: a mixture,
+    # each image draws its own (generate --strength 0.2,0.3,0.5)
+    strength: float | tuple[float, ...] = setting(0.3, above=0.0, most=1.0)
     real_fraction: float = setting(1.0, above=0.0, most=1.0)  # the paper's "less real data"
     # "none": the paper's no-augmentation run (None: each method's own recipe)
     augment: str | None = setting(None, choices=("none",))

@@ -48,6 +48,8 @@ class Rule:
             return None
         if self.choices and value not in self.choices:
             return "choice", f"is not one of: {', '.join(str(c) for c in self.choices)}"
+        if isinstance(value, (list, tuple)):  # a list of numbers (a mixture): each one
+            return next(filter(None, map(self._problem, value)), None)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
         low = self.above if self.above is not None else self.least

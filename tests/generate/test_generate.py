@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.backends import (CLIP_MEAN, CLIP_STD, GeneratorLoadError,
                                        sd_variation_preprocess)
 from mixdiff.generate.embedded import EMBEDDED_DIR, GeneratorTraining, train_generator
-from mixdiff.generate.runner import generate
+from mixdiff.generate.runner import SettingsChangedError, generate
 from mixdiff.generate.settings import (USED_BY, GenerateSettings, changed_settings, image_seed,
                                        parse_shard)
 
@@ -121,6 +122,42 @@ def test_outputs_do_not_depend_on_batch_size_or_reruns(models, real, tmp_path):
         assert np.abs(a - b).max() <= 2  # batched kernels' floating-point noise at most
         assert (tmp_path / "a" / row["path"]).read_bytes() == \
             (tmp_path / "c" / row["path"]).read_bytes()  # a plain re-run: byte for byte
+
+
+def test_a_strength_mixture_draws_per_image_deterministically(models, real, tmp_path):
+    """`--strength 0.2,0.5,0.9`: each image draws its strength from its own seed, its manifest row
+    says which, and the bytes do not depend on the batch or on a re-run."""
+    mixture = (0.2, 0.5, 0.9)
+    for name, batch in (("a", 1), ("b", 4), ("c", 1)):
+        generate(real, tmp_path / name, settings(models, "sdedit", strength=mixture,
+                                                   variants=2, batch_size=batch),
+                 show_progress=False)
+    drawn = {(row["source"], row["variant"]): row["strength"] for row in rows(tmp_path / "a")}
+    assert set(drawn.values()) <= set(mixture) and len(set(drawn.values())) > 1  # 12 images
+    assert drawn == {(row["source"], row["variant"]): row["strength"]
+                     for row in rows(tmp_path / "b")}
+    for row in rows(tmp_path / "a"):
+        a, b = pixels(tmp_path / "a" / row["path"]), pixels(tmp_path / "b" / row["path"])
+        assert np.abs(a - b).max() <= 2  # batched kernels' floating-point noise at most
+        assert (tmp_path / "a" / row["path"]).read_bytes() == \
+            (tmp_path / "c" / row["path"]).read_bytes()
+    # each image is what a run at its drawn strength alone makes
+    row = next(r for r in rows(tmp_path / "a") if r["strength"] == 0.9)
+    alone = tmp_path / "alone"
+    generate(real, alone, settings(models, "sdedit", strength=0.9, variants=2, batch_size=1),
+             show_progress=False)
+    assert (alone / row["path"]).read_bytes() == (tmp_path / "a" / row["path"]).read_bytes()
+    # a changed list is a changed setting; a mixture of one value is that value
+    with pytest.raises(SettingsChangedError, match="strength"):
+        generate(real, tmp_path / "a", settings(models, "sdedit", strength=(0.2, 0.5),
+                                                  variants=2), show_progress=False)
+    assert GenerateSettings(generator="sdedit", strength=(0.3, 0.3)).resolved().strength == 0.3
+    with pytest.raises(ConfigError,
+                       match=re.escape("--strength must lie in (0, 1], not (0.2, 1.5)")):
+        GenerateSettings(generator="sdedit", strength=(0.2, 1.5)).resolved()
+    said = runner.invoke(app, ["generate", "--real", str(real), "--out", str(tmp_path / "x"),
+                               "--generator", "sdedit", "--strength", "0.2,high"])
+    assert said.exit_code == 2 and "--strength '0.2,high'" in said.output
 
 
 def test_two_shards_equal_one_run(models, real, tmp_path):

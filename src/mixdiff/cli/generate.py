@@ -48,10 +48,13 @@ def generate(  # each option's default is GenerateSettings' own (None: the gener
                                    "other settings."),
     safety_checker: bool = typer.Option(DEFAULT.safety_checker,
                                         "--safety-checker/--no-safety-checker"),
-    strength: float = typer.Option(DEFAULT.strength, "--strength",
-                                   help="sdedit: noise level to start from."),
-    noise_level: int = typer.Option(DEFAULT.noise_level, "--noise-level",
-                                    help="unclip: image-embedding noise."),
+    strength: str = typer.Option(str(DEFAULT.strength), "--strength",
+                                 help="sdedit: noise level to start from; a comma-separated list "
+                                 "(0.2,0.3,0.5) is a mixture: each image draws one from its own "
+                                 "seed, recorded in its manifest row."),
+    noise_level: str = typer.Option(str(DEFAULT.noise_level), "--noise-level",
+                                    help="unclip: image-embedding noise (a list: a mixture, as "
+                                    "--strength)."),
     image_format: str = typer.Option(DEFAULT.format, "--format",
                                      help=", ".join(FORMATS) + " (jpg: fast to decode)."),
     quality: int = typer.Option(DEFAULT.quality, "--quality", help="jpg/webp quality."),
@@ -65,15 +68,16 @@ def generate(  # each option's default is GenerateSettings' own (None: the gener
     """Generate diffusion variations of every real image: sharded, resumable, deterministic."""
     from mixdiff.generate.manifest import MANIFEST
     from mixdiff.generate.runner import generate as run
-    from mixdiff.generate.settings import parse_shard
+    from mixdiff.generate.settings import parse_shard, parse_values
 
     logging.basicConfig(level=logging.WARNING)
     try:
         settings = GenerateSettings(
             generator=generator, model=model, revision=revision, steps=steps, guidance=guidance,
             scheduler=scheduler, resolution=resolution, variants=variants, seed=seed,
-            batch_size=batch_size, dtype=dtype, device=device, strength=strength,
-            noise_level=noise_level, format=image_format, quality=quality, save_size=save_size,
+            batch_size=batch_size, dtype=dtype, device=device,
+            strength=parse_values(strength, float, "--strength"),
+            noise_level=parse_values(noise_level, int, "--noise-level"), format=image_format, quality=quality, save_size=save_size,
             safety_checker=safety_checker, compile=compile_unet)
         summary = run(real, out, settings, parse_shard(shard) if shard else None, limit,
                       overwrite)

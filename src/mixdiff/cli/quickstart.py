@@ -45,9 +45,10 @@ def quickstart(
     epochs: Optional[int] = typer.Option(None, "--epochs", help=f"Default: "
                                          f"{_DEFAULT.epochs}; {_FAST.epochs} with --fast; "
                                          f"{_GPU.epochs} with --device cuda."),
-    strength: Optional[float] = typer.Option(None, "--strength", help="SDEdit strength of the "
-                                             f"embedded generator (default: {_DEFAULT.strength}: "
-                                             "it keeps the class best; see README)."),
+    strength: Optional[str] = typer.Option(None, "--strength", help="SDEdit strength of the "
+                                           f"embedded generator (default: {_DEFAULT.strength}: "
+                                           "it keeps the class best; see README); a list "
+                                           "(0.2,0.3,0.5) is a mixture: each image draws one."),
     real_fraction: Optional[float] = typer.Option(None, "--real-fraction", help="Train on this "
                                                   "stratified fraction of the real images (the "
                                                   "paper's 'less real data')."),
@@ -58,6 +59,7 @@ def quickstart(
     pre-train in each data mode and the untrained reference, evaluate (linear, kNN,
     corruptions; raw pixels), report, and a verdict: each mode's gain over the untrained encoder
     and MixDiff − real, paired by seed with 95% intervals."""
+    from mixdiff.generate.settings import parse_values
     from mixdiff.quickstart import QuickstartInterrupted, settings_for
     from mixdiff.quickstart import quickstart as run
 
@@ -65,7 +67,9 @@ def quickstart(
     try:
         preset = "fast" if fast else "gpu" if device == "cuda" else "default"
         settings = settings_for(preset, methods=_names(methods), modes=_names(modes), seeds=seeds,
-                                per_class=per_class, epochs=epochs, strength=strength,
+                                per_class=per_class, epochs=epochs,
+                                strength=None if strength is None else parse_values(
+                                    strength, float, "--strength"),
                                 real_fraction=real_fraction, augment=augment, device=device)
         outcome = run(out, settings, console)
     except MixDiffError as exc:

@@ -7,6 +7,7 @@ the batch it was generated in, nor on the device's random number generator.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -171,6 +172,16 @@ class Backend:
 
     def __call__(self, images: list[Image.Image], seeds: list[int]) -> list[Image.Image]:
         raise NotImplementedError
+
+    def variations(self, images: list[Image.Image], seeds: list[int],
+                   drawn: dict) -> list[Image.Image]:
+        """`self(images, seeds)` with the values these images drew from a mixture (e.g. one
+        strength of several) in place of the settings' lists."""
+        kept, self.settings = self.settings, replace(self.settings, **drawn)
+        try:
+            return self(images, seeds)
+        finally:
+            self.settings = kept
 
     @staticmethod
     def generators(seeds: list[int]) -> list[torch.Generator]:

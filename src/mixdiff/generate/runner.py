@@ -45,6 +45,7 @@ class WorkItem:
     source: str  # relative path of the real image
     variant: int
     seed: int
+    drawn: tuple[tuple[str, float], ...] = ()  # this image's values of the mixable options
 
     def output(self, fmt: str) -> str:
         return f"v{self.variant}/{twin_key(self.source)}.{fmt}"
@@ -52,7 +53,7 @@ class WorkItem:
     def row(self, fmt: str, provenance: dict, **fields) -> dict:
         """Its manifest row: which output, from what, and how it was made."""
         return {"source": self.source, "variant": self.variant, "seed": self.seed,
-                "path": self.output(fmt), **provenance, **fields}
+                "path": self.output(fmt), **provenance, **dict(self.drawn), **fields}
 
 
 @dataclass
@@ -81,8 +82,10 @@ def plan(relpaths: Sequence[str], settings: GenerateSettings, shard: tuple[int, 
          limit: int | None) -> list[WorkItem]:
     """This shard's outputs: every N-th of the (image, variant) list, in a fixed order."""
     chosen = list(relpaths)[:limit] if limit else list(relpaths)
-    items = [WorkItem(rel, k, image_seed(settings.seed, twin_key(rel), k))
+    seeds = [(rel, k, image_seed(settings.seed, twin_key(rel), k))
              for rel in chosen for k in range(settings.variants)]
+    items = [WorkItem(rel, k, seed, tuple(settings.drawn(seed).items()))
+             for rel, k, seed in seeds]
     index, count = shard
     return items[index::count]
 
@@ -241,9 +244,14 @@ def _run(backend: Backend, real: Path, out: Path, todo: list[WorkItem], shard: t
                           for item, im in zip(batch, images) if not isinstance(im, Image.Image)]
                 summary.failed.extend(failed)
                 writer.write(failed)
-                if good:
-                    outputs = backend([im for _, im in good], [item.seed for item, _ in good])
-                    for (item, _), image in zip(good, outputs):
+                alike: dict[tuple, list] = {}  # one call per drawn value of a mixture
+                for item, image in good:
+                    alike.setdefault(item.drawn, []).append((item, image))
+                for drawn, members in alike.items():
+                    inputs, seeds = [im for _, im in members], [it.seed for it, _ in members]
+                    outputs = backend.variations(inputs, seeds, dict(drawn)) if drawn \
+                        else backend(inputs, seeds)
+                    for (item, _), image in zip(members, outputs):
                         target = out / item.output(s.format)
                         pending.append((item, writers.submit(encode_and_write, image, target,
                                                              s.format, s.quality, s.save_size)))

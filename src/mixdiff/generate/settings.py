@@ -42,6 +42,9 @@ USED_BY = {
     "safety_checker": ("sd-image-variations",),
 }
 LOSSY_FORMATS = ("jpg", "webp")  # --quality applies to these
+# Options that may be a list (a mixture, as DA-Fusion's strengths): each image draws its own value
+# from its own seed, and its manifest row records the value drawn.
+MIXABLE = ("strength", "noise_level")
 
 
 def unused_options(generator: str, fmt: str) -> tuple[str, ...]:
@@ -68,8 +71,10 @@ class GenerateSettings:
     dtype: str = setting("auto", choices=DTYPES)  # fp16 on a GPU, fp32 on the CPU
     device: str = setting("auto", produces=False)  # checked against the machine: resolve_device
     # sdedit: how far the image is noised (0: unchanged, 1: pure noise)
-    strength: float = setting(0.5, above=0.0, most=1.0)
-    noise_level: int = setting(0, least=0)  # unclip: noise added to the image embedding
+    # (a tuple of several: a mixture, see MIXABLE)
+    strength: float | tuple[float, ...] = setting(0.5, above=0.0, most=1.0)
+    # unclip: noise added to the image embedding (a tuple of several: a mixture)
+    noise_level: int | tuple[int, ...] = setting(0, least=0)
     # JPEG at quality 95: 5.6x faster to decode than PNG at 512 px (2.5 vs 14.3 ms), a quarter of
     # the bytes, 40.9 dB PSNR (benchmarks/decode_formats.py), and draft/nvJPEG decoding apply
     format: str = setting("jpg", choices=tuple(FORMATS))
@@ -84,6 +89,8 @@ class GenerateSettings:
         """Fill in the generator's defaults and check every value. Options this generator (or
         format) does not use are reset to their defaults, with a warning if one was given."""
         check(asdict(self), GenerateSettings, cli_option)
+        # a mixture of one value is that value
+        self = replace(self, **{name: _one_or_all(getattr(self, name)) for name in MIXABLE})
         model, revision, steps, guidance, resolution = DEFAULTS[self.generator]
         unused = {name: getattr(GenerateSettings, name)
                   for name in unused_options(self.generator, self.format)}
@@ -113,7 +120,50 @@ class GenerateSettings:
         return done
 
     def output_settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in OUTPUT_KEYS}
+        """The settings that change the images, as generate.yaml records them (lists, not
+        tuples, so that they compare equal once read back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k in OUTPUT_KEYS}
+
+    def values(self, name: str) -> tuple:
+        """The values of a mixable option: one, or the mixture's."""
+        value = getattr(self, name)
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+    def drawn(self, seed: int) -> dict:
+        """The image of `seed`'s values of the mixtures this generator uses (none without)."""
+        return {name: draw(self.values(name), seed, name) for name in MIXABLE
+                if self.generator in USED_BY[name] and len(self.values(name)) > 1}
+
+
+def _one_or_all(value):
+    """A mixture of one value is that value (so `--strength 0.3` and `0.3,0.3` read alike, and an
+    OUT made before mixtures existed still matches); several stay a tuple, in the given order."""
+    if isinstance(value, (list, tuple)):
+        unique = tuple(dict.fromkeys(value))
+        return unique[0] if len(unique) == 1 else unique
+    return value
+
+
+def draw(values: tuple, seed: int, name: str):
+    """One of `values` for the image whose seed is `seed`: from the seed alone, so an image draws
+    the same value in any batch, shard or re-run (and independently of its noise)."""
+    if len(values) == 1:
+        return values[0]
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return values[int.from_bytes(digest[:8], "little") % len(values)]
+
+
+def parse_values(text: str, kind: type, option: str) -> float | int | tuple:
+    """'0.2,0.3,0.5' -> (0.2, 0.3, 0.5); '0.3' -> 0.3 (the value of a mixable option)."""
+    try:
+        values = tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give a number or a comma-separated list of "
+                          f"numbers (e.g. 0.2,0.3,0.5)") from None
+    if not values:
+        raise ConfigError(f"{option} {text!r}: give at least one value")
+    return values[0] if len(values) == 1 else values
 
 
 # Settings that change the images: a re-run on an existing OUT must keep them (or --overwrite).
