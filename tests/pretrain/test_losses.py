@@ -1,5 +1,6 @@
 """Losses against independent references, and under a 2-process gloo group."""
 
+import math
 import os
 import socket
 
@@ -46,6 +47,39 @@ def test_info_nce_uses_indexes_for_positives():
                           atol=1e-6)
     with pytest.raises(ValueError, match="no positive"):
         info_nce_loss(z[:3], torch.tensor([0, 1, 2]))
+
+
+def _reference_weighted(z, idx, synthetic, temperature, lam):
+    """Row by row in float64: -log(sum_p w_p exp(s_ip / T) / sum_{k != i} exp(s_ik / T)), with
+    w_p = lam when row i or its positive p is a synthetic view, else 1."""
+    zn = z.double() / z.double().norm(dim=1, keepdim=True)
+    total = 0.0
+    for i in range(len(z)):
+        others = [k for k in range(len(z)) if k != i]
+        denominator = sum(math.exp(float(zn[i] @ zn[k]) / temperature) for k in others)
+        numerator = sum((lam if synthetic[i] or synthetic[p] else 1.0)
+                        * math.exp(float(zn[i] @ zn[p]) / temperature)
+                        for p in others if idx[p] == idx[i])
+        total += -math.log(numerator / denominator)
+    return total / len(z)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+def test_a_twin_as_an_extra_positive_matches_a_hand_written_reference(lam):
+    """Views [real, real, twin] of three samples (data.mode=extra): the multi-positive NT-Xent,
+    and with lambda the pairs that include the twin weighted by it."""
+    torch.manual_seed(2)
+    z = torch.randn(9, 5)
+    idx = torch.tensor([0, 1, 2] * 3)
+    synthetic = torch.tensor([False] * 6 + [True] * 3)
+    got = info_nce_loss(z, idx, 0.2, synthetic=synthetic, synthetic_weight=lam).item()
+    assert got == pytest.approx(_reference_weighted(z, idx, synthetic, 0.2, lam), abs=1e-6)
+    if lam == 1.0:  # lambda 1: the plain multi-positive loss
+        assert got == pytest.approx(info_nce_loss(z, idx, 0.2).item(), abs=1e-6)
+    else:
+        assert got != pytest.approx(info_nce_loss(z, idx, 0.2).item(), abs=1e-3)
+    with pytest.raises(ValueError, match="synthetic_weight"):
+        info_nce_loss(z, idx, 0.2, synthetic=synthetic, synthetic_weight=0.0)
 
 
 def _reference_barlow(z_a, z_b, lambd):
@@ -115,6 +149,17 @@ def _ddp_worker(rank: int, world: int, port: int, inputs: dict, results):
             mean_loss = loss.detach().clone()
             dist.all_reduce(mean_loss)
             out[name] = (mean_loss.item() / world, z_a.grad / world, z_b.grad / world)
+        third = inputs["twin"][part].clone().requires_grad_()  # [real, real, twin], lambda 0.5
+        z_a = inputs["z_a"][part].clone().requires_grad_()
+        z_b = inputs["z_b"][part].clone().requires_grad_()
+        index = torch.arange(n) + rank * n
+        loss = info_nce_loss(torch.cat([z_a, z_b, third]), torch.cat([index] * 3), 0.3,
+                             synthetic=torch.tensor([False] * 2 * n + [True] * n),
+                             synthetic_weight=0.5)
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        out["extra"] = (mean_loss.item() / world, third.grad / world, z_a.grad / world)
         dino = DINOLoss(8)
         dino([inputs["z_a"][part, :8]] * 2, [inputs["z_b"][part, :8]] * 2)
         out["center"] = dino.center
@@ -125,7 +170,7 @@ def _ddp_worker(rank: int, world: int, port: int, inputs: dict, results):
 
 def test_losses_under_ddp_equal_one_process_on_the_whole_batch():
     torch.manual_seed(4)
-    inputs = {"z_a": torch.randn(8, 12), "z_b": torch.randn(8, 12)}
+    inputs = {"z_a": torch.randn(8, 12), "z_b": torch.randn(8, 12), "twin": torch.randn(8, 12)}
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(2, _free_port(), inputs, results), nprocs=2, join=True)
     for name, fn in (("nt_xent", lambda a, b: nt_xent_loss(a, b, temperature=0.3)),
@@ -139,6 +184,17 @@ def test_losses_under_ddp_equal_one_process_on_the_whole_batch():
         grad_b = torch.cat([results[r][name][2] for r in range(2)])
         assert torch.allclose(grad_a, z_a.grad, atol=1e-6), name
         assert torch.allclose(grad_b, z_b.grad, atol=1e-6), name
+    z_a, z_b = inputs["z_a"].clone().requires_grad_(), inputs["z_b"].clone()
+    twin = inputs["twin"].clone().requires_grad_()
+    index = torch.arange(8)
+    loss = info_nce_loss(torch.cat([z_a, z_b, twin]), torch.cat([index] * 3), 0.3,
+                         synthetic=torch.tensor([False] * 16 + [True] * 8), synthetic_weight=0.5)
+    loss.backward()
+    assert results[0]["extra"][0] == pytest.approx(loss.item(), abs=1e-5)
+    assert torch.allclose(torch.cat([results[r]["extra"][1] for r in range(2)]), twin.grad,
+                          atol=1e-6)
+    assert torch.allclose(torch.cat([results[r]["extra"][2] for r in range(2)]), z_a.grad,
+                          atol=1e-6)
     whole = DINOLoss(8)
     whole([inputs["z_a"][:, :8]] * 2, [inputs["z_b"][:, :8]] * 2)
     assert torch.allclose(results[0]["center"], whole.center, atol=1e-6)

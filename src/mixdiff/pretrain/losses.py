@@ -9,6 +9,8 @@ gradient) equals the gradient of the same loss computed by one process on the wh
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -32,19 +34,27 @@ def _all_reduce_sum(x: Tensor) -> Tensor:
 
 
 def info_nce_loss(z: Tensor, indexes: Tensor, temperature: float = 0.5,
-                  gather_distributed: bool = True) -> Tensor:
+                  gather_distributed: bool = True, synthetic: Tensor | None = None,
+                  synthetic_weight: float = 1.0) -> Tensor:
     """NT-Xent over any number of views: rows with the same index are positives of each other.
 
     z: (N, D) embeddings of all views of the local batch; indexes: (N,) sample indices. For each
-    row, loss = -log(sum over positives of exp(sim / T) / sum over all other rows of exp(sim / T)),
-    averaged over the rows of the global batch. Two views of B distinct samples give SimCLR's loss.
+    row, loss = -log(sum over positives of w * exp(sim / T) / sum over all other rows of
+    exp(sim / T)), averaged over the rows of the global batch. Two views of B distinct samples
+    give SimCLR's loss. `synthetic` (N,) marks views of synthetic twins: a positive pair with one
+    in it is weighted `synthetic_weight` (lambda; w = 1 for real pairs), so lambda = 1 is the plain
+    multi-positive NT-Xent and a smaller lambda lets a twin pull less than a real view.
     """
+    if not synthetic_weight > 0:
+        raise ValueError(f"synthetic_weight must be positive, not {synthetic_weight}")
     z = F.normalize(z.float(), dim=1)
+    synthetic = torch.zeros_like(indexes, dtype=torch.bool) if synthetic is None else synthetic
     if gather_distributed and distributed():
         z_all, idx_all = gather(z), torch.cat(dist_fn.all_gather(indexes))
+        synthetic_all = torch.cat(dist_fn.all_gather(synthetic.to(torch.uint8))).bool()
         offset = dist.get_rank() * z.shape[0]  # equal local batches: drop_last in training
     else:
-        z_all, idx_all, offset = z, indexes, 0
+        z_all, idx_all, synthetic_all, offset = z, indexes, synthetic, 0
     logits = z @ z_all.T / temperature
     rows = torch.arange(z.shape[0], device=z.device)
     not_self = torch.ones_like(logits, dtype=torch.bool)
@@ -53,7 +63,9 @@ def info_nce_loss(z: Tensor, indexes: Tensor, temperature: float = 0.5,
     if not positive.any(dim=1).all():
         raise ValueError("info_nce_loss: a row has no positive (each index needs >= 2 views)")
     logits = logits.masked_fill(~not_self, float("-inf"))
-    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    with_twin = synthetic[:, None] | synthetic_all[None, :]
+    log_weight = with_twin * math.log(synthetic_weight)  # 0 for real pairs
+    log_pos = torch.logsumexp((logits + log_weight).masked_fill(~positive, float("-inf")), dim=1)
     return (torch.logsumexp(logits, dim=1) - log_pos).mean()
 
 
