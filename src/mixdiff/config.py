@@ -58,6 +58,11 @@ class DataConfig:
     # seeded, stratified fraction of the real training images used
     real_fraction: float = setting(1.0, above=0.0, most=1.0)
     missing_synthetic: str = setting("error", choices=MISSING_POLICIES)
+    # twins filtered by their scores (`data verify --fidelity RUN --scores FILE.csv`): a sample
+    # whose twins are all dropped uses its real image in their place
+    synthetic_scores: Optional[str] = None
+    synthetic_min_similarity: Optional[float] = setting(None, least=-1.0, most=1.0)
+    synthetic_require_class_kept: bool = False
     num_workers: int = setting(8, least=0, produces=False)
     # evaluation: resize the short side to image_size * this, centre crop
     eval_resize: float = setting(1.14, above=0.0)
@@ -267,6 +272,13 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.data.mode != "real" and not cfg.data.synthetic:
         raise ConfigError(f"config key `data.synthetic` is empty, but data.mode={cfg.data.mode} "
                           "needs at least one synthetic root")
+    filtering = cfg.data.synthetic_min_similarity is not None or \
+        cfg.data.synthetic_require_class_kept
+    if filtering and not cfg.data.synthetic_scores:
+        raise ConfigError("config keys `data.synthetic_min_similarity` and "
+                          "`data.synthetic_require_class_kept` filter twins by their scores: "
+                          "give data.synthetic_scores=FILE.csv (mixdiff data verify --fidelity "
+                          "RUN --scores FILE.csv)")
     if cfg.data.decode == "device" and cfg.augment.backend != "batched":
         raise ConfigError("config key `data.decode` = 'device' needs augment.backend=batched (the "
                           f"views are finished on the device), not {cfg.augment.backend!r}")

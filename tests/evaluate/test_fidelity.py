@@ -3,6 +3,7 @@ images and no pixel changes; twins drawn from another class lose the class."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -56,3 +57,35 @@ def test_fidelity_needs_a_probe(tiny_data, judged, tmp_path):
                                       str(run)])
     assert result.exit_code == 2
     assert "has no linear probe" in result.output and "mixdiff eval linear" in result.output
+
+
+def test_twin_scores_list_every_twin_once(judged, tmp_path):
+    """`--scores FILE.csv`: one row per twin of every root; a copy keeps its class with
+    similarity 1, a twin of another class mostly loses it and is less similar."""
+    import csv
+
+    scores = tmp_path / "scores.csv"
+    result = CliRunner().invoke(app, [
+        "data", "verify", "--real", str(judged["real"]), "--synthetic", str(judged["copies"]),
+        "--synthetic", str(judged["swapped"]), "--fidelity", str(judged["run"]), "--device",
+        "cpu", "--scores", str(scores)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(scores.open()))
+    assert list(rows[0]) == ["twin", "real", "root", "class_kept", "similarity"]
+    assert len(rows) == 36 and len({r["twin"] for r in rows}) == 36  # 18 twins x 2 roots
+    copies = [r for r in rows if r["root"] == str(judged["copies"])]
+    swapped = [r for r in rows if r["root"] == str(judged["swapped"])]
+    assert len(copies) == len(swapped) == 18
+    assert all(float(r["similarity"]) == pytest.approx(1.0, abs=1e-5) for r in copies)
+    assert {Path(r["twin"]).relative_to(judged["copies"]) for r in copies} == \
+        {Path(r["real"]).relative_to(judged["real"]) for r in copies}
+    kept = sum(int(r["class_kept"]) for r in swapped)
+    assert kept < 9 and max(float(r["similarity"]) for r in swapped) < 0.9999
+    # the summary's agreement is the rows' mean
+    summary = json.loads(CliRunner().invoke(app, [
+        "data", "verify", "--real", str(judged["real"]), "--synthetic", str(judged["swapped"]),
+        "--fidelity", str(judged["run"]), "--json", "--device", "cpu"]).stdout)
+    assert summary["synthetic"][0]["fidelity"]["class_agreement"] == pytest.approx(kept / 18)
+    refused = CliRunner().invoke(app, ["data", "verify", "--real", str(judged["real"]),
+                                       "--scores", str(tmp_path / "x.csv")])
+    assert refused.exit_code == 2 and "--scores needs --fidelity" in refused.output

@@ -1,5 +1,7 @@
 """Samples (index, views, sources, label) in every mode, and the view recipes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.transforms.v2 import PILToTensor
@@ -10,7 +12,7 @@ from mixdiff.data.decode import load_rgb_for
 from mixdiff.pretrain.input.paired import build_samples
 from mixdiff.data.tree import ImageTree
 from mixdiff.pretrain.input.views import build_views
-from mixdiff.errors import MissingSyntheticError
+from mixdiff.errors import ConfigError, MissingSyntheticError
 
 from conftest import make_tree, tiny_overrides
 
@@ -129,3 +131,48 @@ def test_backends_deliver_crops_or_finished_views(tiny_data):
         path = dict(per_image.train_set.samples[sample].twins)[int(sources[i, 1]) - 1]
         expected = plain(PILToTensor()(load_rgb_for(path, batched.train_set.needs["partner"])))
         torch.testing.assert_close(views[1][i], expected, atol=1e-6, rtol=0)
+
+
+def test_filtered_twins_are_never_read(tiny_data, tmp_path, monkeypatch):
+    """data.synthetic_scores + data.synthetic_min_similarity: a twin scored below the threshold
+    never appears as a view (counted in the files the loader reads), a sample left without twins
+    uses real views, and data.json says how many were dropped."""
+    import csv
+
+    import mixdiff.pretrain.input.paired as paired
+    from mixdiff.data.twin_scores import SCORE_COLUMNS
+
+    rows, low = [], set()
+    for n, root in enumerate((tiny_data["syn0"], tiny_data["syn1"])):
+        for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+            similarity = 0.1 if (n == 0 or path.stem.endswith(("0", "2"))) else 0.9
+            if similarity < 0.5:
+                low.add(str(path.resolve()))
+            rows.append({"twin": str(path), "real": "", "root": str(root),
+                         "class_kept": 1, "similarity": similarity})
+    scores = tmp_path / "scores.csv"
+    with scores.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SCORE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    read = []
+    original = paired.load_rgb_for
+    monkeypatch.setattr(paired, "load_rgb_for",
+                        lambda path, need: read.append(str(Path(path).resolve())) or
+                        original(path, need))
+    dm = _datamodule(tiny_data, **{"data.mode": "mixdiff", "data.synthetic_scores": scores,
+                                   "data.synthetic_min_similarity": 0.5,
+                                   "augment.backend": "per_image"})
+    for seed in range(8):
+        for i in range(len(dm.train_set)):
+            _, _, sources, _ = dm.train_set[(i, seed)]
+    synthetic_read = {p for p in read if "syn" in Path(p).parts[-3]}
+    assert synthetic_read and not synthetic_read & low  # kept twins are read, dropped never
+    unfiltered = _datamodule(tiny_data, **{"data.mode": "mixdiff"}).train_set.samples
+    before = [str(Path(path).resolve()) for s in unfiltered for _, path in s.twins]
+    after = [str(Path(path).resolve()) for s in dm.train_set.samples for _, path in s.twins]
+    assert sorted(after) == sorted(p for p in before if p not in low)
+    assert dm.summary["synthetic_twins_dropped"] == len(before) - len(after) > 0
+    assert any(not s.twins for s in dm.train_set.samples)  # all twins dropped: real views
+    with pytest.raises(ConfigError, match="data.synthetic_scores"):
+        load_config(None, tiny_overrides(tiny_data, **{"data.synthetic_min_similarity": 0.5}))

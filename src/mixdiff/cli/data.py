@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import app, console, fail
-from mixdiff.errors import MixDiffError
+from mixdiff.errors import ConfigError, MixDiffError
 
 data_app = typer.Typer(help="Prepare and check image datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -79,19 +79,32 @@ def data_verify(
                                         "probes (default: its only one)."),
     device: Optional[str] = typer.Option(None, "--device", help="--fidelity: cuda or cpu "
                                          "(default: the GPU when there is one)."),
+    scores_file: Optional[Path] = typer.Option(
+        None, "--scores", help="--fidelity: write one CSV row per twin (twin, real, root, "
+        "class_kept: 1 when the probe gives the twin its real image's class, similarity: cosine "
+        "of the two images' frozen features)."),
 ) -> None:
     """Count images and classes, match synthetic twins and decode every image; with --fidelity,
     measure how faithful each synthetic root is to the real images."""
     from mixdiff.data.verify import HEADER, problems, verify
 
     try:
+        if scores_file is not None and fidelity_run is None:
+            raise ConfigError("--scores needs --fidelity RUN: the run whose features and probe "
+                              "score the twins")
         report = verify(real, synthetic, decode=not no_decode, show_progress=not as_json)
         if fidelity_run is not None:
             from mixdiff.evaluate.fidelity import fidelity
 
+            scores = [] if scores_file is not None else None
             for entry in report["synthetic"]:
                 entry["fidelity"] = fidelity(real, entry["root"], fidelity_run, probe,
-                                             device=device, show_progress=not as_json)
+                                             device=device, show_progress=not as_json,
+                                             scores=scores)
+            if scores_file is not None:
+                _write_scores(scores_file, scores)
+                if not as_json:
+                    console.print(f"{scores_file}: {len(scores)} twins scored")
     except MixDiffError as exc:
         fail(exc)
     if as_json:
@@ -120,6 +133,21 @@ def data_verify(
                               highlight=False)
     if strict and problems(report):
         raise typer.Exit(1)
+
+
+def _write_scores(path: Path, rows: list[dict]) -> None:
+    """The twins' scores as CSV, written atomically (a kill leaves the old file or none)."""
+    import csv
+    import io
+
+    from mixdiff.data.twin_scores import SCORE_COLUMNS
+    from mixdiff.io import atomic_write_text
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def _first(entries: list, describe, shown: int = 10) -> None:

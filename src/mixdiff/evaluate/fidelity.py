@@ -34,8 +34,11 @@ def mean_abs_pixel_difference(real: str | Path, twin: str | Path) -> float:
 
 def fidelity(real: str | Path, synthetic: str | Path, run: str | Path,
              probe: str | None = None, weights: str | None = None, device: str | None = None,
-             show_progress: bool = True) -> dict:
-    """The fidelity of one synthetic root, as `mixdiff data verify --fidelity RUN` reports it."""
+             show_progress: bool = True, scores: list[dict] | None = None) -> dict:
+    """The fidelity of one synthetic root, as `mixdiff data verify --fidelity RUN` reports it.
+    With a list as `scores`, one row per twin (SCORE_COLUMNS) is appended to it: whether the
+    probe gives the twin its real image's class, and the cosine similarity of the two images'
+    frozen features."""
     tree = ImageTree.scan(real)
     if not tree.labelled:
         raise DatasetError(f"{real}: fidelity needs class folders <class>/<image>")
@@ -52,16 +55,26 @@ def fidelity(real: str | Path, synthetic: str | Path, run: str | Path,
     to_probe = torch.tensor([classifier.classes.index(c) for c in tree.classes])
     labels = to_probe[torch.from_numpy(tree.labels[positions])]
 
-    def predictions(paths: list[str], split: str) -> torch.Tensor:
+    def features(paths: list[str], split: str) -> torch.Tensor:
         images = ImageSet(Path(real).name, split, tuple(paths), tree.labels[positions],
                           tree.classes)
-        features = encoder.encode(images, options=EncodeOptions(show_progress=show_progress))
-        return classifier.logits(features).argmax(dim=1).cpu()
+        return encoder.encode(images, options=EncodeOptions(show_progress=show_progress))
+
+    def predictions(encoded: torch.Tensor) -> torch.Tensor:
+        return classifier.logits(encoded).argmax(dim=1).cpu()
 
     real_paths = [str(tree.path(i)) for i in positions]
     twin_paths = [str(Path(synthetic) / match.matched[i]) for i in positions]
-    agrees = predictions(twin_paths, f"twins:{Path(synthetic).resolve()}") == labels
-    real_correct = predictions(real_paths, "fidelity-reference") == labels
+    twin_features = features(twin_paths, f"twins:{Path(synthetic).resolve()}")
+    real_features = features(real_paths, "fidelity-reference")
+    agrees = predictions(twin_features) == labels
+    real_correct = predictions(real_features) == labels
+    if scores is not None:
+        similarity = torch.nn.functional.cosine_similarity(twin_features, real_features, dim=1)
+        scores.extend({"twin": twin, "real": source, "root": str(synthetic),
+                       "class_kept": int(kept), "similarity": round(float(cosine), 6)}
+                      for twin, source, kept, cosine in zip(twin_paths, real_paths,
+                                                            agrees.tolist(), similarity.tolist()))
     per_class = Counter()
     for label, ok in zip(tree.labels[positions], agrees.tolist()):
         per_class[tree.classes[label]] += ok

@@ -23,9 +23,10 @@ from mixdiff.pretrain.input import device_decode
 from mixdiff.pretrain.input.batch_augment import BatchAugment, GroupPlan, step_seed
 from mixdiff.pretrain.input.input_stream import beside_the_step
 from mixdiff.pretrain.input.paired import LabelledImages, PairedDataset, build_samples
+from mixdiff.data.eval_transform import eval_view
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
-from mixdiff.data.eval_transform import eval_view
+from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.views import build_views
 from mixdiff.errors import DatasetError, UnreadableImageError
 from mixdiff.io import atomic_write_text
@@ -150,8 +151,11 @@ class MixDiffDataModule(L.LightningDataModule):
                           f"(seed {seed}), excluded from training")
         positions = positions[stratified_subset(tree.labels[positions], data.real_fraction,
                                                 seed + 1)]
+        twin_filter = TwinFilter.read(data.synthetic_scores, data.synthetic_min_similarity,
+                                      data.synthetic_require_class_kept) \
+            if data.synthetic_scores else None
         samples = build_samples(tree, positions, data.mode, list(data.synthetic),
-                                data.missing_synthetic)
+                                data.missing_synthetic, twin_filter)
         augment = self.cfg.augment
         views = build_views(self.cfg)
         self.train_set = PairedDataset(samples, views, data.mode, data.p_synthetic,
@@ -177,6 +181,8 @@ class MixDiffDataModule(L.LightningDataModule):
             "real_fraction": data.real_fraction,
             "classes_count": len(self.classes),
             "synthetic_roots": list(data.synthetic), "classes": list(self.classes),
+            "synthetic_twins_dropped": twin_filter.dropped if twin_filter else 0,
+            "synthetic_filter": twin_filter.describe() if twin_filter else None,
             "val_images": len(val_paths), "val_source": val_source,
             "knn_bank_images": len(bank),
             "online_eval": "linear probe on detached backbone features (trained on training views) "

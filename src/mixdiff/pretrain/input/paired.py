@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.decode import ViewNeed, load_rgb_for
+from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
 from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, ViewSpec
@@ -95,11 +96,19 @@ MODES: dict[str, Callable[..., list[Sample]]] = {
 
 
 def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,
-                  synthetic_roots: Sequence[str], missing_policy: str) -> list[Sample]:
+                  synthetic_roots: Sequence[str], missing_policy: str,
+                  twin_filter: TwinFilter | None = None) -> list[Sample]:
+    """The samples of `mode`, built from the twins `twin_filter` keeps (it counts the rest)."""
     paths = [str(tree.path(i)) for i in positions]
     labels = [int(tree.labels[i]) for i in positions]
     twins = [() for _ in positions] if mode == "real" else \
         find_twins(tree, positions, synthetic_roots, missing_policy)
+    if twin_filter is not None and mode != "real":
+        kept = [tuple(t for t in found if twin_filter.keeps(t[1])) for found in twins]
+        log.info("twin filter %s: %d of %d twins dropped; %d real images keep none and use "
+                 "real views in their place", twin_filter.describe(), twin_filter.dropped,
+                 sum(map(len, twins)), sum(1 for a, b in zip(twins, kept) if a and not b))
+        twins = kept
     return MODES[mode](paths, labels, twins)
 
 

@@ -1,0 +1,39 @@
+"""The twin filter's rule: by similarity, by class kept, and one line for a file that is not a
+scores file or a twin it has no row for."""
+
+import pytest
+
+from mixdiff.data.twin_scores import TwinFilter
+from mixdiff.errors import DatasetError
+
+
+def _scores(tmp_path, rows):
+    path = tmp_path / "scores.csv"
+    path.write_text("twin,real,root,class_kept,similarity\n" + "".join(
+        f"{twin},r,s,{kept},{similarity}\n" for twin, kept, similarity in rows))
+    return path
+
+
+def test_a_twin_without_a_row_is_named(tmp_path):
+    """Rows name twins as `data verify` was given them; they resolve from where the run starts,
+    as data.synthetic does. A twin the file does not score is an error, not a silent keep."""
+    path = _scores(tmp_path, [(str(tmp_path / "a.jpg"), 1, 0.9)])
+    assert TwinFilter.read(path, 0.5, False).keeps(str(tmp_path / "a.jpg"))
+    with pytest.raises(DatasetError, match="elsewhere.jpg has no row in"):
+        TwinFilter.read(path, 0.5, False).keeps("elsewhere.jpg")
+
+
+def test_the_rule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _scores(tmp_path, [("a.jpg", 1, 0.9), ("b.jpg", 0, 0.9), ("c.jpg", 1, 0.2)])
+    for minimum, class_kept, kept in ((0.5, False, [True, True, False]),
+                                      (None, True, [True, False, True]),
+                                      (0.5, True, [True, False, False])):
+        rule = TwinFilter.read(path, minimum, class_kept)
+        assert [rule.keeps(n) for n in ("a.jpg", "b.jpg", "c.jpg")] == kept
+        assert rule.dropped == kept.count(False)
+    (tmp_path / "other.csv").write_text("path,score\nx,1\n")
+    with pytest.raises(DatasetError, match="not a twin scores file"):
+        TwinFilter.read(tmp_path / "other.csv", 0.5, False)
+    with pytest.raises(DatasetError, match="not found"):
+        TwinFilter.read(tmp_path / "none.csv", 0.5, False)
