@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # reading a config must not, so the names live here, and tests/test_config.py checks that each
 # registry defines exactly these.
 METHOD_NAMES = ("simclr", "barlow_twins", "dino")
-MODE_NAMES = ("real", "synthetic", "mixdiff", "pooled")
+MODE_NAMES = ("real", "synthetic", "mixdiff", "pooled", "extra")
 MISSING_POLICIES = ("error", "fallback_real")
 DECODE_PLACES = ("cpu", "device")  # where training images are decoded (device: device_decode.py)
 RECIPE_NAMES = ("simclr", "asymmetric", "byol", "dino", "none")
@@ -51,6 +51,10 @@ class DataConfig:
     val_fraction: float = setting(0.05, **FRACTION)  # size of that seeded, stratified hold-out
     mode: str = setting("real", choices=MODE_NAMES)
     p_synthetic: float = setting(1.0, **FRACTION)  # mixdiff: probability the 2nd view is synthetic
+    # extra: views of twins added to the real views as further positives, each from another root
+    synthetic_views: int = setting(1, least=1)
+    # extra: lambda, the weight of the loss terms whose positive pair includes a synthetic view
+    synthetic_weight: float = setting(1.0, above=0.0)
     # pooled: samples per epoch. real: as many as the real images used (a different draw of the
     # pool each epoch), so every mode runs the same optimiser steps; all: every real and synthetic
     # image once (twice the steps with one variant)
@@ -272,6 +276,16 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.data.mode != "real" and not cfg.data.synthetic:
         raise ConfigError(f"config key `data.synthetic` is empty, but data.mode={cfg.data.mode} "
                           "needs at least one synthetic root")
+    if cfg.data.mode != "extra":
+        for key, default in (("synthetic_views", 1), ("synthetic_weight", 1.0)):
+            if cfg.data[key] != default:
+                raise ConfigError(f"config key `data.{key}` = {cfg.data[key]} adds twins to the "
+                                  "real views: it needs data.mode=extra, not "
+                                  f"data.mode={cfg.data.mode}")
+    elif cfg.data.synthetic_views > len(cfg.data.synthetic):
+        raise ConfigError(f"config key `data.synthetic_views` = {cfg.data.synthetic_views}, but "
+                          f"data.synthetic has {len(cfg.data.synthetic)} root(s): each twin view "
+                          "of a sample comes from another root; give as many roots or fewer views")
     filtering = cfg.data.synthetic_min_similarity is not None or \
         cfg.data.synthetic_require_class_kept
     if filtering and not cfg.data.synthetic_scores:

@@ -211,3 +211,25 @@ def test_no_process_group_means_no_distributed_calls(monkeypatch):
     nt_xent_loss(z, z + 0.1)
     barlow_twins_loss(z, z + 0.1)
     DINOLoss(3)([z, z], [z])
+
+
+def test_dino_loss_weights_each_student_crop():
+    """student_weights: the mean over (teacher, student) pairs weighted by the student crop's
+    weight (extra mode: lambda on a twin's crop); all ones is the plain mean."""
+    torch.manual_seed(3)
+    k = 12
+    teacher = [torch.randn(4, k) for _ in range(2)]
+    student = [torch.randn(4, k) for _ in range(4)]
+    weights = [1.0, 1.0, 0.5, 1.0]
+
+    def pair(t, s):
+        target = torch.softmax(t / 0.04, dim=-1)
+        return float((-target * torch.log_softmax(s / 0.1, dim=-1)).sum(-1).mean())
+
+    terms = [(weights[si], pair(teacher[ti], student[si]))
+             for ti in range(2) for si in range(4) if si != ti]
+    expected = sum(w * v for w, v in terms) / sum(w for w, _ in terms)
+    got = DINOLoss(k)(student, teacher, student_weights=weights)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    plain = sum(v for _, v in terms) / len(terms)
+    assert float(DINOLoss(k)(student, teacher)) == pytest.approx(plain, rel=1e-6)

@@ -117,7 +117,8 @@ def test_resnet_teacher_normalises_with_batch_statistics(tiny_data):
     bn = dino.teacher_backbone.bn1
     before = bn.running_mean.clone()
     views = [torch.randn(4, 3, 16, 16) * 3 + 1, torch.randn(4, 3, 16, 16)]
-    dino.ssl_loss(views, dino.encode_views(views), torch.arange(4))
+    dino.ssl_loss(views, dino.encode_views(views), torch.arange(4),
+                  torch.zeros(4, 2, dtype=torch.long))
     assert not torch.equal(before, bn.running_mean)  # its own statistics, from its own batches
 
 
@@ -206,3 +207,22 @@ def test_teacher_follows_the_student_within_each_optimiser_step(tiny_data, tmp_p
     pretrain(load_config(None, tiny_overrides(tiny_data, **DINO, **{
         "dino.momentum_teacher": 0.0, "optim.lr": 0.1})), tmp_path / "run")
     assert matched[0]  # step 0: momentum 0, so the teacher is the student just after the step
+
+
+def test_barlow_twins_extra_mode_weights_the_pairs_with_a_twin(tiny_data):
+    """[real, real, twin] with lambda 0.5: (L01 + 0.5 L02 + 0.5 L12) / 2, times scale_loss."""
+    from mixdiff.pretrain.losses import barlow_twins_loss
+
+    barlow = _module(tiny_data, method="barlow_twins", **{"data.mode": "extra",
+                                                          "data.synthetic_weight": 0.5})
+    assert barlow.twin_views == [2]
+    torch.manual_seed(0)
+    features = [torch.randn(6, barlow.feature_dim) for _ in range(3)]
+    views = [torch.zeros(6, 3, 16, 16)] * 3
+    sources = torch.tensor([[0, 0, 1]] * 6)
+    got = barlow.ssl_loss(views, features, torch.arange(6), sources)
+    z = [barlow.projector(f) for f in features]
+    lambd = barlow.cfg.barlow_twins.lambd
+    pair = [barlow_twins_loss(z[i], z[j], lambd=lambd) for i, j in ((0, 1), (0, 2), (1, 2))]
+    expected = (pair[0] + 0.5 * pair[1] + 0.5 * pair[2]) / 2 * barlow.cfg.barlow_twins.scale_loss
+    torch.testing.assert_close(got, expected)

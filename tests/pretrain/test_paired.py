@@ -176,3 +176,49 @@ def test_filtered_twins_are_never_read(tiny_data, tmp_path, monkeypatch):
     assert any(not s.twins for s in dm.train_set.samples)  # all twins dropped: real views
     with pytest.raises(ConfigError, match="data.synthetic_scores"):
         load_config(None, tiny_overrides(tiny_data, **{"data.synthetic_min_similarity": 0.5}))
+
+
+def test_extra_mode_adds_views_of_twins_from_distinct_roots(tiny_data):
+    """data.mode=extra: the recipe's views stay real and each twin slot holds another root's twin,
+    drawn from the sample's draw seed alone; a sample without twins fills them with its image."""
+    from mixdiff.pretrain.input.paired import PairedDataset, Sample
+
+    dm = _datamodule(tiny_data, **{"data.mode": "extra", "data.synthetic_views": 2})
+    views = dm.train_set.views
+    assert [v.slot for v in views] == ["anchor", "partner", "twin0", "twin1"]
+    orders = set()
+    for seed in range(6):
+        for i in range(len(dm.train_set)):
+            _, crops, sources, _ = dm.train_set[(i, seed)]
+            assert len(crops) == 4 and sources[:2].tolist() == [0, 0]
+            assert sorted(sources[2:].tolist()) == [1, 2]  # one view from each root
+            assert torch.equal(sources, dm.train_set[(i, seed)][2])  # same seed, same draw
+            orders.add(tuple(sources[2:].tolist()))
+    assert orders == {(1, 2), (2, 1)}
+    one = _datamodule(tiny_data, **{"data.mode": "extra"})
+    assert {int(one.train_set[(i, s)][2][2]) for i in range(6) for s in range(4)} == {1, 2}
+    alone = PairedDataset([Sample(0, 0, dm.train_set.samples[0].real, ())], views, "extra",
+                          backend="batched")
+    assert alone[(0, 0)][2].tolist() == [0, 0, 0, 0]
+
+
+def test_extra_mode_dino_twin_crops_are_the_students_alone(tiny_data):
+    cfg = load_config(None, tiny_overrides(tiny_data, **{
+        "method": "dino", "augment.recipe": "dino", "data.mode": "extra",
+        "augment.local_crops_real": 2, "augment.local_crops_synthetic": 1}))
+    views = build_views(cfg)
+    assert [v.slot for v in views] == ["anchor", "partner", "twin0", "anchor", "anchor",
+                                       "partner"]
+    assert [v.teacher for v in views] == [True, True, False, False, False, False]
+    assert [v.size for v in views] == [16, 16, 16, 7, 7, 7]  # twin: a global crop
+    assert views[2].photometric == views[1].photometric  # augmented as the partner view
+
+
+@pytest.mark.parametrize("setting", ["data.synthetic_views=2", "data.synthetic_weight=0.5"])
+def test_extra_settings_outside_extra_mode_are_refused(tiny_data, setting):
+    key, value = setting.split("=")
+    with pytest.raises(ConfigError, match=f"`{key}`.*needs data.mode=extra"):
+        load_config(None, tiny_overrides(tiny_data, **{"data.mode": "mixdiff", key: value}))
+    with pytest.raises(ConfigError, match="data.synthetic_views.*= 3.*2 root"):
+        load_config(None, tiny_overrides(tiny_data, **{"data.mode": "extra",
+                                                       "data.synthetic_views": 3}))

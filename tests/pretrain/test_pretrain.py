@@ -1,6 +1,7 @@
 """End-to-end pre-training on a tiny tree: every method in every mode, resume, bad inputs."""
 
 import csv
+import math
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def _expected_synthetic_fraction(cfg) -> float:
     return sum(dm.train_set.samples[i].real is None for i in seen) / len(seen)
 
 
-@pytest.mark.parametrize("mode", ["real", "synthetic", "mixdiff", "pooled"])
+@pytest.mark.parametrize("mode", ["real", "synthetic", "mixdiff", "pooled", "extra"])
 @pytest.mark.parametrize("method", ["simclr", "barlow_twins", "dino"])
 def test_every_method_in_every_mode(tiny_data, tmp_path, method, mode):
     extra = {"method": method, "data.mode": mode, **(DINO if method == "dino" else {})}
@@ -51,13 +52,33 @@ def test_every_method_in_every_mode(tiny_data, tmp_path, method, mode):
     for key in ("train/loss", "train/synthetic_fraction", "online_probe/val_top1",
                 "online_knn/val_top1"):
         assert row[key] != "", key
-    expected = {"synthetic": 1.0, "mixdiff": 1.0, "real": 0.0}.get(mode)
+    expected = {"synthetic": 1.0, "mixdiff": 1.0, "extra": 1.0, "real": 0.0}.get(mode)
     if mode == "pooled":  # real and synthetic samples mixed, as the seeded shuffle drew them
         expected = _expected_synthetic_fraction(cfg)
         assert 0.0 < expected < 1.0
     assert float(row["train/synthetic_fraction"]) == pytest.approx(expected)
     assert 0.0 <= float(row["online_knn/val_top1"]) <= 1.0
     assert torch.isfinite(torch.tensor(float(row["train/loss"])))
+
+
+@pytest.mark.parametrize("method", ["simclr", "barlow_twins", "dino"])
+def test_extra_positives_from_two_roots_weighted_by_lambda(tiny_data, tmp_path, method):
+    """data.mode=extra with a twin from each root and lambda 0.5 trains with each method; data.json
+    says how many views a sample has, and the loss differs from lambda 1's on the same seed."""
+    import json
+
+    extra = {"method": method, "data.mode": "extra", "data.synthetic_views": 2,
+             **(DINO if method == "dino" else {})}
+    losses = {}
+    for lam in (1.0, 0.5):
+        run = _run(tiny_data, tmp_path / f"lam{lam}", **extra, **{"data.synthetic_weight": lam})
+        (row,) = _rows(run)
+        losses[lam] = float(row["train/loss"])
+        assert float(row["train/synthetic_fraction"]) == 1.0
+        summary = json.loads((run / "data.json").read_text())
+    recipe = 2 + (2 + 1 if method == "dino" else 0)  # tiny DINO: 2 real and 1 partner local crops
+    assert (summary["views_per_sample"], summary["twin_views"]) == (recipe + 2, 2)
+    assert all(math.isfinite(v) for v in losses.values()) and losses[0.5] != losses[1.0]
 
 
 def test_dino_vit_with_local_crops(tiny_data, tmp_path):

@@ -125,22 +125,26 @@ class DINOLoss(nn.Module):
         step = (self.teacher_temperature - self.warmup_teacher_temperature) / self.warmup_epochs
         return self.warmup_teacher_temperature + step * epoch
 
-    def forward(self, student: list[Tensor], teacher: list[Tensor], epoch: float = 0.0) -> Tensor:
+    def forward(self, student: list[Tensor], teacher: list[Tensor], epoch: float = 0.0,
+                student_weights: list[float] | None = None) -> Tensor:
         """student: one (B, K) output per crop; teacher: one (B, K) output per global crop, the
-        global crops being the first `len(teacher)` student crops. Row b of each is sample b."""
+        global crops being the first `len(teacher)` student crops. Row b of each is sample b.
+        The loss is the mean over (teacher, student) crop pairs, weighted by the student crop's
+        weight in `student_weights` (default 1 each)."""
+        weights = student_weights or [1.0] * len(student)
         temperature = self.teacher_temperature_at(epoch)
         targets = [F.softmax((t.float() - self.center) / temperature, dim=-1).detach()
                    for t in teacher]
         log_probs = [F.log_softmax(s.float() / self.student_temperature, dim=-1) for s in student]
-        total, pairs = 0.0, 0
+        total, weight = 0.0, 0.0
         for ti, target in enumerate(targets):
             for si, log_prob in enumerate(log_probs):
                 if si == ti:  # the same crop: no prediction task
                     continue
-                total = total + (-target * log_prob).sum(-1).mean()
-                pairs += 1
+                total = total + weights[si] * (-target * log_prob).sum(-1).mean()
+                weight += weights[si]
         self.update_center(torch.cat(teacher))
-        return total / pairs
+        return total / weight
 
     @torch.no_grad()
     def update_center(self, teacher: Tensor) -> None:

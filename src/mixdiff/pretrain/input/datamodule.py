@@ -27,7 +27,7 @@ from mixdiff.data.eval_transform import eval_view
 from mixdiff.data.splits import stratified_holdout, stratified_subset
 from mixdiff.data.tree import ImageTree, find_unreadable
 from mixdiff.data.twin_scores import TwinFilter
-from mixdiff.pretrain.input.views import build_views
+from mixdiff.pretrain.input.views import build_views, extra_compute, twin_positions
 from mixdiff.errors import DatasetError, UnreadableImageError
 from mixdiff.io import atomic_write_text
 
@@ -163,6 +163,11 @@ class MixDiffDataModule(L.LightningDataModule):
                                        data.decode)
         if augment.backend == "batched":
             self.batch_augment = BatchAugment(views, augment.synthetic_augment)
+        twins = twin_positions(views)
+        if twins:
+            log.info("data.mode=extra: %d twin view(s) beside the recipe's %d: %.2fx the pixels "
+                     "the encoder sees per step", len(twins), len(views) - len(twins),
+                     extra_compute(views))
         bank = positions[tree.labels[positions] >= 0]
         limit = self.cfg.online_eval.knn_max_train_images
         if limit is not None and limit < len(bank):
@@ -181,6 +186,7 @@ class MixDiffDataModule(L.LightningDataModule):
             "real_fraction": data.real_fraction,
             "classes_count": len(self.classes),
             "synthetic_roots": list(data.synthetic), "classes": list(self.classes),
+            "views_per_sample": len(views), "twin_views": len(twins),
             "synthetic_twins_dropped": twin_filter.dropped if twin_filter else 0,
             "synthetic_filter": twin_filter.describe() if twin_filter else None,
             "val_images": len(val_paths), "val_source": val_source,

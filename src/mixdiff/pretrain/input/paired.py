@@ -23,7 +23,7 @@ from mixdiff.data.decode import ViewNeed, load_rgb_for
 from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, ViewSpec
+from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, TWIN, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,11 @@ def _pooled_samples(paths, labels, twins) -> list[Sample]:
     return [Sample(n, label, real, t) for n, (real, label, t) in enumerate(pool)]
 
 
-# data.mode -> how the samples of that mode are made from (real paths, labels, twins)
+# data.mode -> how the samples of that mode are made from (real paths, labels, twins). An extra
+# sample is a mixdiff one: its real image and its twins (the views differ: `PairedDataset._slots`)
 MODES: dict[str, Callable[..., list[Sample]]] = {
     "real": _real_samples, "synthetic": _synthetic_samples, "mixdiff": _mixdiff_samples,
-    "pooled": _pooled_samples}
+    "pooled": _pooled_samples, "extra": _mixdiff_samples}
 
 
 def build_samples(tree: ImageTree, positions: Sequence[int], mode: str,
@@ -120,6 +121,9 @@ class PairedDataset(Dataset):
     * mixdiff: anchor-slot views from the real image; partner-slot views from a random synthetic
       twin with probability `p_synthetic`, else from the real image.
     * pooled: real and synthetic images are independent samples, each paired with itself.
+    * extra: the anchor and partner views from the real image, and each twin slot's view from
+      another of its twins, drawn without replacement (a sample with fewer twins, after
+      filtering or a missing twin, uses its real image in the slots left).
     """
 
     def __init__(self, samples: list[Sample], views: list[ViewSpec], mode: str,
@@ -131,14 +135,20 @@ class PairedDataset(Dataset):
         # what each slot's views read from its image, so JPEG decoding can skip what none uses
         self.needs: dict[str, list[ViewNeed]] = {
             slot: [need for view in views if view.slot == slot for need in view.needs]
-            for slot in (ANCHOR, PARTNER)}
+            for slot in dict.fromkeys(view.slot for view in views)}
+        self.twin_slots = [slot for slot in self.needs if slot.startswith(TWIN)]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def _slots(self, sample: Sample) -> dict[str, tuple[int, str]]:
-        """(source, path) for the anchor and partner slots of this draw."""
+        """(source, path) for each slot of this draw."""
         real = (REAL, sample.real)
+        if self.mode == "extra":
+            order = torch.randperm(len(sample.twins)).tolist()
+            drawn = [(sample.twins[k][0] + 1, sample.twins[k][1]) for k in order]
+            drawn += [real] * (len(self.twin_slots) - len(drawn))
+            return {ANCHOR: real, PARTNER: real, **dict(zip(self.twin_slots, drawn))}
         if not sample.twins:
             return {ANCHOR: real, PARTNER: real}
         k = int(torch.randint(len(sample.twins), ()).item())

@@ -3,6 +3,8 @@
 Every view is cut from one of two *slots* of a sample. In `mixdiff` mode the `anchor` slot holds the
 real image and the `partner` slot its synthetic twin; in the other modes both slots hold the same
 image. A recipe is a list of views, so a two-view recipe and DINO's multi-crop are the same thing.
+In `extra` mode both slots hold the real image, and `data.synthetic_views` views of twins follow the
+recipe's first two views, in slots of their own (`twin0`, `twin1`, ...).
 
 A view is described once (`ViewSpec`: its crop and its `Photometric` ops) and run by either backend
 (`augment.backend`, registry `AUGMENT_BACKENDS`): `per_image` runs everything per image in the
@@ -12,7 +14,7 @@ the photometric ops on the whole batch on the training device (`pretrain.input.b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Callable
 
@@ -23,6 +25,7 @@ from mixdiff.data.decode import ViewNeed
 from mixdiff.data.eval_transform import normalise, plain_view, resize_and_centre_crop
 
 ANCHOR, PARTNER = "anchor", "partner"
+TWIN = "twin"  # data.mode=extra: slot twin<k> holds the k-th twin drawn for the sample
 BLUR_SIGMA = (0.1, 2.0)  # SimCLR's Gaussian blur: sigma uniform in this range (both backends)
 SOLARIZE_THRESHOLD = 128  # of 255: pixels at or above are inverted
 
@@ -65,6 +68,11 @@ class ViewSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     teacher: bool = False  # DINO: the teacher sees this view (the global crops)
+
+    @property
+    def twin(self) -> bool:
+        """An extra positive (data.mode=extra): a view of a twin added to the real views."""
+        return self.slot.startswith(TWIN)
 
     @property
     def augmented_view(self) -> bool:
@@ -182,6 +190,36 @@ AUGMENT_BACKENDS: dict[str, Callable[[ViewSpec], tuple[Callable, Callable]]] = {
     "per_image": lambda view: (view.augmented, view.plain)}
 
 
+def twin_slot(k: int) -> str:
+    return f"{TWIN}{k}"
+
+
+def with_twin_views(views: list[ViewSpec], count: int) -> list[ViewSpec]:
+    """data.mode=extra: `count` views of twins after the recipe's first two views (the teacher's
+    global crops in DINO), each cut and augmented as the partner view is, and never shown to
+    DINO's teacher. Placed there, they share the forward pass of the same-sized views, so
+    BatchNorm normalises real and synthetic views together."""
+    partner = next(view for view in views if view.slot == PARTNER)
+    twins = [replace(partner, slot=twin_slot(k), teacher=False) for k in range(count)]
+    return views[:2] + twins + views[2:]
+
+
 def build_views(cfg: DictConfig) -> list[ViewSpec]:
-    """The views of one training sample for `augment.recipe`."""
-    return RECIPES[cfg.augment.recipe](cfg)
+    """The views of one training sample for `augment.recipe` (and the twins' views in extra
+    mode)."""
+    views = RECIPES[cfg.augment.recipe](cfg)
+    if cfg.data.mode == "extra":
+        views = with_twin_views(views, cfg.data.synthetic_views)
+    return views
+
+
+def twin_positions(views: list[ViewSpec]) -> list[int]:
+    """The positions of the twins' views (extra mode; none in the other modes)."""
+    return [i for i, view in enumerate(views) if view.twin]
+
+
+def extra_compute(views: list[ViewSpec]) -> float:
+    """The pixels of all views over those of the recipe's own: what the twins' views add to a
+    step's forward and backward passes (1.5 for [real, real, twin])."""
+    pixels = [view.size ** 2 for view in views]
+    return sum(pixels) / sum(p for p, view in zip(pixels, views) if not view.twin)

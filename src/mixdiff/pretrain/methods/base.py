@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mixdiff.pretrain.callbacks import last_batch_of_epoch
 from mixdiff.errors import NonFiniteLossError
 from mixdiff.knn import knn_accuracy
+from mixdiff.pretrain.input.views import build_views, twin_positions
 from mixdiff.pretrain.methods.epoch_means import EpochMeans
 from mixdiff.models import build_backbone
 from mixdiff.models.one_window import one_window_convs
@@ -61,10 +62,19 @@ class SSLMethod(L.LightningModule):
         self._eval_store: dict[int, list[tuple[Tensor, ...]]] = {VAL: [], BANK: []}
         self.last_evaluated_epoch: int | None = None  # so metrics.csv never repeats stale values
         self.epoch_means = EpochMeans()  # the training metrics' epoch means, in every checkpoint
+        self.twin_views = twin_positions(build_views(self.cfg))  # extra mode's added positives
 
     # --- what a method defines -------------------------------------------------------------
-    def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
+    def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor,
+                 sources: Tensor) -> Tensor:
+        """The loss of one batch: `features[v]` of `views[v]` (B rows each, row b is sample
+        `index[b]`); `sources` (B, V) says what each view was cut from (0: the real image)."""
         raise NotImplementedError
+
+    def pair_weight(self, *views: int) -> float:
+        """data.synthetic_weight for a pair of view positions that includes a twin's view
+        (data.mode=extra), else 1: for losses that weight whole views, not rows."""
+        return self.cfg.data.synthetic_weight if set(views) & set(self.twin_views) else 1.0
 
     @property
     def knn_backbone(self) -> nn.Module:
@@ -100,7 +110,7 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         index, views, sources, labels = batch
         features = self.encode_views(views)
-        loss = self.ssl_loss(views, features, index)
+        loss = self.ssl_loss(views, features, index, sources)
         finite = bool(torch.isfinite(loss))
         if self._trainer is not None:  # every rank stops together, or DDP would hang
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -109,8 +119,9 @@ class SSLMethod(L.LightningModule):
                                      f"{self.current_epoch}, step {self.global_step}")
         self.log("loss", loss, prog_bar=True, logger=False)
         self.epoch_means.add(Metric.TRAIN_LOSS, loss)
-        if sources.shape[1] > 1:  # pairs whose second view is synthetic
-            self.epoch_means.add(Metric.SYNTHETIC_FRACTION, (sources[:, 1] > 0).float().mean())
+        if sources.shape[1] > 1:  # partner views (extra mode: twin views) that are synthetic
+            partners = sources[:, self.twin_views or [1]]
+            self.epoch_means.add(Metric.SYNTHETIC_FRACTION, (partners > 0).float().mean())
         return loss + self.probe_loss(features[0].detach(), labels)
 
     def probe_loss(self, features: Tensor, labels: Tensor) -> Tensor:

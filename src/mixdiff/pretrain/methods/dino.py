@@ -1,7 +1,9 @@
 """DINO (Caron et al., 2021): a student matches an EMA teacher across crops.
 
 With MixDiff the teacher sees one real and one synthetic global crop (views 0 and 1); the student
-sees both plus the local crops of each (`augment.local_crops_real` / `local_crops_synthetic`).
+sees both plus the local crops of each (`augment.local_crops_real` / `local_crops_synthetic`). In
+extra mode the teacher sees two real global crops and the student also a global crop of each twin
+(`data.synthetic_views`): the twin is a further positive that the teacher's targets never come from.
 
 As in the reference code: the teacher is a copy without stochastic depth whose parameters follow
 the student's by EMA (its BatchNorm statistics, in a ResNet, are its own: it normalises with batch
@@ -53,14 +55,18 @@ class DINO(SSLMethod):
     def knn_backbone(self) -> nn.Module:
         return self.teacher_backbone
 
-    def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor) -> Tensor:
-        globals_ = [i for i, v in enumerate(views) if v.shape[-2:] == views[0].shape[-2:]][:2]
+    def ssl_loss(self, views: list[Tensor], features: list[Tensor], index: Tensor,
+                 sources: Tensor) -> Tensor:
+        """The teacher sees the first two views (the global crops; real ones in extra mode,
+        where the twins' crops follow them and are the student's alone); the student sees every
+        crop, and a twin's crop weighs data.synthetic_weight (lambda) in the mean over the
+        (teacher, student) pairs."""
         student = [self.head(f) for f in features]
         with torch.no_grad():
-            teacher_features = self.encode_views([views[i] for i in globals_],
-                                                 self.teacher_backbone)
+            teacher_features = self.encode_views(views[:2], self.teacher_backbone)
             teacher = [self.teacher_head(f) for f in teacher_features]
-        return self.criterion(student, teacher, self.epochs_done())
+        weights = [self.pair_weight(v) for v in range(len(views))]
+        return self.criterion(student, teacher, self.epochs_done(), weights)
 
     def momentum(self) -> float:
         """Teacher EMA momentum: cosine from `momentum_teacher` to 1 over the run."""
