@@ -11,8 +11,12 @@ again reuses whatever is complete.
 OUT/
   quickstart.json          the settings, what each stage took, the comparisons and the verdict
   fashion-mnist/{train,test}/   a fixed class-stratified subset of Fashion-MNIST (data prepare)
-  synthetic/v0/            one SDEdit variation of each training image (generate)
-  runs/<method>-<mode>-s<seed>/    pre-training runs with their evaluations
+  synthetic/v0/            one SDEdit variation of each training image (generate), at strength 0.3
+  synthetic-strength-<values>/v0/   the same at another --strength (0.5, or a mixture 0.2+0.3+0.5)
+  synthetic*/scores-<method>-s<seed>.csv   --filter: each twin scored by that seed's real run
+  runs/<method>-<mode>-s<seed>/    pre-training runs with their evaluations (a twin mode's name
+                           also says --strength, --synthetic-weight and --filter: -st0.5,
+                           -w0.5, -min0.8)
   runs/untrained-s<seed>/  the seed's initial weights, evaluated alike (and the raw pixels)
   report/                  results.md, id_vs_ood.png, radar.png, curves.png, pairs.png
   logs/<stage>.log         the traceback of a stage that failed
@@ -45,9 +49,11 @@ from mixdiff.schema import check, cli_option, setting
 log = logging.getLogger(__name__)
 
 METHODS, MODES = METHOD_NAMES, MODE_NAMES
+REAL, MIXDIFF, EXTRA = "real", "mixdiff", "extra"
+PAPER_MODES = (REAL, "synthetic", MIXDIFF, "pooled")  # the paper's four (extra goes beyond it)
 DATASET = "fashion-mnist"
 UNTRAINED = "untrained"
-REAL, MIXDIFF = "real", "mixdiff"
+DEFAULT_STRENGTH = 0.3  # SDEdit strength: keeps the class best (README, "Measured": fidelity)
 SHIFT_SUITE = "corruptions"
 # what the verdict and `comparisons` compare: metric -> (eval command, result name)
 COMPARED = {"linear": ("linear", DATASET), "knn": ("knn", DATASET),
@@ -71,10 +77,14 @@ class QuickstartSettings:
     temperature: float = setting(0.1, above=0.0)
     image_size: int = setting(32, least=1)
     small_stem: bool = False  # the CPU presets use ResNet-18's own stem: 16x fewer FLOPs at 32 px
-    # SDEdit strength: keeps the class best (README, "Measured": fidelity); a tuple: a mixture,
-    # each image draws its own (generate --strength 0.2,0.3,0.5)
-    strength: float | tuple[float, ...] = setting(0.3, above=0.0, most=1.0)
+    # SDEdit strength; a tuple: a mixture, each image draws its own (as generate --strength
+    # 0.2,0.3,0.5)
+    strength: float | tuple[float, ...] = setting(DEFAULT_STRENGTH, above=0.0, most=1.0)
     real_fraction: float = setting(1.0, above=0.0, most=1.0)  # the paper's "less real data"
+    synthetic_weight: float = setting(1.0, above=0.0)  # extra mode's lambda (data.synthetic_weight)
+    # --filter: each seed's real run scores the twins (data verify --scores), and the twin modes
+    # train without those less similar than this to their real image (cosine of its features)
+    min_similarity: float | None = setting(None, least=-1.0, most=1.0)
     # "none": the paper's no-augmentation run (None: each method's own recipe)
     augment: str | None = setting(None, choices=("none",))
     corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "pixelate",
@@ -93,7 +103,38 @@ class QuickstartSettings:
         return EncodeOptions(num_workers=self.workers, show_progress=False)
 
     def run_name(self, method: str, mode: str, seed: int) -> str:
-        return f"{method}-{mode}-s{seed}"
+        return f"{method}-{mode}{self.twin_suffix(mode)}-s{seed}"
+
+    def twin_suffix(self, mode: str) -> str:
+        """What sets a twin mode's run apart from the default one, so that one --out holds both
+        (and their comparisons share its real runs)."""
+        if mode == REAL:
+            return ""
+        strength = "" if self.default_strength else f"-st{strength_text(self.strength)}"
+        weight = f"-w{self.synthetic_weight:g}" if mode == EXTRA and \
+            self.synthetic_weight != 1.0 else ""
+        return strength + weight + (f"-min{self.min_similarity:g}"
+                                    if self.min_similarity is not None else "")
+
+    @property
+    def default_strength(self) -> bool:
+        return strengths(self.strength) == (DEFAULT_STRENGTH,)
+
+    def label(self, mode: str) -> str:
+        """The mode as the verdict names it, with its twins' settings."""
+        words = [] if mode == REAL or self.default_strength else \
+            [f"strength {strength_text(self.strength).replace('+', '/')}"]
+        if mode == EXTRA and self.synthetic_weight != 1.0:
+            words.append(f"lambda {self.synthetic_weight:g}")
+        if mode != REAL and self.min_similarity is not None:
+            words.append(f"twins of similarity >= {self.min_similarity:g}")
+        name = {MIXDIFF: "MixDiff"}.get(mode, mode)
+        return f"{name} ({', '.join(words)})" if words else name
+
+    @property
+    def ordered_modes(self) -> tuple[str, ...]:
+        """Real first: the filter scores the twins with it, and the others are compared to it."""
+        return tuple(sorted(self.modes, key=lambda mode: mode != REAL))
 
     def seed_list(self) -> range:
         return range(self.seed, self.seed + self.seeds)
@@ -102,8 +143,17 @@ class QuickstartSettings:
         """Seed by seed, so that an interrupted multi-seed quickstart holds whole seeds."""
         for seed in self.seed_list():
             for method in self.methods:
-                for mode in self.modes:
+                for mode in self.ordered_modes:
                     yield method, mode, seed
+
+
+def strengths(strength: float | tuple[float, ...]) -> tuple[float, ...]:
+    return strength if isinstance(strength, tuple) else (strength,)
+
+
+def strength_text(strength: float | tuple[float, ...]) -> str:
+    """0.5 -> '0.5'; (0.2, 0.3, 0.5) -> '0.2+0.3+0.5' (for folder and run names)."""
+    return "+".join(f"{value:g}" for value in strengths(strength))
 
 
 def untrained_name(seed: int) -> str:
@@ -112,13 +162,13 @@ def untrained_name(seed: int) -> str:
 
 PRESETS: dict[str, QuickstartSettings] = {
     # a smoke check: every stage, tiny sizes, far too short to learn (about 3 minutes)
-    "fast": QuickstartSettings(modes=MODES, per_class=20, epochs=2, batch_size=32,
+    "fast": QuickstartSettings(modes=PAPER_MODES, per_class=20, epochs=2, batch_size=32,
                                online_eval_every=1, smoke=True,
                                corruptions=("gaussian_noise", "contrast", "sketch")),
     # the default on a CPU: real and MixDiff, long enough to learn (README: "Quickstart")
     "default": QuickstartSettings(),
     # --device cuda: the whole training set, the four modes and three methods, more epochs
-    "gpu": QuickstartSettings(methods=METHODS, modes=MODES, per_class=None, epochs=50,
+    "gpu": QuickstartSettings(methods=METHODS, modes=PAPER_MODES, per_class=None, epochs=50,
                               batch_size=256, lr=1e-3, temperature=0.2, small_stem=True,
                               online_eval_every=5,
                               severities=(1, 2, 3, 4, 5), corruptions=(), device="cuda",
@@ -156,13 +206,18 @@ class Paths:
     def test(self) -> Path:
         return self.data / "test"
 
-    @property
-    def synthetic(self) -> Path:
-        return self.out / "synthetic"
+    def synthetic(self, strength: float | tuple[float, ...]) -> Path:
+        """generate's folder for twins of this strength: one per strength (list), so that one
+        --out holds the runs of several beside the real runs they are compared to."""
+        if strengths(strength) == (DEFAULT_STRENGTH,):
+            return self.out / "synthetic"
+        return self.out / f"synthetic-strength-{strength_text(strength)}"
 
-    @property
-    def twins(self) -> Path:
-        return self.synthetic / "v0"
+    def twins(self, strength: float | tuple[float, ...]) -> Path:
+        return self.synthetic(strength) / "v0"
+
+    def scores(self, strength: float | tuple[float, ...], method: str, seed: int) -> Path:
+        return self.synthetic(strength) / f"scores-{method}-s{seed}.csv"
 
     @property
     def report(self) -> Path:
@@ -193,7 +248,8 @@ def run_overrides(s: QuickstartSettings, paths: Paths, method: str, mode: str, s
     """The config of one run: the method's preset, then these (identical for every mode; the
     untrained reference differs only in `epochs`=0)."""
     overrides = {
-        "data.real": paths.train, "data.val": paths.test, "data.synthetic": f"[{paths.twins}]",
+        "data.real": paths.train, "data.val": paths.test,
+        "data.synthetic": f"[{paths.twins(s.strength)}]",
         "data.mode": mode, "data.real_fraction": s.real_fraction,
         "data.image_size": s.image_size, "data.num_workers": s.workers,
         "model.small_stem": s.small_stem,
@@ -206,6 +262,11 @@ def run_overrides(s: QuickstartSettings, paths: Paths, method: str, mode: str, s
     }
     if method == "simclr":
         overrides["simclr.temperature"] = s.temperature
+    if mode == EXTRA:
+        overrides["data.synthetic_weight"] = s.synthetic_weight
+    if mode != REAL and s.min_similarity is not None:
+        overrides["data.synthetic_scores"] = paths.scores(s.strength, method, seed)
+        overrides["data.synthetic_min_similarity"] = s.min_similarity
     if s.augment is not None:
         overrides["augment.recipe"] = s.augment
     return [f"{key}={value}" for key, value in overrides.items()]
@@ -227,7 +288,8 @@ def _generate(s: QuickstartSettings, paths: Paths) -> dict:
     settings = GenerateSettings(generator="sdedit", strength=s.strength, batch_size=100,
                                 device=s.device, seed=s.seed)
     try:
-        summary = generate(paths.train, paths.synthetic, settings, show_progress=False)
+        summary = generate(paths.train, paths.synthetic(s.strength), settings,
+                           show_progress=False)
     except SettingsChangedError as exc:  # generate's advice (--overwrite) is not ours to give
         raise MixDiffError(f"{exc.out} holds the twins of another quickstart ({exc.details}): "
                            "use another --out for these settings, or the settings it was made "
@@ -315,6 +377,27 @@ def _evaluate_pixels(s: QuickstartSettings, paths: Paths) -> dict:
     return {"evaluated": done}
 
 
+def _score_twins(s: QuickstartSettings, paths: Paths, method: str, seed: int) -> dict:
+    """--filter: every twin scored by the seed's real run (its linear probe and features), as
+    `mixdiff data verify --fidelity RUN --scores FILE` does."""
+    from mixdiff.data.twin_scores import write_scores
+    from mixdiff.evaluate.fidelity import fidelity
+
+    scores = paths.scores(s.strength, method, seed)
+    run = paths.run(s.run_name(method, REAL, seed))
+    if scores.is_file() and scores.stat().st_mtime >= run.last_checkpoint.stat().st_mtime:
+        return {"reused": True}
+    rows: list[dict] = []
+    found = fidelity(paths.train, paths.twins(s.strength), run.root, device=s.device,
+                     show_progress=False, scores=rows)
+    write_scores(scores, rows)
+    similarity = sorted(row["similarity"] for row in rows)
+    below = sum(value < s.min_similarity for value in similarity)
+    return {"reused": False, "twins": len(rows),
+            "class_agreement": round(found["class_agreement"], 4),
+            "median_similarity": similarity[len(similarity) // 2], "dropped": below}
+
+
 def _report_runs(s: QuickstartSettings, paths: Paths) -> list[Path]:
     return [paths.run(untrained_name(seed)).root for seed in s.seed_list()] + \
         [paths.run(s.run_name(*key)).root for key in s.runs()]
@@ -345,7 +428,7 @@ def comparisons(s: QuickstartSettings, paths: Paths) -> list[dict]:
 
     found = []
     for method in s.methods:
-        for mode in s.modes:
+        for mode in s.ordered_modes:
             against = [UNTRAINED] + ([REAL] if mode != REAL and REAL in s.modes else [])
             for baseline in against:
                 for metric in COMPARED:
@@ -389,29 +472,33 @@ def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
             return {c["metric"]: _difference(c) for c in mine
                     if c["mode"] == mode and c["baseline"] == baseline}
 
-        for mode in s.modes:
+        for mode in s.ordered_modes:
             gains = differences(mode, UNTRAINED)
             if one_seed:
                 text = ", ".join(f"{METRIC_WORDS[m]} {gains[m].points()}" for m in COMPARED)
-                lines.append(f"{method} · {mode} − untrained: {text.replace(' (1 seed)', '')}")
+                lines.append(f"{method} · {s.label(mode)} − untrained: "
+                             f"{text.replace(' (1 seed)', '')}")
                 continue
             text = ", ".join(f"{METRIC_WORDS[m]} {gains[m].bracket()}" for m in COMPARED)
             learnt = all(gains[m].distinguishable and gains[m].difference > 0
                          for m in ("linear", "knn"))
             few = gains["linear"].distinguishable is None
-            lines.append(f"{method} · {mode} − untrained, points [95% CI, {s.seeds} seeds]: "
+            lines.append(f"{method} · {s.label(mode)} − untrained, points [95% CI, {s.seeds} "
+                         "seeds]: "
                          f"{text}: " + (f"no claim ({s.seeds} seeds are too few)" if few else
                                         "it learnt (linear and kNN above the untrained encoder "
                                         "beyond the noise)" if learnt else
                                         "not distinguishable from the untrained encoder"))
-        if MIXDIFF in s.modes and REAL in s.modes:
-            versus = differences(MIXDIFF, REAL)
+        for mode in s.ordered_modes if REAL in s.modes else ():
+            if mode == REAL:
+                continue
+            versus, label = differences(mode, REAL), s.label(mode)
             if one_seed:
-                lines.append(f"{method}: MixDiff − real: " + ", ".join(
+                lines.append(f"{method}: {label} − real: " + ", ".join(
                     f"{METRIC_WORDS[m]} {versus[m].points().replace(' (1 seed)', '')}"
                     for m in COMPARED) + " (1 seed: no claim)")
             else:
-                lines += [versus[m].sentence(f"{method}: MixDiff − real, {METRIC_WORDS[m]}")
+                lines += [versus[m].sentence(f"{method}: {label} − real, {METRIC_WORDS[m]}")
                           for m in COMPARED]
     if REAL not in s.modes or MIXDIFF not in s.modes:
         lines.append("MixDiff − real: not measured; run both modes (--modes real,mixdiff).")
@@ -428,15 +515,20 @@ class Stage:
 
 def stages(s: QuickstartSettings, paths: Paths) -> list[Stage]:
     images = 10 * (s.per_class or 6000)
-    train_cost = s.epochs * images / 100 * (3 if "dino" in s.methods else 1)
+    train_cost = s.epochs * images / 100 * (3 if "dino" in s.methods else 1)  # extra: 1.5x
     eval_cost = images / 100 * (2 + len(s.corruptions))
     plan = [Stage("prepare Fashion-MNIST", 5, lambda: _prepare(s, paths)),
             Stage("generate SDEdit twins", images / 8, lambda: _generate(s, paths))]
 
     def run_stages(method: str, mode: str, seed: int, name: str, epochs: int) -> list[Stage]:
-        return [Stage(f"pretrain {name}", train_cost if epochs else 5,
-                      lambda: _pretrain(s, paths, method, mode, seed, name, epochs)),
-                Stage(f"evaluate {name}", eval_cost, lambda: _evaluate(s, paths, name))]
+        cost = train_cost * (1.5 if mode == EXTRA else 1) if epochs else 5
+        stages = [Stage(f"pretrain {name}", cost,
+                        lambda: _pretrain(s, paths, method, mode, seed, name, epochs)),
+                  Stage(f"evaluate {name}", eval_cost, lambda: _evaluate(s, paths, name))]
+        if epochs and mode == REAL and s.min_similarity is not None:
+            stages.append(Stage(f"score twins {method} s{seed}", images / 100,
+                                lambda: _score_twins(s, paths, method, seed)))
+        return stages
 
     for seed in s.seed_list():  # the reference first: a verdict needs it for every seed
         plan += run_stages(s.methods[0], REAL, seed, untrained_name(seed), 0)
@@ -504,4 +596,13 @@ def settings_for(preset: str, **changes) -> QuickstartSettings:
     stage runs (each named as its option, e.g. --strength)."""
     given = {k: v for k, v in changes.items() if v is not None}
     check(given, QuickstartSettings, cli_option)
-    return replace(PRESETS[preset], **given)
+    settings = replace(PRESETS[preset], **given)
+    twin_modes = [mode for mode in settings.modes if mode != REAL]
+    if settings.synthetic_weight != 1.0 and EXTRA not in settings.modes:
+        raise MixDiffError("--synthetic-weight weights the twins that extra mode adds: add extra "
+                           "to --modes (e.g. --modes real,mixdiff,extra)")
+    if settings.min_similarity is not None and (REAL not in settings.modes or not twin_modes):
+        raise MixDiffError("--filter scores the twins with the real run of each seed and trains "
+                           "the twin modes without the dissimilar ones: --modes needs real and at "
+                           "least one other mode (e.g. --modes real,mixdiff)")
+    return settings

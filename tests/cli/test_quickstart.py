@@ -73,11 +73,25 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert all(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
     assert all(s["evaluated"] == [] for s in stages if s["stage"].startswith("evaluate"))
 
-    other = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--strength", "0.5", "--out",
-                                     str(out)])
-    said = " ".join(other.output.split())
-    assert other.exit_code == 2 and "holds the twins of another quickstart" in said
-    assert "strength: 0.3 -> 0.5" in said and "--overwrite" not in said  # it has no such option
+    # another strength: its own twins folder and runs, beside the real runs it is compared to
+    other = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--strength", "0.5", "--modes",
+                                     "real,mixdiff", "--out", str(out)])
+    assert other.exit_code == 0, other.output
+    stages = {s["stage"]: s for s in json.loads((out / "quickstart.json").read_text())["stages"]}
+    assert stages["generate SDEdit twins"]["written"] == 40
+    assert len(list((out / "synthetic-strength-0.5" / "v0").rglob("*.jpg"))) == 40
+    assert stages["pretrain simclr-real-s0"]["reused"]
+    assert not stages["pretrain simclr-mixdiff-st0.5-s0"]["reused"]
+    assert "synthetic-strength-0.5/v0" in \
+        (out / "runs" / "simclr-mixdiff-st0.5-s0" / "config.yaml").read_text()
+    # twins made with other settings than the quickstart's: its own advice, not generate's
+    settings = out / "synthetic-strength-0.5" / "generate.yaml"
+    settings.write_text(settings.read_text().replace("steps: 50", "steps: 40"))
+    changed = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--strength", "0.5", "--modes",
+                                       "real,mixdiff", "--out", str(out)])
+    said = " ".join(changed.output.split())
+    assert changed.exit_code == 2 and "holds the twins of another quickstart" in said
+    assert "steps: 40 -> 50" in said and "--overwrite" not in said  # it has no such option
 
     longer = CliRunner().invoke(app, ["quickstart", *SMALLEST[:-1], "2", "--out", str(out)])
     assert longer.exit_code == 0, longer.output  # runs of another length are not reused
@@ -143,3 +157,48 @@ def test_a_stopped_quickstart_says_how_to_continue(tmp_path, monkeypatch, stop):
     assert f"stopped by {signal.Signals(signum).name} during stage `prepare Fashion-MNIST`" in said
     assert "run the same command again to continue" in said and "failed" not in said
     assert not (tmp_path / "q" / "logs").exists()  # no traceback log: nothing went wrong
+
+
+def test_quickstart_adds_extra_positives_and_filters_twins_by_score(tmp_path):
+    """--modes real,mixdiff,extra --synthetic-weight 0.5 --filter X: the real run scores every
+    twin once, the twin modes train without those below X (named by it, beside the real run they
+    are compared to), and extra weights its twin by lambda."""
+    import csv
+
+    out = tmp_path / "qs"
+    args = ["quickstart", *SMALLEST, "--out", str(out), "--modes", "mixdiff,extra,real",
+            "--synthetic-weight", "0.5", "--filter", "0.97"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "quickstart.json").read_text())
+    names = [stage["stage"] for stage in record["stages"]]
+    real_at = names.index("evaluate simclr-real-s0")
+    assert names[real_at + 1] == "score twins simclr s0"  # scored before the twin modes train
+    assert names[real_at + 2:real_at + 6] == [
+        "pretrain simclr-mixdiff-min0.97-s0", "evaluate simclr-mixdiff-min0.97-s0",
+        "pretrain simclr-extra-w0.5-min0.97-s0", "evaluate simclr-extra-w0.5-min0.97-s0"]
+    with (out / "synthetic" / "scores-simclr-s0.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    twins = sorted(str(p) for p in (out / "synthetic" / "v0").rglob("*.jpg"))
+    assert sorted(row["twin"] for row in rows) == twins  # every twin, once
+    below = sum(float(row["similarity"]) < 0.97 for row in rows)
+    assert 0 < below < len(rows)  # about half: 0.97 is near the median of these 1-epoch scores
+    for run in ("simclr-mixdiff-min0.97-s0", "simclr-extra-w0.5-min0.97-s0"):
+        summary = json.loads((out / "runs" / run / "data.json").read_text())
+        assert summary["synthetic_twins_dropped"] == below, run
+    extra = json.loads((out / "runs" / "simclr-extra-w0.5-min0.97-s0" / "data.json").read_text())
+    assert extra["views_per_sample"] == 3 and extra["twin_views"] == 1
+    assert "synthetic_weight: 0.5" in \
+        (out / "runs" / "simclr-extra-w0.5-min0.97-s0" / "config.yaml").read_text()
+    assert {(c["mode"], c["baseline"]) for c in record["comparisons"]} == {
+        (mode, "untrained") for mode in ("real", "mixdiff", "extra")} | {
+        ("mixdiff", "real"), ("extra", "real")}
+    assert any(line.startswith("simclr: extra (lambda 0.5, twins of similarity >= 0.97) − real")
+               for line in record["verdict"])
+
+    lonely = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out),
+                                      "--synthetic-weight", "0.5"])
+    assert lonely.exit_code == 2 and "add extra to --modes" in " ".join(lonely.output.split())
+    unscored = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out), "--modes",
+                                        "mixdiff", "--filter", "0.5"])
+    assert unscored.exit_code == 2 and "--modes needs real" in " ".join(unscored.output.split())

@@ -94,6 +94,7 @@ def data_verify(
                               "score the twins")
         report = verify(real, synthetic, decode=not no_decode, show_progress=not as_json)
         if fidelity_run is not None:
+            from mixdiff.data.twin_scores import write_scores
             from mixdiff.evaluate.fidelity import fidelity
 
             scores = [] if scores_file is not None else None
@@ -102,7 +103,7 @@ def data_verify(
                                              device=device, show_progress=not as_json,
                                              scores=scores)
             if scores_file is not None:
-                _write_scores(scores_file, scores)
+                write_scores(scores_file, scores)
                 if not as_json:
                     console.print(f"{scores_file}: {len(scores)} twins scored")
     except MixDiffError as exc:
@@ -133,21 +134,6 @@ def data_verify(
                               highlight=False)
     if strict and problems(report):
         raise typer.Exit(1)
-
-
-def _write_scores(path: Path, rows: list[dict]) -> None:
-    """The twins' scores as CSV, written atomically (a kill leaves the old file or none)."""
-    import csv
-    import io
-
-    from mixdiff.data.twin_scores import SCORE_COLUMNS
-    from mixdiff.io import atomic_write_text
-
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=SCORE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
 
 
 def _first(entries: list, describe, shown: int = 10) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from mixdiff.cli._app import app, console, fail, log_to_console
 from mixdiff.errors import MixDiffError
-from mixdiff.quickstart import METHODS, MODES, PRESETS
+from mixdiff.quickstart import METHODS, MODES, PAPER_MODES, PRESETS
 
 _DEFAULT, _FAST, _GPU = PRESETS["default"], PRESETS["fast"], PRESETS["gpu"]
 
@@ -33,8 +33,9 @@ def quickstart(
                                           "three with --device cuda)."),
     modes: Optional[str] = typer.Option(None, "--modes", help=f"Comma-separated, from "
                                         f"{','.join(MODES)} (default: "
-                                        f"{','.join(_DEFAULT.modes)}; all four with --fast or "
-                                        "--device cuda)."),
+                                        f"{','.join(_DEFAULT.modes)}; the paper's four, "
+                                        f"{','.join(PAPER_MODES)}, with --fast or --device "
+                                        "cuda). extra adds a twin's view to the real views."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per run setting."),
     device: str = typer.Option(_DEFAULT.device, "--device", help="cpu, or cuda: the whole "
                                "training set and more epochs."),
@@ -54,6 +55,13 @@ def quickstart(
                                                   "paper's 'less real data')."),
     augment: Optional[str] = typer.Option(None, "--augment", help="none: no augmentation at "
                                           "all (the paper's surprising result)."),
+    synthetic_weight: Optional[float] = typer.Option(
+        None, "--synthetic-weight", help="extra mode: lambda, the weight of the positive pairs "
+        "that include the twin (default: 1)."),
+    min_similarity: Optional[float] = typer.Option(
+        None, "--filter", help="Score every twin with the real run of each seed (cosine of its "
+        "features of twin and real image), then train the other modes without the twins below "
+        "this similarity (the scores: OUT/synthetic/scores-<method>-s<seed>.csv)."),
 ) -> None:
     """The paper's experiment on Fashion-MNIST, offline: prepare, generate SDEdit twins,
     pre-train in each data mode and the untrained reference, evaluate (linear, kNN,
@@ -70,7 +78,9 @@ def quickstart(
                                 per_class=per_class, epochs=epochs,
                                 strength=None if strength is None else parse_values(
                                     strength, float, "--strength"),
-                                real_fraction=real_fraction, augment=augment, device=device)
+                                real_fraction=real_fraction, augment=augment, device=device,
+                                synthetic_weight=synthetic_weight,
+                                min_similarity=min_similarity)
         outcome = run(out, settings, console)
     except MixDiffError as exc:
         fail(exc)

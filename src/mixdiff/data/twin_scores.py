@@ -6,13 +6,25 @@ every method (GenView, AdaInf: not every generated positive helps)."""
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from mixdiff.errors import DatasetError
+from mixdiff.io import atomic_write_text
 
 # The columns of a scores file, in order
 SCORE_COLUMNS = ("twin", "real", "root", "class_kept", "similarity")
+
+
+def write_scores(path: str | Path, rows: list[dict]) -> None:
+    """Twins' scores (dicts of SCORE_COLUMNS) as CSV, written atomically: a kill leaves the old
+    file or none."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(path), text.getvalue())
 
 
 @dataclass
