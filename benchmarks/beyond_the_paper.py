@@ -1,0 +1,101 @@
+"""The "Beyond the paper" table: every variant of a quickstart --out against its real runs.
+
+Each run `<method>-<mode><suffix>-s<seed>` of OUT/runs (the quickstart names a twin mode's run by
+what sets it apart: -st<strengths>, -w<lambda>, -min<similarity>) is a variant; its differences
+from `<method>-real-s<seed>` on the linear probe, kNN and the corruptions' mean are paired by seed
+with their 95% t-interval, as the quickstart's verdict computes them. Beside each: the time per
+training step relative to the real run of the same seed (the median epoch's seconds, a ratio
+measured on one machine; noisy when something else ran beside it).
+
+    python benchmarks/beyond_the_paper.py --out quickstart-out [--json table.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from mixdiff.evaluate.results import read_result
+from mixdiff.quickstart import COMPARED, REAL, UNTRAINED, untrained_name
+from mixdiff.report.compare import paired_difference
+from mixdiff.runs import Metric, RunDir
+
+RUN_NAME = re.compile(r"^(?P<method>[a-z_]+)-(?P<variant>.+)-s(?P<seed>\d+)$")
+
+
+def _value(run: RunDir, metric: str) -> float | None:
+    command, name = COMPARED[metric]
+    path = run.eval_result(command, name)
+    return read_result(path)["value"] if path.is_file() else None
+
+
+def _median_epoch_seconds(run: RunDir) -> float | None:
+    with open(run.metrics, newline="") as handle:
+        seconds = [float(row[Metric.EPOCH_SECONDS]) for row in csv.DictReader(handle)
+                   if row.get(Metric.EPOCH_SECONDS)]
+    return statistics.median(seconds) if seconds else None
+
+
+def table(out: Path) -> list[dict]:
+    runs: dict[tuple[str, str], dict[int, RunDir]] = defaultdict(dict)
+    for folder in sorted((out / "runs").iterdir()):
+        match = RUN_NAME.match(folder.name)
+        if match and match["method"] != UNTRAINED:
+            runs[match["method"], match["variant"]][int(match["seed"])] = RunDir(folder)
+    rows = []
+    for (method, variant), by_seed in sorted(runs.items(), key=lambda kv: kv[0][1] != REAL):
+        real = runs.get((method, REAL), {})
+        row = {"method": method, "variant": variant, "seeds": sorted(by_seed)}
+        for metric in COMPARED:
+            values = {seed: v for seed, run in by_seed.items()
+                      if (v := _value(run, metric)) is not None}
+            row[metric] = statistics.fmean(values.values()) if values else None
+            for baseline, runs_of in ((UNTRAINED, {s: RunDir(out / "runs" / untrained_name(s))
+                                                   for s in values}), (REAL, real)):
+                base = {seed: v for seed, run in runs_of.items()
+                        if (v := _value(run, metric)) is not None}
+                d = paired_difference(values, base) if variant != baseline else None
+                row[f"{metric}_vs_{baseline}"] = None if d is None else {
+                    "seeds": list(d.seeds), "difference": d.difference,
+                    "ci95": list(d.ci95) if d.ci95 else None, "text": d.bracket(),
+                    "distinguishable": d.distinguishable}
+        ratios = [mine / theirs for seed, run in by_seed.items() if seed in real
+                  and (mine := _median_epoch_seconds(run)) and
+                  (theirs := _median_epoch_seconds(real[seed]))]
+        row["time_per_step_vs_real"] = statistics.fmean(ratios) if ratios else None
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| run (SimCLR) | seeds | linear | kNN | 6 corruptions | linear − real | kNN − real "
+             "| corruptions − real | time per step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        cells = [row["variant"], str(len(row["seeds"]))]
+        cells += [f"{100 * row[m]:.1f}" if row[m] is not None else "–" for m in COMPARED]
+        cells += [(row[f"{m}_vs_{REAL}"] or {}).get("text", "") for m in COMPARED]
+        ratio = row["time_per_step_vs_real"]
+        cells.append(f"{ratio:.2f}x" if ratio else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="a quickstart's --out")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    rows = table(args.out)
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
