@@ -18,7 +18,10 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the hidden temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would have given, not mkstemp's 0600
     try:
         with os.fdopen(fd, mode) as handle:

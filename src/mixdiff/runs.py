@@ -53,6 +53,12 @@ def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True
         raise RunDirError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         problem = "is empty"
+    elif not zipfile.is_zipfile(path):  # torch's own error would advise saving with mmap
+        with open(path, "rb") as handle:
+            started = handle.read(4) == b"PK\x03\x04"
+        problem = ("is cut short (a zip archive without its end: a write that did not finish)"
+                   if started else
+                   "is not a PyTorch checkpoint (not the zip archive that torch.save writes)")
     else:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)

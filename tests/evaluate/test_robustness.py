@@ -440,7 +440,17 @@ def test_a_result_of_another_probe_is_not_overwritten(wnid_run, tmp_path):
     refused = run_suite(run, "imagenet-r", root, "--probe", "other-set")
     said = " ".join(refused.output.split())
     assert refused.exit_code == 2, refused.output
-    assert "fitted on 'tiny-imagenet'" in said and "--probe tiny-imagenet" in said
+    assert "made with the probe 'tiny-imagenet'" in said and "--probe tiny-imagenet" in said
+    assert (run / "eval" / "robustness" / "imagenet-r.json").read_bytes() == kept
+    # another probe fitted on a dataset of the same name is another probe too
+    same_name = make_tree(tmp_path / "copy" / "tiny-imagenet" / "train", 3, seed=8,
+                          classes=WNIDS)
+    fitted = CliRunner().invoke(app, ["eval", "linear", "--run", str(run), "--train",
+                                      str(same_name), "--val", str(same_name), "--name",
+                                      "second", "--device", "cpu", "--num-workers", "0"])
+    assert fitted.exit_code == 0, fitted.output
+    refused = run_suite(run, "imagenet-r", root, "--probe", "second")
+    assert refused.exit_code == 2 and "--probe tiny-imagenet" in " ".join(refused.output.split())
     assert (run / "eval" / "robustness" / "imagenet-r.json").read_bytes() == kept
     again = run_suite(run, "imagenet-r", root, "--probe", "tiny-imagenet")  # the same probe: fine
     assert again.exit_code == 0, again.output

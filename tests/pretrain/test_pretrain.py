@@ -347,3 +347,16 @@ def test_data_settings_that_do_not_do_what_they_seem_are_warned_about(tiny_data)
     assert any("ignored in data.mode=real" in n for n in notes(**{"data.mode": "real"}))
     itself = notes(**{"data.mode": "mixdiff", "data.synthetic": f"[{tiny_data['real']}]"})
     assert len(itself) == 1 and "is data.real itself" in itself[0]
+
+
+def test_a_zero_learning_rate_is_warned_about(tiny_data):
+    """optim.lr=0 is allowed (it keeps init_from's weights while the probe trains), but a run
+    that looks like training and changes nothing says so."""
+    from mixdiff.pretrain.train import optim_warnings
+
+    def notes(**settings):
+        return optim_warnings(load_config(None, tiny_overrides(tiny_data, **settings)))
+
+    assert notes() == [] and notes(**{"optim.lr": 0, "trainer.max_epochs": 0}) == []
+    (note,) = notes(**{"optim.lr": 0})
+    assert "optim.lr=0" in note and "never change" in note and "its initial weights" in note

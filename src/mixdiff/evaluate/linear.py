@@ -4,7 +4,7 @@ once on a val tree, and saved in the run with its class list for the robustness 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ class LinearProbe:
     weights: str  # "student" | "teacher"
     checkpoint_sha256: str
     settings: dict
+    name: str = field(default="", compare=False)  # its file's name (not saved in it)
 
     def logits(self, features: Tensor) -> Tensor:
         """(N, C) logits of raw (unstandardised) features, on the probe's device."""
@@ -45,13 +46,14 @@ class LinearProbe:
 
     def save(self, path: str | Path) -> None:
         state = {**asdict(self), "classes": list(self.classes)}
+        del state["name"]
         with atomic_open(path, "wb") as handle:
             torch.save(state, handle)
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearProbe":
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(**{**state, "classes": tuple(state["classes"])})
+        return cls(**{**state, "classes": tuple(state["classes"]), "name": probe_name(Path(path))})
 
 
 def probe_name(path: Path) -> str:

@@ -333,11 +333,14 @@ def refuse_another_probes_result(path: Path, probe: LinearProbe) -> None:
     show the new number as if it were the old one's)."""
     if not path.is_file():
         return
-    previous = json.loads(path.read_text()).get("settings", {}).get("probe")
-    if previous is not None and previous != probe.dataset:
-        raise RunDirError(f"{path} holds this suite's result with the probe fitted on "
-                          f"{previous!r}, and this probe was fitted on {probe.dataset!r}: move "
-                          f"that file away to keep both, or score with --probe {previous}")
+    settings = json.loads(path.read_text()).get("settings", {})
+    # which probe: its name (results made before it was recorded: the dataset it was fitted on)
+    previous, current = (settings["probe_name"], probe.name) if settings.get("probe_name") \
+        else (settings.get("probe"), probe.dataset)
+    if previous is not None and previous != current:
+        raise RunDirError(f"{path} holds this suite's result made with the probe {previous!r}, "
+                          f"and this one is {current!r}: move that file away to keep both, or "
+                          f"score with --probe {previous}")
 
 
 def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: Encoder,
@@ -349,7 +352,8 @@ def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: En
         "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(),
         "settings": {"suite": images.suite, "root": str(images.root), "probe": probe.dataset,
-                     "probe_classes": len(probe.classes), **encoder.settings()},
+                     "probe_name": probe.name, "probe_classes": len(probe.classes),
+                     **encoder.settings()},
         "details": {
             "classes_scored": list(selection.suite_classes),
             "logits": len(selection.classes),  # the probe outputs the predictions come from

@@ -225,6 +225,16 @@ def nan_message(exc: NonFiniteLossError, cfg: DictConfig, run: RunDir) -> str:
     return f"{exc}. The run stopped; {kept}. To go on, re-run {where} and: {', '.join(advice)}."
 
 
+def optim_warnings(cfg: DictConfig) -> list[str]:
+    """Optimiser settings that run, but not as they seem to."""
+    if cfg.optim.lr == 0 and cfg.trainer.max_epochs > 0:
+        start = "the init_from" if cfg.init_from else "its initial"
+        return [f"optim.lr=0: the encoder's weights never change (only the online probe "
+                f"trains), so the run keeps {start} weights; the untrained reference is "
+                "trainer.max_epochs=0"]
+    return []
+
+
 def pretrain(cfg: DictConfig, out: str | Path) -> Path:
     """Pre-train (or resume) the run in `out`; returns the run directory."""
     quiet_lightning()
@@ -236,6 +246,8 @@ def pretrain(cfg: DictConfig, out: str | Path) -> Path:
 
 def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     cfg = resolve_hardware(cfg)
+    for note in optim_warnings(cfg):
+        log.warning(note)
     resume_from = resume_point(cfg, run)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = MixDiffDataModule(cfg)
