@@ -184,14 +184,16 @@ def test_shard_from_torchrun_environment(models, real, tmp_path, monkeypatch):
 
 def _generating(models, real, out):
     """A real `mixdiff generate` process (24 outputs, one per batch), once it has written two;
-    returns it and its shard file. 60 steps an image leave the test ~10 s to stop it part-way,
-    also on a loaded machine (with 30 steps a starved test once saw it finish first)."""
+    returns it and its shard file. It starts with SIGINT's default action: a test run started in
+    the background by a shell without job control inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler (the Ctrl-C test would see the run finish)."""
     args = [sys.executable, "-m", "mixdiff.cli", "generate", "--real", str(real), "--out",
-            str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "60",
+            str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
             "--batch-size", "1", "--variants", "4"]
     shard_file = out / "manifests" / "shard-0-of-1.jsonl"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if shard_file.exists() and len(shard_file.read_text().splitlines()) >= 2:
@@ -210,7 +212,7 @@ def test_resume_after_a_killed_run(models, real, tmp_path):
     written_before = len(shard_file.read_text().splitlines())
     assert 2 <= written_before < 24, "the run should have been killed part-way"
     summary = generate(real, out, GenerateSettings(generator="sdedit", model=str(models["sdedit"]),
-                                                   steps=60, batch_size=1, variants=4),
+                                                   steps=30, batch_size=1, variants=4),
                        show_progress=False)
     assert summary.skipped >= 2 and summary.written + summary.skipped == 24
     assert len(rows(out)) == 24
