@@ -389,7 +389,37 @@ def test_a_shell_glob_of_runs_is_taken_whole(eval_runs, tmp_path):
     result = CliRunner().invoke(app, [
         "eval", "knn", "--run", str(eval_runs["simclr"]), str(eval_runs["dino"]),
         "--train", str(eval_runs["train"]), "--val", str(eval_runs["val"]), "--device", "cpu",
-        "--num-workers", "0"])
+        "--num-workers", "0", "--name", "glob"])
     assert result.exit_code == 0, result.output
-    assert all((eval_runs[name] / "eval" / "knn" / "toy.json").is_file()
+    assert all((eval_runs[name] / "eval" / "knn" / "glob.json").is_file()
                for name in ("simclr", "dino"))
+
+
+def test_a_result_that_measured_something_else_is_not_replaced(eval_runs, tmp_path):
+    """eval knn/linear of another --val, --train or --k under the same result name is refused
+    before any work (the report would show the new number as the old); --name keeps both, and
+    the same measurement again replaces it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    trees = ["--train", eval_runs["train"], "--device", "cpu", "--num-workers", "0"]
+    first = _cli("knn", "--run", run, *trees, "--val", eval_runs["val"])
+    assert first.exit_code == 0, first.output
+    kept = (run / "eval" / "knn" / "toy.json").read_bytes()
+    for changed in (["--val", eval_runs["train"]], ["--val", eval_runs["val"], "--k", 3]):
+        refused = _cli("knn", "--run", run, *trees, *changed)
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and "measured something else" in said, refused.output
+        assert "--name" in said and (run / "eval" / "knn" / "toy.json").read_bytes() == kept
+    both = _cli("knn", "--run", run, *trees, "--val", eval_runs["train"], "--name", "on-train")
+    assert both.exit_code == 0 and (run / "eval" / "knn" / "on-train.json").is_file()
+    again = _cli("knn", "--run", run, *trees, "--val", eval_runs["val"])
+    assert again.exit_code == 0, again.output
+    linear = _cli("linear", "--run", run, *trees, "--val", eval_runs["val"])
+    assert linear.exit_code == 0, linear.output
+    probe = (run / "eval" / "linear" / "toy.probe.pt").read_bytes()
+    other = _cli("linear", "--run", run, *trees, "--val", eval_runs["train"])
+    assert other.exit_code == 2 and "measured something else" in " ".join(other.output.split())
+    assert (run / "eval" / "linear" / "toy.probe.pt").read_bytes() == probe  # nothing written

@@ -10,7 +10,8 @@ import torch
 
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
-from mixdiff.evaluate.results import accuracies, result_name, write_result
+from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
+                                      write_result)
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, weighted_knn_votes
 
 
@@ -22,6 +23,9 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
     ks = tuple(dict.fromkeys(ks))
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be positive, got {ks}")
+    name = result_name(train.name, encoder.weights, encoder.default_weights, name)
+    measured = {"k": list(ks), "temperature": temperature, "train": train.root, "val": val.root}
+    refuse_another_measurement(encoder.run.eval_result("knn", name), measured)
     bank, queries = encoder.encode(train, options=options), encoder.encode(val, options=options)
     votes = weighted_knn_votes(bank.to(encoder.device), torch.from_numpy(train.labels), queries,
                                len(train.classes), ks, temperature)
@@ -35,9 +39,7 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
         "online": False, "dataset": val.name, "split": val.split, "classes": len(val.classes),
         "images": len(val), **headline, "metric": "top1", "value": headline["top1"],
         "weights": encoder.weights, "checkpoint": encoder.checkpoint_record(),
-        "settings": {"k": list(ks), "temperature": temperature, "train": train.root,
-                     "val": val.root, "bank_images": len(train), **encoder.settings()},
+        "settings": {**measured, "bank_images": len(train), **encoder.settings()},
         "details": {"per_k": per_k},
     }
-    return write_result(encoder.run, "knn", result_name(train.name, encoder.weights,
-                                                        encoder.default_weights, name), result)
+    return write_result(encoder.run, "knn", name, result)

@@ -14,7 +14,8 @@ from mixdiff.errors import RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
-from mixdiff.evaluate.results import accuracies, result_name, write_result
+from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
+                                      write_result)
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.runs import RunDir
 
@@ -111,6 +112,9 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                 options: EncodeOptions = EncodeOptions()) -> Path:
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
+    name = result_name(train.name, encoder.weights, encoder.default_weights, name)
+    refuse_another_measurement(encoder.run.eval_result("linear", name),
+                               {"train": train.root, "val": val.root})
     x_train, x_val = encoder.encode(train, options=options), encoder.encode(val, options=options)
     y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     fit_idx, held_idx = stratified_holdout(train.labels, settings.heldout_fraction, settings.seed)
@@ -126,7 +130,6 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
     probe = LinearProbe(classifier.weight, classifier.bias, classifier.mean, classifier.std,
                         train.classes, weight_decay, train.name, encoder.weights,
                         encoder.checkpoint_sha256, run_settings)
-    name = result_name(train.name, encoder.weights, encoder.default_weights, name)
     probe.save(encoder.run.probe(name))
     result = {
         "command": "linear",

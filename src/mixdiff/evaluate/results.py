@@ -14,6 +14,7 @@ from rich.table import Table
 from torch import Tensor
 
 import mixdiff
+from mixdiff.errors import RunDirError
 from mixdiff.io import atomic_write_text
 from mixdiff.runs import RunDir
 
@@ -65,6 +66,21 @@ def result_name(dataset: str, weights: str, default_weights: str, name: str | No
     if name:
         return name
     return dataset if weights == default_weights else f"{dataset}-{weights}"
+
+
+def refuse_another_measurement(path: Path, measured: dict) -> None:
+    """A result is not replaced by one that measured something else (other images, another k):
+    the report would show the new number as the old one's. The same measurement of a run that
+    trained since replaces it. Called before any work, so that nothing is written."""
+    if not path.is_file():
+        return
+    before = read_result(path).get("settings", {})
+    changed = [f"{key}: {before[key]} -> {value}" for key, value in measured.items()
+               if key in before and before[key] != value]
+    if changed:
+        raise RunDirError(f"{path} holds a result that measured something else ("
+                          f"{'; '.join(changed)}): give --name NAME to keep both, or move that "
+                          "file away")
 
 
 def write_result(run: RunDir, command: str, name: str, result: dict) -> Path:
