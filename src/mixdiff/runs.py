@@ -78,7 +78,8 @@ class Metric:
     """Column names of metrics.csv (and the names logged to TensorBoard / W&B)."""
 
     TRAIN_LOSS = "train/loss"
-    SYNTHETIC_FRACTION = "train/synthetic_fraction"  # pairs whose partner view was synthetic
+    # pairs whose partner view was synthetic (extra mode: twin views that were)
+    SYNTHETIC_FRACTION = "train/synthetic_fraction"
     LR = "train/lr"
     WEIGHT_DECAY = "train/weight_decay"
     TRAIN_PROBE_LOSS = "train/online_probe_loss"  # the online probe on the training views
