@@ -50,6 +50,11 @@ def table(out: Path) -> list[dict]:
     rows = []
     for (method, variant), by_seed in sorted(runs.items(), key=lambda kv: kv[0][1] != REAL):
         real = runs.get((method, REAL), {})
+        # the seeds evaluated so far (a run still training has no result yet)
+        by_seed = {seed: run for seed, run in by_seed.items()
+                   if all(_value(run, metric) is not None for metric in COMPARED)}
+        if not by_seed:
+            continue
         row = {"method": method, "variant": variant, "seeds": sorted(by_seed)}
         for metric in COMPARED:
             values = {seed: v for seed, run in by_seed.items()

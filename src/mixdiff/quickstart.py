@@ -249,7 +249,9 @@ def run_overrides(s: QuickstartSettings, paths: Paths, method: str, mode: str, s
     untrained reference differs only in `epochs`=0)."""
     overrides = {
         "data.real": paths.train, "data.val": paths.test,
-        "data.synthetic": f"[{paths.twins(s.strength)}]",
+        # a real run's config names the default twins whatever --strength is (it uses none), so
+        # that the runs of every strength share it
+        "data.synthetic": f"[{paths.twins(s.strength if mode != REAL else DEFAULT_STRENGTH)}]",
         "data.mode": mode, "data.real_fraction": s.real_fraction,
         "data.image_size": s.image_size, "data.num_workers": s.workers,
         "model.small_stem": s.small_stem,

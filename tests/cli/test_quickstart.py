@@ -81,6 +81,11 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert stages["generate SDEdit twins"]["written"] == 40
     assert len(list((out / "synthetic-strength-0.5" / "v0").rglob("*.jpg"))) == 40
     assert stages["pretrain simclr-real-s0"]["reused"]
+    from mixdiff.quickstart import Paths, run_overrides, settings_for
+
+    half = settings_for("fast", strength=0.5)
+    assert f"data.synthetic=[{out / 'synthetic' / 'v0'}]" in run_overrides(
+        half, Paths(out), "simclr", "real", 0)  # a real run's config is every strength's
     assert not stages["pretrain simclr-mixdiff-st0.5-s0"]["reused"]
     assert "synthetic-strength-0.5/v0" in \
         (out / "runs" / "simclr-mixdiff-st0.5-s0" / "config.yaml").read_text()
