@@ -105,29 +105,29 @@ class QuickstartSettings:
     def run_name(self, method: str, mode: str, seed: int) -> str:
         return f"{method}-{mode}{self.twin_suffix(mode)}-s{seed}"
 
-    def twin_suffix(self, mode: str) -> str:
-        """What sets a twin mode's run apart from the default one, so that one --out holds both
-        (and their comparisons share its real runs)."""
+    def twin_settings(self, mode: str) -> list[tuple[str, str]]:
+        """What sets a twin mode's run apart from the default one, as (run-name part, the
+        verdict's words), so that one --out holds both (and their comparisons share its real
+        runs). A real run uses no twin: none."""
         if mode == REAL:
-            return ""
-        strength = "" if self.default_strength else f"-st{strength_text(self.strength)}"
-        weight = f"-w{self.synthetic_weight:g}" if mode == EXTRA and \
-            self.synthetic_weight != 1.0 else ""
-        return strength + weight + (f"-min{self.min_similarity:g}"
-                                    if self.min_similarity is not None else "")
+            return []
+        found = []
+        if not default_strength(self.strength):
+            text = strength_text(self.strength)
+            found.append((f"-st{text}", f"strength {text.replace('+', '/')}"))
+        if mode == EXTRA and self.synthetic_weight != 1.0:
+            found.append((f"-w{self.synthetic_weight:g}", f"lambda {self.synthetic_weight:g}"))
+        if self.min_similarity is not None:
+            found.append((f"-min{self.min_similarity:g}",
+                          f"twins of similarity >= {self.min_similarity:g}"))
+        return found
 
-    @property
-    def default_strength(self) -> bool:
-        return strengths(self.strength) == (DEFAULT_STRENGTH,)
+    def twin_suffix(self, mode: str) -> str:
+        return "".join(part for part, _ in self.twin_settings(mode))
 
     def label(self, mode: str) -> str:
         """The mode as the verdict names it, with its twins' settings."""
-        words = [] if mode == REAL or self.default_strength else \
-            [f"strength {strength_text(self.strength).replace('+', '/')}"]
-        if mode == EXTRA and self.synthetic_weight != 1.0:
-            words.append(f"lambda {self.synthetic_weight:g}")
-        if mode != REAL and self.min_similarity is not None:
-            words.append(f"twins of similarity >= {self.min_similarity:g}")
+        words = [text for _, text in self.twin_settings(mode)]
         name = {MIXDIFF: "MixDiff"}.get(mode, mode)
         return f"{name} ({', '.join(words)})" if words else name
 
@@ -149,6 +149,10 @@ class QuickstartSettings:
 
 def strengths(strength: float | tuple[float, ...]) -> tuple[float, ...]:
     return strength if isinstance(strength, tuple) else (strength,)
+
+
+def default_strength(strength: float | tuple[float, ...]) -> bool:
+    return strengths(strength) == (DEFAULT_STRENGTH,)
 
 
 def strength_text(strength: float | tuple[float, ...]) -> str:
@@ -209,7 +213,7 @@ class Paths:
     def synthetic(self, strength: float | tuple[float, ...]) -> Path:
         """generate's folder for twins of this strength: one per strength (list), so that one
         --out holds the runs of several beside the real runs they are compared to."""
-        if strengths(strength) == (DEFAULT_STRENGTH,):
+        if default_strength(strength):
             return self.out / "synthetic"
         return self.out / f"synthetic-strength-{strength_text(strength)}"
 
@@ -517,7 +521,7 @@ class Stage:
 
 def stages(s: QuickstartSettings, paths: Paths) -> list[Stage]:
     images = 10 * (s.per_class or 6000)
-    train_cost = s.epochs * images / 100 * (3 if "dino" in s.methods else 1)  # extra: 1.5x
+    train_cost = s.epochs * images / 100 * (3 if "dino" in s.methods else 1)
     eval_cost = images / 100 * (2 + len(s.corruptions))
     plan = [Stage("prepare Fashion-MNIST", 5, lambda: _prepare(s, paths)),
             Stage("generate SDEdit twins", images / 8, lambda: _generate(s, paths))]

@@ -137,10 +137,8 @@ def test_filtered_twins_are_never_read(tiny_data, tmp_path, monkeypatch):
     """data.synthetic_scores + data.synthetic_min_similarity: a twin scored below the threshold
     never appears as a view (counted in the files the loader reads), a sample left without twins
     uses real views, and data.json says how many were dropped."""
-    import csv
-
     import mixdiff.pretrain.input.paired as paired
-    from mixdiff.data.twin_scores import SCORE_COLUMNS
+    from mixdiff.data.twin_scores import write_scores
 
     rows, low = [], set()
     for n, root in enumerate((tiny_data["syn0"], tiny_data["syn1"])):
@@ -151,10 +149,7 @@ def test_filtered_twins_are_never_read(tiny_data, tmp_path, monkeypatch):
             rows.append({"twin": str(path), "real": "", "root": str(root),
                          "class_kept": 1, "similarity": similarity})
     scores = tmp_path / "scores.csv"
-    with scores.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SCORE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_scores(scores, rows)
     read = []
     original = paired.load_rgb_for
     monkeypatch.setattr(paired, "load_rgb_for",

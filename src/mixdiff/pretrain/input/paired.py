@@ -23,7 +23,7 @@ from mixdiff.data.decode import ViewNeed, load_rgb_for
 from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.device_decode import ImageFile, draw_crop
 from mixdiff.data.tree import ImageTree, load_rgb, match_twins, twin_key
-from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, TWIN, ViewSpec
+from mixdiff.pretrain.input.views import ANCHOR, AUGMENT_BACKENDS, PARTNER, ViewSpec
 from mixdiff.errors import MissingSyntheticError
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class PairedDataset(Dataset):
         self.needs: dict[str, list[ViewNeed]] = {
             slot: [need for view in views if view.slot == slot for need in view.needs]
             for slot in dict.fromkeys(view.slot for view in views)}
-        self.twin_slots = [slot for slot in self.needs if slot.startswith(TWIN)]
+        self.twin_slots = list(dict.fromkeys(view.slot for view in views if view.twin))
 
     def __len__(self) -> int:
         return len(self.samples)
