@@ -77,14 +77,36 @@ def table(out: Path) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def untrained_row(out: Path, seeds: set[int]) -> dict:
+    """The untrained encoders of these seeds: the reference every trained row's gain is over."""
+    row: dict = {"variant": UNTRAINED, "seeds": sorted(seeds)}
+    for metric in COMPARED:
+        values = [v for seed in seeds
+                  if (v := _value(RunDir(out / "runs" / untrained_name(seed)), metric)) is not None]
+        row[metric] = statistics.fmean(values) if values else None
+    return row
+
+
+def markdown(rows: list[dict], untrained: dict) -> str:
+    """Each variant's mean over its seeds with, in brackets, its gain over the untrained encoder
+    of the same seeds; then its difference from real, paired by seed, with the 95% interval (in
+    bold where it is distinguishable from zero)."""
     lines = ["| run (SimCLR) | seeds | linear | kNN | 6 corruptions | linear − real | kNN − real "
              "| corruptions − real | time per step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+             "| untrained | " + str(len(untrained["seeds"])) + " | " + " | ".join(
+                 f"{100 * untrained[m]:.1f}" if untrained[m] is not None else "–"
+                 for m in COMPARED) + " | | | | |"]
     for row in rows:
         cells = [row["variant"], str(len(row["seeds"]))]
-        cells += [f"{100 * row[m]:.1f}" if row[m] is not None else "–" for m in COMPARED]
-        cells += [(row[f"{m}_vs_{REAL}"] or {}).get("text", "") for m in COMPARED]
+        for m in COMPARED:
+            gain = row[f"{m}_vs_{UNTRAINED}"]
+            cells.append("–" if row[m] is None else f"{100 * row[m]:.1f}" + (
+                f" ({100 * gain['difference']:+.1f})" if gain else ""))
+        for m in COMPARED:
+            d = row[f"{m}_vs_{REAL}"] or {}
+            # bold: distinguishable from zero (3 or more seeds, the interval excludes it)
+            cells.append(f"**{d['text']}**" if d.get("distinguishable") else d.get("text", ""))
         ratio = row["time_per_step_vs_real"]
         cells.append(f"{ratio:.2f}x" if ratio else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -97,9 +119,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rows = table(args.out)
-    print(markdown(rows))
+    untrained = untrained_row(args.out, {seed for row in rows for seed in row["seeds"]})
+    print(markdown(rows, untrained))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"untrained": untrained, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
