@@ -7,7 +7,10 @@ with their 95% t-interval, as the quickstart's verdict computes them. Beside eac
 training step relative to the real run of the same seed (the median epoch's seconds, a ratio
 measured on one machine; noisy when something else ran beside it).
 
-    python benchmarks/beyond_the_paper.py --out quickstart-out [--json table.json]
+    python benchmarks/beyond_the_paper.py --out quickstart-out [--json table.json] [--by-corruption]
+
+--by-corruption adds each variant's difference from real under each corruption alone, paired the
+same way: the mean hides corruptions that move in opposite directions.
 """
 
 from __future__ import annotations
@@ -87,6 +90,31 @@ def untrained_row(out: Path, seeds: set[int]) -> dict:
     return row
 
 
+def _by_corruption(run: RunDir) -> dict[str, float]:
+    command, name = COMPARED["shift"]
+    path = run.eval_result(command, name)
+    return read_result(path)["details"]["mean_by_corruption"] if path.is_file() else {}
+
+
+def corruption_rows(rows: list[dict], out: Path) -> list[dict]:
+    """Per variant and corruption: the difference from real, paired by seed."""
+    found = []
+    for row in rows:
+        if row["variant"] == REAL:
+            continue
+        mine = {s: _by_corruption(RunDir(out / "runs" / f"{row['method']}-{row['variant']}-s{s}"))
+                for s in row["seeds"]}
+        real = {s: _by_corruption(RunDir(out / "runs" / f"{row['method']}-{REAL}-s{s}"))
+                for s in row["seeds"]}
+        for corruption in sorted({c for values in mine.values() for c in values}):
+            d = paired_difference({s: v[corruption] for s, v in mine.items() if corruption in v},
+                                  {s: v[corruption] for s, v in real.items() if corruption in v})
+            if d is not None:
+                found.append({"variant": row["variant"], "corruption": corruption,
+                              "text": d.bracket(), "distinguishable": d.distinguishable})
+    return found
+
+
 def markdown(rows: list[dict], untrained: dict) -> str:
     """Each variant's mean over its seeds with, in brackets, its gain over the untrained encoder
     of the same seeds; then its difference from real, paired by seed, with the 95% interval (in
@@ -117,10 +145,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a quickstart's --out")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--by-corruption", action="store_true",
+                        help="also each variant − real under each corruption")
     args = parser.parse_args()
     rows = table(args.out)
     untrained = untrained_row(args.out, {seed for row in rows for seed in row["seeds"]})
     print(markdown(rows, untrained))
+    if args.by_corruption:
+        print()
+        for row in corruption_rows(rows, args.out):
+            mark = " (interval excludes zero)" if row["distinguishable"] else ""
+            print(f"{row['variant']:>24} − real, {row['corruption']:<17} {row['text']}{mark}")
     if args.json:
         args.json.write_text(json.dumps({"untrained": untrained, "rows": rows}, indent=2) + "\n")
 
