@@ -31,10 +31,18 @@ from mixdiff.runs import Metric, RunDir
 RUN_NAME = re.compile(r"^(?P<method>[a-z_]+)-(?P<variant>.+)-s(?P<seed>\d+)$")
 
 
-def _value(run: RunDir, metric: str) -> float | None:
+Runs = dict[tuple[str, str], dict[int, RunDir]]  # (method, variant) -> seed -> run
+
+
+def _result(run: RunDir, metric: str) -> dict | None:
     command, name = COMPARED[metric]
     path = run.eval_result(command, name)
-    return read_result(path)["value"] if path.is_file() else None
+    return read_result(path) if path.is_file() else None
+
+
+def _value(run: RunDir, metric: str) -> float | None:
+    result = _result(run, metric)
+    return result["value"] if result else None
 
 
 def _median_epoch_seconds(run: RunDir) -> float | None:
@@ -44,12 +52,17 @@ def _median_epoch_seconds(run: RunDir) -> float | None:
     return statistics.median(seconds) if seconds else None
 
 
-def table(out: Path) -> list[dict]:
-    runs: dict[tuple[str, str], dict[int, RunDir]] = defaultdict(dict)
+def find_runs(out: Path) -> Runs:
+    """The trained runs of OUT/runs by (method, variant) and seed."""
+    runs: Runs = defaultdict(dict)
     for folder in sorted((out / "runs").iterdir()):
         match = RUN_NAME.match(folder.name)
         if match and match["method"] != UNTRAINED:
             runs[match["method"], match["variant"]][int(match["seed"])] = RunDir(folder)
+    return runs
+
+
+def table(runs: Runs, out: Path) -> list[dict]:
     rows = []
     for (method, variant), by_seed in sorted(runs.items(), key=lambda kv: kv[0][1] != REAL):
         real = runs.get((method, REAL), {})
@@ -91,21 +104,18 @@ def untrained_row(out: Path, seeds: set[int]) -> dict:
 
 
 def _by_corruption(run: RunDir) -> dict[str, float]:
-    command, name = COMPARED["shift"]
-    path = run.eval_result(command, name)
-    return read_result(path)["details"]["mean_by_corruption"] if path.is_file() else {}
+    result = _result(run, "shift")
+    return result["details"]["mean_by_corruption"] if result else {}
 
 
-def corruption_rows(rows: list[dict], out: Path) -> list[dict]:
+def corruption_rows(rows: list[dict], runs: Runs) -> list[dict]:
     """Per variant and corruption: the difference from real, paired by seed."""
     found = []
     for row in rows:
         if row["variant"] == REAL:
             continue
-        mine = {s: _by_corruption(RunDir(out / "runs" / f"{row['method']}-{row['variant']}-s{s}"))
-                for s in row["seeds"]}
-        real = {s: _by_corruption(RunDir(out / "runs" / f"{row['method']}-{REAL}-s{s}"))
-                for s in row["seeds"]}
+        mine = {s: _by_corruption(runs[row["method"], row["variant"]][s]) for s in row["seeds"]}
+        real = {s: _by_corruption(run) for s, run in runs.get((row["method"], REAL), {}).items()}
         for corruption in sorted({c for values in mine.values() for c in values}):
             d = paired_difference({s: v[corruption] for s, v in mine.items() if corruption in v},
                                   {s: v[corruption] for s, v in real.items() if corruption in v})
@@ -148,12 +158,13 @@ def main() -> None:
     parser.add_argument("--by-corruption", action="store_true",
                         help="also each variant − real under each corruption")
     args = parser.parse_args()
-    rows = table(args.out)
+    runs = find_runs(args.out)
+    rows = table(runs, args.out)
     untrained = untrained_row(args.out, {seed for row in rows for seed in row["seeds"]})
     print(markdown(rows, untrained))
     if args.by_corruption:
         print()
-        for row in corruption_rows(rows, args.out):
+        for row in corruption_rows(rows, runs):
             mark = " (interval excludes zero)" if row["distinguishable"] else ""
             print(f"{row['variant']:>24} − real, {row['corruption']:<17} {row['text']}{mark}")
     if args.json:
