@@ -174,6 +174,9 @@ class OnlineEvalConfig:
     knn_temperature: float = setting(0.07, above=0.0)
     # kNN bank: all training images, or a seeded subset
     knn_max_train_images: Optional[int] = setting(None, least=1)
+    # val images scored: all, or a seeded, stratified subset (a large test split, scored in full
+    # offline, need not be encoded at every online evaluation)
+    max_val_images: Optional[int] = setting(None, least=1)
     every_n_epochs: int = setting(1, least=1)
 
 

@@ -31,19 +31,23 @@ def data_prepare(
         "class folders."),
     per_class: Optional[int] = typer.Option(None, "--per-class", min=1,
                                             help="Keep only the first N images of each class."),
+    test_per_class: Optional[int] = typer.Option(
+        None, "--test-per-class", min=1, help="The test split's own N (default: --per-class); "
+        "1000 keeps all of Fashion-MNIST's 10,000 test images."),
 ) -> None:
     """Turn a dataset into an image tree OUT/<split>/<class>/<image>."""
     from mixdiff.data import fashion_mnist, imagenet100
 
     try:
         if dataset is Dataset.fashion_mnist:
-            prepared = fashion_mnist.prepare(out, source or fashion_mnist.DEBIAN_DIR, per_class)
+            prepared = fashion_mnist.prepare(out, source or fashion_mnist.DEBIAN_DIR, per_class,
+                                             test_per_class=test_per_class)
         else:
             if source is None:
                 raise MixDiffError("imagenet100 needs --source IMAGENET_ROOT (with train/ and val/)")
-            if per_class is not None:
-                raise MixDiffError("--per-class applies to fashion-mnist only (imagenet100 links "
-                                   "whole class folders)")
+            if per_class is not None or test_per_class is not None:
+                raise MixDiffError("--per-class and --test-per-class apply to fashion-mnist only "
+                                   "(imagenet100 links whole class folders)")
             linked = imagenet100.prepare(out, source)
     except MixDiffError as exc:
         fail(exc)

@@ -74,12 +74,14 @@ def read_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | None = None,
-            show_progress: bool = True) -> dict[str, PreparedSplit]:
+            show_progress: bool = True, test_per_class: int | None = None
+            ) -> dict[str, PreparedSplit]:
     """Make `out/{train,test}/<class>/<index>.png` exactly the requested set: files already there
     are kept (a re-run resumes), and files of an earlier prepare that are not in the set (e.g. it
     kept more per class) are removed. Files of any other name are never touched.
 
-    `per_class` keeps the first N images of each class (for quick experiments).
+    `per_class` keeps the first N images of each class (for quick experiments), in both splits
+    unless `test_per_class` gives the test split's own (1,000 or more: all of its 10,000).
     """
     source, out = Path(source), Path(out)
     arrays = {split: read_split(source, split) for split in SPLITS}  # fail before writing anything
@@ -87,8 +89,9 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
     console = Console(stderr=True)
     for split, (images, labels) in arrays.items():
         keep = np.arange(len(labels))
-        if per_class is not None:
-            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+        count = test_per_class if split == "test" and test_per_class is not None else per_class
+        if count is not None:
+            keep = np.concatenate([np.flatnonzero(labels == c)[:count] for c in range(10)])
             keep.sort()
         wanted = {(CLASSES[labels[i]], image_name(i)) for i in keep}
         removed = 0

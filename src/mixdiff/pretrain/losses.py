@@ -9,13 +9,36 @@ gradient) equals the gradient of the same loss computed by one process on the wh
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.nn import functional as dist_fn
+
+
+LossFn = TypeVar("LossFn", bound=Callable)
+
+
+def full_precision(loss: LossFn) -> LossFn:
+    """Compute `loss` in fp32 under any autocast. Autocast picks a matmul's dtype whatever its
+    inputs' dtype, so the `.float()` of a loss's inputs alone would leave NT-Xent's logits and
+    Barlow Twins' cross-correlation in bf16 under bf16-mixed (a logit at temperature 0.1 off by up
+    to ~0.04; a correlation sums thousands of products). The autocast of the device that the first
+    tensor argument lives on is turned off inside."""
+
+    @functools.wraps(loss)
+    def in_fp32(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)] or \
+            [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        with torch.autocast(device_type=device, enabled=False):
+            return loss(*args, **kwargs)
+
+    return in_fp32  # type: ignore[return-value]
 
 
 def distributed() -> bool:
@@ -33,6 +56,7 @@ def _all_reduce_sum(x: Tensor) -> Tensor:
     return dist_fn.all_reduce(x, op=dist.ReduceOp.SUM) if distributed() else x
 
 
+@full_precision
 def info_nce_loss(z: Tensor, indexes: Tensor, temperature: float = 0.5,
                   gather_distributed: bool = True, synthetic: Tensor | None = None,
                   synthetic_weight: float = 1.0) -> Tensor:
@@ -79,6 +103,7 @@ def nt_xent_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5,
                          gather_distributed)
 
 
+@full_precision
 def barlow_twins_loss(z_a: Tensor, z_b: Tensor, lambd: float = 0.005,
                       gather_distributed: bool = True, eps: float = 1e-5) -> Tensor:
     """Barlow Twins: sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2, where C is the
@@ -125,6 +150,7 @@ class DINOLoss(nn.Module):
         step = (self.teacher_temperature - self.warmup_teacher_temperature) / self.warmup_epochs
         return self.warmup_teacher_temperature + step * epoch
 
+    @full_precision
     def forward(self, student: list[Tensor], teacher: list[Tensor], epoch: float = 0.0,
                 student_weights: list[float] | None = None) -> Tensor:
         """student: one (B, K) output per crop; teacher: one (B, K) output per global crop, the

@@ -172,6 +172,12 @@ class MixDiffDataModule(L.LightningDataModule):
         limit = self.cfg.online_eval.knn_max_train_images
         if limit is not None and limit < len(bank):
             bank = bank[stratified_subset(tree.labels[bank], limit / len(bank), seed + 2)]
+        val_limit = self.cfg.online_eval.max_val_images
+        if val_limit is not None and val_limit < len(val_paths):
+            kept = stratified_subset(np.asarray(val_labels), val_limit / len(val_paths), seed + 3)
+            val_paths = [val_paths[i] for i in kept]
+            val_labels = [val_labels[i] for i in kept]
+            val_source += f", a stratified subset of {len(val_paths)} (seed {seed + 3})"
         transform = eval_view(self.cfg)
         self.val_set = LabelledImages(val_paths, val_labels, transform)
         self.bank_set = LabelledImages([str(tree.path(i)) for i in bank],
