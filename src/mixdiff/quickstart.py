@@ -32,7 +32,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
@@ -40,11 +40,17 @@ from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
 
 from mixdiff.config import METHOD_NAMES, MODE_NAMES
 from mixdiff.errors import MixDiffError
+from mixdiff.report.compare import EQUIVALENCE_MARGIN
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.io import atomic_write_text
 from mixdiff.pretrain.callbacks import RunInterrupted
 from mixdiff.runs import RunDir
 from mixdiff.schema import check, cli_option, setting
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mixdiff.report.compare import Difference
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,9 @@ class QuickstartSettings:
     # --filter: each seed's real run scores the twins (data verify --scores), and the twin modes
     # train without those less similar than this to their real image (cosine of its features)
     min_similarity: float | None = setting(None, least=-1.0, most=1.0)
+    # the verdict's "no difference larger than": a comparison whose whole 95% interval lies
+    # within ±this (a fraction: 0.01 is 1 point)
+    equivalence: float = setting(EQUIVALENCE_MARGIN, above=0.0, most=1.0)
     # "none": the paper's no-augmentation run (None: each method's own recipe)
     augment: str | None = setting(None, choices=("none",))
     corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "pixelate",
@@ -338,57 +347,65 @@ def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
     return {"reused": False}
 
 
-def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str | None) -> bool:
-    """Whether the run already has this result, made from the checkpoint with this hash."""
+def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str | None,
+             images_sha256: str) -> bool:
+    """Whether the run already has this result, made from the checkpoint with this hash on the
+    images with this fingerprint, with its per-image predictions beside it."""
     from mixdiff.evaluate.results import read_result
 
     path = run.eval_result(command, name)
     if not path.is_file():
         return False
-    return read_result(path)["checkpoint"]["sha256"] == checkpoint_sha256
+    result = read_result(path)
+    sidecar = result.get("predictions")
+    return result["checkpoint"]["sha256"] == checkpoint_sha256 and \
+        result.get("images_sha256") == images_sha256 and bool(sidecar) and \
+        (path.parent / sidecar).is_file()
 
 
-def _evaluate(s: QuickstartSettings, paths: Paths, name: str) -> dict:
-    from mixdiff.evaluate.features import Encoder, labelled_sets
-    from mixdiff.evaluate.knn import knn_eval
-    from mixdiff.evaluate.linear import linear_eval
-    from mixdiff.evaluate.robustness import SUITES, parse_corruptions, robustness_eval
-
-    run = paths.run(name)
-    encoder = Encoder.from_run(run, device=s.device)
-    train, test = labelled_sets(paths.train, paths.test, DATASET)
-    done = []
-    if not _current(run, "linear", DATASET, encoder.checkpoint_sha256):
-        linear_eval(encoder, train, test, options=s.encode_options)
-        done.append("linear")
-    if not _current(run, "knn", DATASET, encoder.checkpoint_sha256):
-        knn_eval(encoder, train, test, options=s.encode_options)
-        done.append("knn")
-    suite = SUITES[SHIFT_SUITE]
-    if not _current(run, "robustness", suite.name, encoder.checkpoint_sha256):
-        corruptions = s.corruptions or parse_corruptions(None)  # none named: all of them
-        robustness_eval(encoder, suite, suite.scan(paths.test), DATASET, corruptions,
-                        s.severities, s.encode_options)
-        done.append("robustness")
-    return {"evaluated": done}
-
-
-def _evaluate_pixels(s: QuickstartSettings, paths: Paths) -> dict:
-    """kNN and linear on the raw pixels (`--pixels`), kept in the first untrained run."""
-    from mixdiff.evaluate.features import Encoder, labelled_sets
+def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]:
+    """Linear, kNN and the corruptions of one encoder (a run's, or the raw pixels), each unless
+    it is current; the ones evaluated now."""
+    from mixdiff.evaluate.features import labelled_sets
     from mixdiff.evaluate.knn import knn_eval
     from mixdiff.evaluate.linear import linear_eval
     from mixdiff.evaluate.results import result_name
+    from mixdiff.evaluate.robustness import SUITES, parse_corruptions, robustness_eval
 
-    encoder = Encoder.pixels(paths.run(untrained_name(s.seed)), device=s.device)
     train, test = labelled_sets(paths.train, paths.test, DATASET)
-    name = result_name(DATASET, encoder.weights, encoder.default_weights)
+    scored = test.content_sha256()
+    suite = SUITES[SHIFT_SUITE]
+    probe = result_name(DATASET, encoder.weights, encoder.default_weights)  # linear's result
     done = []
-    for command, evaluate in (("linear", linear_eval), ("knn", knn_eval)):
-        if not _current(encoder.run, command, name, None):
-            evaluate(encoder, train, test, options=s.encode_options)
+    for command, name, evaluate in (
+            ("linear", DATASET, lambda: linear_eval(encoder, train, test,
+                                                    options=s.encode_options)),
+            ("knn", DATASET, lambda: knn_eval(encoder, train, test, options=s.encode_options)),
+            ("robustness", suite.name, lambda: robustness_eval(
+                encoder, suite, suite.scan(paths.test), probe,
+                s.corruptions or parse_corruptions(None),  # none named: all of them
+                s.severities, s.encode_options))):
+        name = result_name(name, encoder.weights, encoder.default_weights)
+        if not _current(encoder.run, command, name, encoder.checkpoint_sha256, scored):
+            evaluate()
             done.append(command)
-    return {"evaluated": done}
+    return done
+
+
+def _evaluate(s: QuickstartSettings, paths: Paths, name: str) -> dict:
+    from mixdiff.evaluate.features import Encoder
+
+    return {"evaluated": _evaluate_encoder(s, paths, Encoder.from_run(paths.run(name),
+                                                                      device=s.device))}
+
+
+def _evaluate_pixels(s: QuickstartSettings, paths: Paths) -> dict:
+    """The raw pixels as an encoder (`--pixels`), kept in the first untrained run: the floor,
+    under the corruptions too."""
+    from mixdiff.evaluate.features import Encoder
+
+    return {"evaluated": _evaluate_encoder(s, paths, Encoder.pixels(
+        paths.run(untrained_name(s.seed)), device=s.device))}
 
 
 def _score_twins(s: QuickstartSettings, paths: Paths, method: str, seed: int) -> dict:
@@ -420,25 +437,50 @@ def _report_runs(s: QuickstartSettings, paths: Paths) -> list[Path]:
 def _report(s: QuickstartSettings, paths: Paths) -> dict:
     from mixdiff.report.build import write_report
 
-    report = write_report(_report_runs(s, paths), paths.report)
+    report = write_report(_report_runs(s, paths), paths.report, margin=s.equivalence)
     return {"files": [str(f) for f in report.files], "notes": report.notes}
 
 
 # --- the comparisons and the verdict -------------------------------------------------------------
-def _seed_values(s: QuickstartSettings, paths: Paths, run_of, metric: str) -> dict[int, float]:
-    """seed -> the metric's value, for the runs `run_of(seed)` names."""
+def _seed_results(s: QuickstartSettings, paths: Paths, run_of, metric: str
+                  ) -> tuple[dict[int, float], dict[int, "np.ndarray"], set[str]]:
+    """For the runs `run_of(seed)` names: seed -> the metric's value, seed -> each test image's
+    score (evaluate.predictions.per_image_scores), and the fingerprints of the images scored."""
+    from mixdiff.evaluate.predictions import per_image_scores, predictions_of
     from mixdiff.evaluate.results import read_result
 
     command, name = COMPARED[metric]
-    return {seed: read_result(paths.run(run_of(seed)).eval_result(command, name))["value"]
-            for seed in s.seed_list()}
+    values, scores, fingerprints = {}, {}, set()
+    for seed in s.seed_list():
+        path = paths.run(run_of(seed)).eval_result(command, name)
+        result = read_result(path)
+        values[seed] = result["value"]
+        scores[seed] = per_image_scores(result, predictions_of(path, result))
+        fingerprints.add(result["images_sha256"])
+    return values, scores, fingerprints
 
 
-def comparisons(s: QuickstartSettings, paths: Paths) -> list[dict]:
+@dataclass(frozen=True)
+class Compared:
+    """One comparison of the call: `mode − baseline` of `method` on `metric`."""
+
+    method: str
+    mode: str
+    baseline: str
+    metric: str
+    difference: "Difference"
+
+    def record(self) -> dict:
+        return {"method": self.method, "metric": self.metric, "mode": self.mode,
+                "baseline": self.baseline, **self.difference.record()}
+
+
+def comparisons(s: QuickstartSettings, paths: Paths) -> list[Compared]:
     """Every mode against the untrained encoder, and every other mode against real, on the
-    linear probe, kNN and the corruptions' mean ("shift"); paired by seed, accuracies as
-    fractions, `ci95` the 95% t-interval of the mean difference (None with one seed)."""
-    from mixdiff.report.compare import paired_difference
+    linear probe, kNN and the corruptions' mean ("shift"); paired by seed, on the same test
+    images (checked by their fingerprint), with Holm's correction over all of them. `ci95` is the
+    t-interval over seeds; the verdict uses the two-level one (seeds and test images)."""
+    from mixdiff.report.compare import correct_for_many, paired_difference
 
     found = []
     for method in s.methods:
@@ -446,31 +488,30 @@ def comparisons(s: QuickstartSettings, paths: Paths) -> list[dict]:
             against = [UNTRAINED] + ([REAL] if mode != REAL and REAL in s.modes else [])
             for baseline in against:
                 for metric in COMPARED:
-                    values = _seed_values(s, paths, lambda e: s.run_name(method, mode, e), metric)
-                    base = _seed_values(s, paths, untrained_name if baseline == UNTRAINED
-                                        else lambda e: s.run_name(method, baseline, e), metric)
-                    d = paired_difference(values, base)
-                    found.append({"method": method, "metric": metric, "mode": mode,
-                                  "baseline": baseline, "seeds": list(d.seeds),
-                                  "difference": d.difference,
-                                  "ci95": list(d.ci95) if d.ci95 else None})
-    return found
-
-
-def _difference(record: dict):
-    from mixdiff.report.compare import Difference
-
-    return Difference(tuple(record["seeds"]), record["difference"],
-                      tuple(record["ci95"]) if record["ci95"] else None)
+                    values, scores, images = _seed_results(
+                        s, paths, lambda e: s.run_name(method, mode, e), metric)
+                    base, base_scores, base_images = _seed_results(
+                        s, paths, untrained_name if baseline == UNTRAINED
+                        else lambda e: s.run_name(method, baseline, e), metric)
+                    if len(images | base_images) != 1:
+                        raise MixDiffError(
+                            f"{method} {mode} and {baseline} were scored on different test "
+                            f"images ({metric}: {len(images | base_images)} image fingerprints): "
+                            "run the quickstart again to evaluate them on today's test set")
+                    found.append(Compared(method, mode, baseline, metric, paired_difference(
+                        values, base, scores, base_scores, s.equivalence)))
+    corrected = correct_for_many([c.difference for c in found])
+    return [replace(c, difference=d) for c, d in zip(found, corrected)]
 
 
 METRIC_WORDS = {"linear": "linear", "knn": "kNN", "shift": "corruptions"}
 
 
-def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
+def verdict(s: QuickstartSettings, found: list[Compared]) -> list[str]:
     """What the comparisons say, per method: did each mode learn (its gain over the untrained
-    encoder of the same seed), then MixDiff − real on each metric, with its 95% interval and
-    what it amounts to. With one seed there is no interval, and no difference is claimed."""
+    encoder of the same seed), then each mode − real on each metric: a difference (surviving
+    Holm's correction), no difference larger than the equivalence margin, or undecided (with
+    the seeds it would take). With one seed there is no interval, and no claim."""
     lines = []
     if s.smoke:
         lines.append("--fast is a smoke check: every stage ran, but its runs are far too short "
@@ -479,12 +520,20 @@ def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
     if one_seed:
         lines.append("One seed: no difference below has an interval, so none is a claim "
                      "(--seeds 3 gives 95% intervals).")
+    else:
+        family = next((c.difference.family for c in found if c.difference.holm is not None), 0)
+        lines.append(f"{len(found)} comparisons, paired by seed on the same "
+                     f"{_images(found)} test images; 95% intervals count the seeds' and the test "
+                     f"images' noise; a difference must survive Holm's correction over the "
+                     f"{family} that make a claim; 'no difference larger than "
+                     f"{100 * s.equivalence:g} point(s)' where the whole interval lies within "
+                     "that margin.")
     for method in s.methods:
-        mine = [c for c in found if c["method"] == method]
+        mine = [c for c in found if c.method == method]
 
         def differences(mode: str, baseline: str) -> dict:
-            return {c["metric"]: _difference(c) for c in mine
-                    if c["mode"] == mode and c["baseline"] == baseline}
+            return {c.metric: c.difference for c in mine
+                    if c.mode == mode and c.baseline == baseline}
 
         for mode in s.ordered_modes:
             gains = differences(mode, UNTRAINED)
@@ -500,9 +549,9 @@ def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
             lines.append(f"{method} · {s.label(mode)} − untrained, points [95% CI, {s.seeds} "
                          "seeds]: "
                          f"{text}: " + (f"no claim ({s.seeds} seeds are too few)" if few else
-                                        "it learnt (linear and kNN above the untrained encoder "
-                                        "beyond the noise)" if learnt else
-                                        "not distinguishable from the untrained encoder"))
+                                        "it learnt (linear and kNN above the untrained encoder, "
+                                        "differences after Holm's correction)" if learnt else
+                                        "not shown to beat the untrained encoder"))
         for mode in s.ordered_modes if REAL in s.modes else ():
             if mode == REAL:
                 continue
@@ -517,6 +566,11 @@ def verdict(s: QuickstartSettings, found: list[dict]) -> list[str]:
     if REAL not in s.modes or MIXDIFF not in s.modes:
         lines.append("MixDiff − real: not measured; run both modes (--modes real,mixdiff).")
     return lines
+
+
+def _images(found: list[Compared]) -> str:
+    counts = {c.difference.two_level.images for c in found if c.difference.two_level}
+    return f"{counts.pop():,}" if len(counts) == 1 else "same"
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -559,7 +613,7 @@ def stages(s: QuickstartSettings, paths: Paths) -> list[Stage]:
 class Outcome:
     settings: dict
     stages: list[dict] = field(default_factory=list)
-    comparisons: list[dict] = field(default_factory=list)  # see `comparisons`
+    comparisons: list[dict] = field(default_factory=list)  # Compared.record() of each
     verdict: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -598,8 +652,9 @@ def quickstart(out: str | Path, settings: QuickstartSettings, console: Console |
             # a line per stage, for logs (the progress bar shows only on a terminal)
             log.info("%d/%d %s: %.1f min", number, len(plan), stage.name, seconds / 60)
             progress.advance(task, stage.weight)
-    outcome.comparisons = comparisons(settings, paths)
-    outcome.verdict = verdict(settings, outcome.comparisons)
+    found = comparisons(settings, paths)
+    outcome.comparisons = [c.record() for c in found]
+    outcome.verdict = verdict(settings, found)
     outcome.seconds = round(time.perf_counter() - start, 1)
     atomic_write_text(paths.record, json.dumps(asdict(outcome), indent=2, default=str) + "\n")
     return outcome

@@ -42,7 +42,8 @@ NAME = typer.Option(None, "--name", help="The result's file name (default: the d
 PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of the run's encoder: "
                       "the evaluation images resized, cropped and normalised as for the run, "
                       "flattened (a floor that needs no training; cheap for small images). "
-                      "Written as <dataset>-pixels.json in the run; `mixdiff report` shows it as "
+                      "Written as <name>-pixels.json in the run (robustness: scored by the probe "
+                      "that `eval linear --pixels` fitted); `mixdiff report` shows it as "
                       "`pixels`.")
 
 

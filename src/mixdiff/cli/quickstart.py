@@ -63,6 +63,10 @@ def quickstart(
     synthetic_weight: Optional[float] = typer.Option(
         None, "--synthetic-weight", help="extra mode: lambda, the weight of the positive pairs "
         "that include the twin (default: 1)."),
+    equivalence: Optional[float] = typer.Option(
+        None, "--equivalence", help="The verdict's margin, a fraction (default: "
+        f"{_DEFAULT.equivalence:g}, 1 point): a comparison whose whole 95% interval lies "
+        "within ±it is 'no difference larger than' it."),
     min_similarity: Optional[float] = typer.Option(
         None, "--filter", help="Score every twin with the real run of each seed (cosine of its "
         "features of twin and real image), then train the other modes without the twins below "
@@ -85,7 +89,7 @@ def quickstart(
                                 strength=None if strength is None else parse_values(
                                     strength, float, "--strength"),
                                 real_fraction=real_fraction, augment=augment, device=device,
-                                synthetic_weight=synthetic_weight,
+                                synthetic_weight=synthetic_weight, equivalence=equivalence,
                                 min_similarity=min_similarity)
         outcome = run(out, settings, console)
     except MixDiffError as exc:

@@ -9,6 +9,7 @@ import typer
 
 from mixdiff.cli._app import app, console, fail
 from mixdiff.errors import MixDiffError
+from mixdiff.report.compare import EQUIVALENCE_MARGIN
 from mixdiff.report.results import SPREADS
 
 
@@ -21,6 +22,10 @@ def report(
     spread: str = typer.Option("std", "--spread", help="Spread over seeds: "
                                + "; ".join(f"{k}: {v}" for k, v in SPREADS.items()) + "."),
     pair_rows: int = typer.Option(6, "--pair-rows", min=1, help="Images in pairs.png."),
+    equivalence: float = typer.Option(EQUIVALENCE_MARGIN, "--equivalence", min=0.0, max=1.0,
+                                      help="A comparison whose whole 95% interval "
+                                      "lies within ±this fraction (0.01: 1 point) is reported as "
+                                      "no difference larger than it."),
 ) -> None:
     """Tables (results.md/.csv/.json), the in-distribution vs. shift figure (id_vs_ood.png), a
     per-dataset radar (radar.png), training curves (curves.png) and real/synthetic pairs
@@ -28,7 +33,7 @@ def report(
     from mixdiff.report.build import write_report
 
     try:
-        written = write_report(runs, out, spread, pair_rows)
+        written = write_report(runs, out, spread, pair_rows, equivalence)
     except MixDiffError as exc:
         fail(exc)
     for path in written.files:

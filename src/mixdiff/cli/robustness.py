@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import MORE, console, fail
-from mixdiff.cli.evaluate import BATCH_SIZE, DEVICE, NUM_WORKERS, WEIGHTS, eval_app
+from mixdiff.cli.evaluate import BATCH_SIZE, DEVICE, NUM_WORKERS, PIXELS, WEIGHTS, eval_app
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from mixdiff.evaluate.robustness import SUITES
@@ -32,6 +32,7 @@ def robustness(
     probe: Optional[str] = typer.Option(None, "--probe", help="The probe to use when a run has "
                                         "several (the dataset it was fitted on)."),
     weights: Optional[str] = WEIGHTS,
+    pixels: bool = PIXELS,
     device: Optional[str] = DEVICE,
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help=f"--suite corruptions: a comma-separated subset of "
@@ -54,8 +55,11 @@ def robustness(
         images = spec.scan(root)
         options = EncodeOptions(batch_size, num_workers)
         results = []
+        if pixels and weights is not None:
+            raise MixDiffError(f"--pixels scores no weights: drop --weights {weights}")
         for run in [*runs, *(more or [])]:
-            encoder = Encoder.from_run(run, weights, device)
+            encoder = Encoder.pixels(run, device) if pixels else \
+                Encoder.from_run(run, weights, device)
             path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
                                                          levels, options)
             for note in selection_notes(images, outcome.selection):

@@ -31,6 +31,7 @@ from mixdiff.data.eval_transform import eval_view
 from mixdiff.data.tree import ImageTree, load_rgb
 from mixdiff.devices import resolve_device
 from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.predictions import images_sha256
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.models import build_backbone
@@ -74,8 +75,23 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def relative_names(self) -> tuple[str, ...]:
+        """Each item's path relative to the set's root (its name where there is none)."""
+        if self.root is None:
+            return self.paths
+        if self.reader is not None:  # `<folder>#<split>/<index>` (evaluate.transfer)
+            return tuple(path.removeprefix(self.root) for path in self.paths)
+        return tuple(Path(path).relative_to(self.root).as_posix() for path in self.paths)
+
     def read(self, i: int) -> PIL.Image.Image:
         return self.reader(i) if self.reader is not None else load_rgb(self.paths[i])
+
+    def content_sha256(self) -> str:
+        """The images' own fingerprint: names relative to the root, and bytes (results record it,
+        so that two results pair only when they scored the same images)."""
+        if self.reader is not None:
+            return images_sha256(self.relative_names(), source_files=self.source_files)
+        return images_sha256(self.relative_names(), self.paths)
 
     def fingerprint(self) -> str:
         """sha256 of the item names and the size and mtime of every file they are read from."""

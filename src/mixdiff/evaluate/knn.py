@@ -10,6 +10,7 @@ import torch
 
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.predictions import Predictions, knn_condition
 from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
                                       write_result)
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, weighted_knn_votes
@@ -31,15 +32,18 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
                                len(train.classes), ks, temperature)
     labels = torch.from_numpy(val.labels)
     per_k = {str(k): accuracies(v, labels) for k, v in votes.items()}
+    predictions = Predictions.single(val.relative_names(), val.classes, val.labels,
+                                     {knn_condition(k): v.argmax(1).cpu().numpy()
+                                      for k, v in votes.items()})
     headline = per_k[str(ks[0])]
     result = {
         "command": "knn",
         "protocol": f"offline weighted kNN (cosine, k={ks[0]}, T={temperature}) on frozen "
                     "features; bank = the training images, scored on the val images",
         "online": False, "dataset": val.name, "split": val.split, "classes": len(val.classes),
-        "images": len(val), **headline, "metric": "top1", "value": headline["top1"],
+        "images": len(val), "images_sha256": val.content_sha256(), **headline, "metric": "top1", "value": headline["top1"],
         "weights": encoder.weights, "checkpoint": encoder.checkpoint_record(),
         "settings": {**measured, "bank_images": len(train), **encoder.settings()},
         "details": {"per_k": per_k},
     }
-    return write_result(encoder.run, "knn", name, result)
+    return write_result(encoder.run, "knn", name, result, predictions)

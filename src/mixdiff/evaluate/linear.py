@@ -13,11 +13,12 @@ from torch import Tensor
 from mixdiff.errors import RunDirError
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.predictions import CLEAN, Predictions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
 from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
                                       write_result)
 from mixdiff.io import atomic_open, file_sha256
-from mixdiff.runs import RunDir
+from mixdiff.runs import PIXELS, RunDir
 
 PROBE_SUFFIX = ".probe"  # RUN/eval/linear/<name>.probe.pt
 
@@ -94,6 +95,8 @@ def load_probe(run: RunDir, dataset: str | None = None, weights: str | None = No
         raise RunDirError(f"the probe {chosen} was fitted on the {probe.weights} weights, not the "
                           f"{weights}: pass --weights {probe.weights}, or fit a probe with "
                           f"`mixdiff eval linear --weights {weights}`")
+    if probe.weights == PIXELS:  # the raw-pixel floor's probe depends on no checkpoint
+        return probe
     current = checkpoint_sha256 or file_sha256(run.require_checkpoint())
     if probe.checkpoint_sha256 != current:
         raise RunDirError(f"the probe {chosen} was fitted on another checkpoint (sha256 "
@@ -122,7 +125,10 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                             y_train[held_idx], x_train, y_train, len(train.classes), "top1",
                             settings, encoder.device)
     classifier = fitted.classifier
-    scores = accuracies(classifier.logits(x_val), y_val)
+    logits = classifier.logits(x_val)
+    scores = accuracies(logits, y_val)
+    predictions = Predictions.single(val.relative_names(), val.classes, val.labels,
+                                     {CLEAN: logits.argmax(1).cpu().numpy()})
     weight_decay = fitted.sweep.best_weight_decay
     run_settings = {"train": train.root, "val": val.root, "train_images": len(train),
                     "heldout_images": len(held_idx), **encoder.settings(),
@@ -140,9 +146,10 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                     "images, refit "
                     "on all of them, scored once on the val images",
         "online": False, "dataset": val.name, "split": val.split,
-        "classes": len(val.classes), "images": len(val), **scores,
+        "classes": len(val.classes), "images": len(val), "images_sha256": val.content_sha256(),
+        **scores,
         "metric": "top1", "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(), "settings": run_settings,
         "details": {"probe": str(encoder.run.probe(name)), **fitted.record()},
     }
-    return write_result(encoder.run, "linear", name, result)
+    return write_result(encoder.run, "linear", name, result, predictions)

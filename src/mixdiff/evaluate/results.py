@@ -15,12 +15,15 @@ from torch import Tensor
 
 import mixdiff
 from mixdiff.errors import RunDirError
+from mixdiff.evaluate.predictions import PREDICTIONS_FILE, Predictions, write_predictions
 from mixdiff.io import atomic_write_text
 from mixdiff.runs import RunDir
 
-# every result file holds at least these keys (see the evaluation contract)
-REQUIRED = ("command", "protocol", "online", "dataset", "split", "classes", "images", "top1",
-            "metric", "value", "weights", "checkpoint", "settings", "details")
+# every result file holds at least these keys (see the evaluation contract); `images_sha256`
+# (evaluate.predictions.images_sha256) fingerprints the images scored, so pairings are checked
+REQUIRED = ("command", "protocol", "online", "dataset", "split", "classes", "images",
+            "images_sha256", "top1", "metric", "value", "weights", "checkpoint", "settings",
+            "details")
 
 
 # --- metrics: fractions in [0, 1] ----------------------------------------------------------------
@@ -83,8 +86,11 @@ def refuse_another_measurement(path: Path, measured: dict) -> None:
                           "file away")
 
 
-def write_result(run: RunDir, command: str, name: str, result: dict) -> Path:
-    """Write RUN/eval/<command>/<name>.json atomically, adding the run, the version and the time."""
+def write_result(run: RunDir, command: str, name: str, result: dict,
+                 predictions: Predictions | None = None) -> Path:
+    """Write RUN/eval/<command>/<name>.json atomically, adding the run, the version and the time;
+    with `predictions`, first the per-image predictions beside it (RUN/eval/<command>/<name>/
+    predictions.npz), which the result names (`predictions`, relative to its own folder)."""
     missing = [key for key in REQUIRED if key not in result]
     if missing:
         raise ValueError(f"a {command} result lacks {missing}")  # a bug, not a user error
@@ -92,6 +98,13 @@ def write_result(run: RunDir, command: str, name: str, result: dict) -> Path:
               "mixdiff_version": mixdiff.__version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = run.eval_result(command, name)
+    if predictions is not None:
+        if len(predictions.images) != result["images"]:
+            raise ValueError(f"{len(predictions.images)} predictions for {result['images']} "
+                             "scored images")  # a bug
+        sidecar = run.eval_artifact(command, name, PREDICTIONS_FILE)
+        write_predictions(sidecar, predictions)
+        record["predictions"] = sidecar.relative_to(path.parent).as_posix()
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 

@@ -22,6 +22,7 @@ from mixdiff.errors import ConfigError, MixDiffError, RunDirError
 from mixdiff.evaluate import corruptions as corruption_lib
 from mixdiff.evaluate import imagenet
 from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.predictions import CLEAN, Predictions, images_sha256
 from mixdiff.evaluate.suites import (CLASS_TREE_SUITE, Selection, SuiteImages, border_crop,
                                      read_imagenet_a, read_imagenet_r, read_imagenet_sketch,
                                      read_imagenet_v2, read_labelled_tree, read_objectnet,
@@ -63,9 +64,30 @@ def _topk_hit(logits: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float(np.take_along_axis(targets, top, axis=1).any(axis=1).mean())
 
 
+def predicted_index(logits: Tensor | np.ndarray, selection: Selection) -> np.ndarray:
+    """The predicted class of each selected image, as an index into the selection's classes."""
+    return masked_logits(logits, selection).argmax(1)
+
+
 def predictions(logits: Tensor | np.ndarray, selection: Selection) -> list[str]:
     """The predicted class of each selected image, among the selection's classes."""
-    return [selection.classes[j] for j in masked_logits(logits, selection).argmax(1).tolist()]
+    return [selection.classes[j] for j in predicted_index(logits, selection).tolist()]
+
+
+def scored_predictions(images: SuiteImages, selection: Selection,
+                       by_condition: dict[str, np.ndarray]) -> Predictions:
+    """The per-image predictions of the scored images (`by_condition`: predicted_index of every
+    selected image), named by their paths relative to the suite's root."""
+    scored = selection.scored
+    names = [images.relpaths[i] for i in selection.images[scored]]
+    return Predictions.of_targets(names, selection.classes, selection.targets[scored],
+                                  {c: p[scored] for c, p in by_condition.items()})
+
+
+def scored_sha256(images: SuiteImages, selection: Selection) -> str:
+    """The fingerprint of the images a suite's result scored."""
+    relpaths = [images.relpaths[i] for i in selection.images[selection.scored]]
+    return images_sha256(relpaths, [str(images.root / rel) for rel in relpaths])
 
 
 def vizwiz_prediction_file(images: SuiteImages, selection: Selection, predicted: list[str]
@@ -191,6 +213,7 @@ class SuiteOutcome:
     #                      public annotations carry no labels)
     prediction_file: list | None  # VizWiz: what its evaluation server takes
     selection: Selection
+    predictions: Predictions | None = None  # every scored image's, per condition
 
 
 def parse_corruptions(text: str | None) -> tuple[str, ...]:
@@ -251,7 +274,8 @@ def evaluate_suite(suite: Suite, images: SuiteImages, encoder: Encoder, probe: L
     result = _result(suite.name, images, selection, encoder, probe, scores, protocol)
     if suite.server_file:
         result["details"]["images_predicted"] = len(selection.images)
-    return SuiteOutcome(result, prediction_file, selection)
+    return SuiteOutcome(result, prediction_file, selection, scored_predictions(
+        images, selection, {CLEAN: predicted_index(logits, selection)}))
 
 
 def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: Encoder,
@@ -265,11 +289,15 @@ def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: En
     resize, crop = eval_geometry(encoder.transform)
     scale = crop / corruption_lib.IMAGENET_C_SIZE
 
-    def top1(pre_transform=None, tag: str = "", label: str = "clean") -> float:
+    predicted: dict[str, np.ndarray] = {}
+
+    def top1(pre_transform=None, tag: str = "", label: str = CLEAN) -> float:
         # the split label only names the encoding in the progress bar; the cache key has the tag
         shown = replace(image_set, split=f"{image_set.split} {label}")
         features = encoder.encode(shown, pre_transform, tag, options)
-        return score(probe.logits(features).cpu(), selection, top5=False)["top1"]
+        logits = probe.logits(features).cpu()
+        predicted[label] = predicted_index(logits, selection)
+        return score(logits, selection, top5=False)["top1"]
 
     clean = top1()
     grid: dict[str, dict[str, float]] = {}
@@ -293,7 +321,7 @@ def _evaluate_corruptions(images: SuiteImages, selection: Selection, encoder: En
         "mean_rule": "top1 = mean over corruptions of each one's mean over its severities; "
                      f"sketch (one rendering, key {UNGRADED_KEY!r}) counts as one corruption",
     })
-    return SuiteOutcome(result, None, selection)
+    return SuiteOutcome(result, None, selection, scored_predictions(images, selection, predicted))
 
 
 UNGRADED_KEY = "single"  # the key of an ungraded corruption (sketch) in top1_by_corruption
@@ -324,8 +352,8 @@ def robustness_eval(encoder: Encoder, suite: Suite, images: SuiteImages,
             outcome.result["details"]["prediction_file"] = str(predictions_path)
     if outcome.result is None:
         return None, predictions_path, outcome
-    return (write_result(encoder.run, "robustness", name, outcome.result), predictions_path,
-            outcome)
+    return (write_result(encoder.run, "robustness", name, outcome.result, outcome.predictions),
+            predictions_path, outcome)
 
 
 def refuse_another_probes_result(path: Path, probe: LinearProbe) -> None:
@@ -348,7 +376,8 @@ def _result(dataset: str, images: SuiteImages, selection: Selection, encoder: En
     return {
         "command": "robustness", "protocol": protocol, "online": False, "dataset": dataset,
         "split": images.split, "classes": len(selection.suite_classes),
-        "images": int(selection.scored.sum()), **scores, "metric": "top1",
+        "images": int(selection.scored.sum()), "images_sha256": scored_sha256(images, selection),
+        **scores, "metric": "top1",
         "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(),
         "settings": {"suite": images.suite, "root": str(images.root), "probe": probe.dataset,

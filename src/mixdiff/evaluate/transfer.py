@@ -31,6 +31,7 @@ from torchvision import datasets
 from mixdiff.errors import DatasetError
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.predictions import CLEAN, Predictions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit
 from mixdiff.evaluate.results import METRICS, accuracies, result_name, write_result
 
@@ -172,6 +173,9 @@ def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool 
                             spec.metric, settings, encoder.device)
     logits = fitted.classifier.logits(x_test)
     scores = accuracies(logits, y_test)
+    test = sets["test"]
+    predictions = Predictions.single(test.relative_names(), classes, test.labels,
+                                     {CLEAN: logits.argmax(1).cpu().numpy()})
     value = METRICS[spec.metric](logits, y_test)
     val_source = "the official val split" if spec.official_val else \
         f"a random {VAL_FRACTION:.0%} of the {spec.train_split} split (NumPy seed {VAL_SEED})"
@@ -181,7 +185,8 @@ def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool 
                     f"regression (L-BFGS) on frozen standardised features, weight decay swept on "
                     f"{val_source} by {spec.metric}, refit on train+val, scored once on test",
         "online": False, "dataset": name, "split": "test",
-        "classes": int(y_test.unique().numel()), "images": len(y_test), **scores,
+        "classes": int(y_test.unique().numel()), "images": len(y_test),
+        "images_sha256": test.content_sha256(), **scores,
         "metric": spec.metric, "value": value, "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(),
         "settings": {"root": str(Path(root).absolute()), "torchvision": spec.loader.__name__,
@@ -199,4 +204,4 @@ def transfer_eval(encoder: Encoder, name: str, root: str | Path, download: bool 
     }
     return write_result(encoder.run, "transfer", result_name(name, encoder.weights,
                                                              encoder.default_weights, result),
-                        record)
+                        record, predictions)

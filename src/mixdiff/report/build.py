@@ -9,13 +9,14 @@ from pathlib import Path
 from mixdiff.errors import ConfigError, MixDiffError
 from mixdiff.io import atomic_write_text
 from mixdiff.report.collect import load_runs
-from mixdiff.report.compare import setting_comparisons
+from mixdiff.report.compare import EQUIVALENCE_MARGIN, setting_comparisons
 from mixdiff.report.curves import plot_curves
 from mixdiff.report.grid import pairs_grid
-from mixdiff.report.id_ood import id_vs_ood_points
+from mixdiff.report.id_ood import Point, id_vs_ood_points
 from mixdiff.report.markdown import render
 from mixdiff.report.radar import plot_radar, radar_panels
-from mixdiff.report.results import SPREADS, result_rows, setting_home, write_csv, write_json
+from mixdiff.report.results import (SHIFT, SPREADS, ResultRow, result_rows, setting_home,
+                                    write_csv, write_json)
 from mixdiff.report.scatter import plot_id_vs_ood
 from mixdiff.report.grouping import group_settings
 
@@ -51,8 +52,23 @@ def _pairs(settings, out: Path, report: Report, rows: int) -> None:
                             "to the current folder)")
 
 
+def single_shift_sources(points: list[Point], rows: list[ResultRow]) -> dict[str, str]:
+    """run -> the result file of its shift mean, where that mean is over one shift set (its
+    per-image predictions then give the comparison's two-level interval)."""
+    found = {}
+    for point in points:
+        if len(point.suites) == 1:
+            for run in point.runs:
+                found.update({r.run: r.source for r in rows if r.run == run
+                              and r.command == SHIFT and r.evaluation == "offline"
+                              and r.dataset == point.suites[0]})
+    return found
+
+
 def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
-                 pair_rows: int = 6) -> Report:
+                 pair_rows: int = 6, margin: float = EQUIVALENCE_MARGIN) -> Report:
+    """`margin`: a comparison whose whole interval lies within ±margin is reported as no
+    difference larger than it (a fraction: 0.01 is 1 point)."""
     if spread not in SPREADS:
         raise ConfigError(f"--spread {spread!r}: choose one of {', '.join(SPREADS)}")
     out = Path(out)
@@ -67,7 +83,8 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
     report.notes += notes
     homes = {s.label: setting_home(s, rows) for s in settings}
     shift_of = {run: y for p in points for run, y in zip(p.runs, p.run_y)}
-    comparisons = setting_comparisons(settings, rows, homes, shift_of)
+    comparisons = setting_comparisons(settings, rows, homes, shift_of,
+                                      single_shift_sources(points, rows), margin)
 
     if points:
         report.files.append(plot_id_vs_ood(points, out / ID_VS_OOD, spread))

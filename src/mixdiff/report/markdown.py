@@ -4,7 +4,8 @@ then the long table with every number and what it is, then what is missing."""
 
 from __future__ import annotations
 
-from mixdiff.report.compare import COMPARED, Comparison
+from mixdiff.report.compare import (COMPARED, DIFFERENCE, EQUIVALENT, UNDECIDED, Comparison,
+                                    Difference)
 from mixdiff.report.id_ood import Point
 from mixdiff.report.results import SPREADS, ResultRow, Summary
 from mixdiff.report.grouping import Setting
@@ -80,6 +81,21 @@ def _run_table(shown: list[Setting], scoped: list[ResultRow], columns: list[str]
     return _table(["run", "setting", "seed"] + columns, body, text=2)
 
 
+def _difference_cell(d: Difference) -> str:
+    """`**+5.0 [+2.4, +7.5]** difference`, `+0.3 [−0.6, +0.9] within ±1`, `+0.7 [−0.5, +1.8]
+    undecided (MDE 1.6; ±1: 12 seeds)`."""
+    margin = f"±{100 * d.margin:g}"
+    if d.category == DIFFERENCE:
+        return f"**{d.bracket()}** difference"
+    if d.category == EQUIVALENT:
+        return f"{d.bracket()} within {margin}"
+    if d.category == UNDECIDED and d.two_level is not None:
+        seeds = d.seeds_needed
+        return (f"{d.bracket()} undecided (MDE {100 * d.mde80:.1f}; {margin}: "
+                f"{f'{seeds} seeds' if seeds else 'more test images'})")
+    return f"{d.bracket()} {d.category}"
+
+
 def _difference_table(comparisons: list[Comparison]) -> list[str]:
     """One row per (setting, baseline): each compared number's paired difference."""
     pairs = list(dict.fromkeys((c.setting, c.baseline) for c in comparisons))
@@ -89,11 +105,8 @@ def _difference_table(comparisons: list[Comparison]) -> list[str]:
         found = {c.metric: c.difference for c in comparisons
                  if c.setting is setting and c.baseline is baseline}
         seeds = next(iter(found.values())).seeds
-        cells = []
-        for metric in COMPARED:
-            d = found.get(metric)
-            cells.append(MISSING if d is None else
-                         f"**{d.bracket()}**" if d.distinguishable else d.bracket())
+        cells = [MISSING if found.get(metric) is None else _difference_cell(found[metric])
+                 for metric in COMPARED]
         body.append([setting.label, baseline.label,
                      ",".join(map(str, seeds)) or "none shared"] + cells)
     return _table(["setting", "minus", "seeds"] + [names[m] for m in COMPARED], body, text=2)
@@ -124,9 +137,15 @@ def _compute_notes(shown: list[Setting]) -> list[str]:
 
 DIFFERENCES_TEXT = (
     "Differences in points: the mean over the seeds both settings have of each seed's difference "
-    "(the same seed: the same initialisation and data order), with its 95% t-interval in "
-    "brackets; **bold** where the interval excludes zero, i.e. the difference is larger than the "
-    "seeds' noise. With one shared seed there is no interval and no claim.")
+    "(the same seed: the same initialisation and data order), with its 95% interval in brackets. "
+    "Where both kept per-image predictions on the same test images (their fingerprints match), "
+    "the interval counts the test images' noise as well as the seeds'; otherwise it is the "
+    "t-interval over seeds (results.json has both: `ci95_two_level`, `ci95`). **difference**: "
+    "the interval excludes zero and the comparison survives Holm's correction over all of "
+    "this report's comparisons (`holm`); **within ±m**: the whole interval lies within the "
+    "equivalence margin (`equivalent`); **undecided**: neither, with the minimum effect these "
+    "seeds detect with 80% power (`mde80`) and the seeds ±m would take (`seeds_needed`). "
+    "Fewer than 3 shared seeds make no claim.")
 
 
 def _long_table(rows: list[ResultRow]) -> list[str]:
