@@ -207,3 +207,48 @@ def test_quickstart_adds_extra_positives_and_filters_twins_by_score(tmp_path):
     unscored = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--out", str(out), "--modes",
                                         "mixdiff", "--filter", "0.5"])
     assert unscored.exit_code == 2 and "--modes needs real" in " ".join(unscored.output.split())
+
+
+def test_three_seeds_give_a_verdict_that_counts_the_test_images_and_corrects_for_many(tmp_path):
+    """--seeds 3 on a test set of its own size (--test-per-class): every comparison paired on the
+    same images (one fingerprint), its two-level interval recomputed from the runs' per-image
+    predictions, Holm's correction over the call, and each verdict in one of three words."""
+    import numpy as np
+
+    from mixdiff.evaluate.predictions import per_image_scores, predictions_of
+    from mixdiff.report.inference import two_level
+
+    out = tmp_path / "qs"
+    result = CliRunner().invoke(app, ["quickstart", *SMALLEST, "--test-per-class", "6",
+                                      "--seeds", "3", "--modes", "real,mixdiff",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "fashion-mnist" / "test").rglob("*.png"))) == 60
+    assert len(list((out / "fashion-mnist" / "train").rglob("*.png"))) == 40
+    record = json.loads((out / "quickstart.json").read_text())
+    comparisons = record["comparisons"]
+    assert len(comparisons) == 3 * (2 + 1)
+    assert all(c["images"] == 60 and c["seeds"] == [0, 1, 2] for c in comparisons)
+    assert all(c["family"] == 9 and isinstance(c["holm"], bool) for c in comparisons)
+    assert all(c["verdict"] in ("difference", "equivalent", "undecided") for c in comparisons)
+    fingerprints = {json.loads(p.read_text())["images_sha256"]
+                    for p in (out / "runs").glob("*/eval/*/*.json")}
+    assert len(fingerprints) == 1  # every result, the raw pixels' too, scored the same images
+    assert (out / "runs" / "untrained-s0" / "eval" / "robustness" / "corruptions-pixels" /
+            "predictions.npz").is_file()  # the floor under the corruptions
+
+    versus = next(c for c in comparisons if (c["mode"], c["baseline"], c["metric"]) ==
+                  ("mixdiff", "real", "shift"))
+
+    def scores(run):
+        path = out / "runs" / run / "eval" / "robustness" / "corruptions.json"
+        return per_image_scores(json.loads(path.read_text()), predictions_of(path))
+
+    d = np.stack([scores(f"simclr-mixdiff-s{s}") - scores(f"simclr-real-s{s}") for s in range(3)])
+    assert versus["ci95_two_level"] == pytest.approx(list(two_level(d).ci))
+    assert versus["mde80"] == pytest.approx(two_level(d).mde())
+    verdict = record["verdict"]
+    assert verdict[1].startswith("9 comparisons, paired by seed on the same 60 test images")
+    lines = [line for line in verdict if line.startswith("simclr: MixDiff − real")]
+    assert len(lines) == 3 and all(("a difference" in line) or ("no difference larger" in line)
+                                   or ("undecided" in line) for line in lines)
