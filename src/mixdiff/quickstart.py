@@ -442,22 +442,34 @@ def _report(s: QuickstartSettings, paths: Paths) -> dict:
 
 
 # --- the comparisons and the verdict -------------------------------------------------------------
-def _seed_results(s: QuickstartSettings, paths: Paths, run_of, metric: str
-                  ) -> tuple[dict[int, float], dict[int, "np.ndarray"], set[str]]:
-    """For the runs `run_of(seed)` names: seed -> the metric's value, seed -> each test image's
-    score (evaluate.predictions.per_image_scores), and the fingerprints of the images scored."""
+@dataclass(frozen=True)
+class Scored:
+    """A run's number on one of COMPARED, with each test image's share of it."""
+
+    value: float
+    scores: "np.ndarray"  # evaluate.predictions.per_image_scores: their mean is `value`
+    images_sha256: str  # the images scored
+
+
+def scored(run: RunDir, metric: str) -> Scored:
+    """The run's result on `metric` (one of COMPARED) and its per-image predictions."""
     from mixdiff.evaluate.predictions import per_image_scores, predictions_of
     from mixdiff.evaluate.results import read_result
 
-    command, name = COMPARED[metric]
-    values, scores, fingerprints = {}, {}, set()
-    for seed in s.seed_list():
-        path = paths.run(run_of(seed)).eval_result(command, name)
-        result = read_result(path)
-        values[seed] = result["value"]
-        scores[seed] = per_image_scores(result, predictions_of(path, result))
-        fingerprints.add(result["images_sha256"])
-    return values, scores, fingerprints
+    path = run.eval_result(*COMPARED[metric])
+    result = read_result(path)
+    return Scored(result["value"], per_image_scores(result, predictions_of(path, result)),
+                  result["images_sha256"])
+
+
+def _seed_results(s: QuickstartSettings, paths: Paths, run_of, metric: str
+                  ) -> tuple[dict[int, float], dict[int, "np.ndarray"], set[str]]:
+    """For the runs `run_of(seed)` names: seed -> the metric's value, seed -> each test image's
+    score, and the fingerprints of the images scored."""
+    found = {seed: scored(paths.run(run_of(seed)), metric) for seed in s.seed_list()}
+    return ({seed: f.value for seed, f in found.items()},
+            {seed: f.scores for seed, f in found.items()},
+            {f.images_sha256 for f in found.values()})
 
 
 @dataclass(frozen=True)
