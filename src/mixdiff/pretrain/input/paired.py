@@ -190,13 +190,17 @@ class PairedDataset(Dataset):
         slots = self._slots(sample)
         if self.decode == "device":
             return self._undecoded(sample, slots)
-        images = {path: _to_tensor(load_rgb_for(path, need))
+        images = {path: self._image(path, need)
                   for path, need in self._needs_by_path(slots).items()}
         views, sources = [], []
         for transform, source, path in self._views_of(slots):
             views.append(transform(images[path]))
             sources.append(source)
         return sample.index, views, torch.tensor(sources), sample.label
+
+    def _image(self, path: str, needs: list[ViewNeed]):
+        """The decoded image the views of one file are cut from (what the transforms take)."""
+        return _to_tensor(load_rgb_for(path, needs))
 
     def _undecoded(self, sample: Sample, slots: dict[str, tuple[int, str]]):
         """data.decode=device: `(index, files, crops, sources, label)`, the files as read and
