@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixdiff.errors import ConfigError
-from mixdiff.schema import check, differences, not_producing, rules, setting
+from mixdiff.schema import check, differences, not_producing, rules, seed_setting, setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,7 +193,7 @@ class TrainerConfig:
     num_nodes: int = setting(1, least=1)
     strategy: str = setting("auto", produces=False)
     sync_batchnorm: Optional[bool] = None  # None: on when training on more than one GPU
-    seed: int = 0
+    seed: int = seed_setting()
     channels_last: bool = True
     gradient_clip_val: Optional[float] = setting(None, above=0.0)
     # a fraction (<=1.0) or a number of batches (>1)

@@ -88,7 +88,7 @@ class QuickstartSettings:
     synthetic_weight: float = setting(1.0, above=0.0)  # extra mode's lambda (data.synthetic_weight)
     # --filter: each seed's real run scores the twins (data verify --scores), and the twin modes
     # train without those less similar than this to their real image (cosine of its features)
-    min_similarity: float | None = setting(None, least=-1.0, most=1.0)
+    min_similarity: float | None = setting(None, least=-1.0, most=1.0, option="--filter")
     # "none": the paper's no-augmentation run (None: each method's own recipe)
     augment: str | None = setting(None, choices=("none",))
     corruptions: tuple[str, ...] = ("gaussian_noise", "defocus_blur", "contrast", "pixelate",
