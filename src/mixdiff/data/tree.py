@@ -57,7 +57,9 @@ def list_images(root: str | Path) -> list[str]:
 class ImageTree:
     """The images of one tree, with a class label from the first folder of each path.
 
-    A tree whose images sit directly under the root is unlabelled: every label is -1.
+    A tree whose images sit directly under the root is unlabelled: every label is -1. A tree with
+    both is refused: an image beside the class folders belongs to no class, and neither training
+    it unlabelled nor leaving it out is what its owner can be assumed to want.
     """
 
     root: Path
@@ -76,6 +78,12 @@ class ImageTree:
         folders = [p.split("/", 1)[0] if "/" in p else None for p in relpaths]
         if all(f is None for f in folders):
             return cls(root, tuple(relpaths), (), np.full(len(relpaths), -1, dtype=np.int64))
+        loose = [p for p, f in zip(relpaths, folders) if f is None]
+        if loose:
+            raise DatasetError(
+                f"{root} has class folders and also {len(loose)} image(s) directly in it, which "
+                f"belong to no class (e.g. {', '.join(loose[:3])}): move each into its class "
+                "folder, or out of the tree")
         if classes is None:
             classes = tuple(sorted({f for f in folders if f is not None}))
         index = {name: i for i, name in enumerate(classes)}
@@ -83,7 +91,7 @@ class ImageTree:
         if unknown:
             raise DatasetError(f"{root}: class folders {unknown[:5]} are not among the "
                                f"{len(classes)} training classes")
-        labels = np.array([index[f] if f is not None else -1 for f in folders], dtype=np.int64)
+        labels = np.array([index[f] for f in folders], dtype=np.int64)
         return cls(root, tuple(relpaths), tuple(classes), labels)
 
     @property
