@@ -362,11 +362,33 @@ def test_cli_errors_are_one_line(eval_runs, tmp_path, case):
         val.mkdir()
         expected = "no images found under"
     else:
-        extra, expected = ["--k", "0"], "--k 0"
+        extra, expected = ["--k", "0"], "--k must be at least 1, not [0]"
     result = _cli("knn", "--run", run, "--train", train, "--val", val, "--num-workers", 0,
                   *extra)
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, option, value, expected", [
+    ("knn", "--batch-size", 0, "--batch-size must be at least 1, not 0"),
+    ("knn", "--num-workers", -1, "--num-workers must be at least 0, not -1"),
+    ("knn", "--k", 0, "--k must be at least 1, not [0]"),
+    ("knn", "--temperature", "inf", "--temperature must be a finite number, not inf"),
+    ("knn", "--temperature", 0, "--temperature must be positive, not 0.0"),
+    ("linear", "--batch-size", -5, "--batch-size must be at least 1, not -5"),
+    ("transfer", "--batch-size", 0, "--batch-size must be at least 1, not 0"),
+    ("robustness", "--num-workers", -2, "--num-workers must be at least 0, not -2"),
+])
+def test_eval_numbers_are_checked_before_any_work(tmp_path, command, option, value, expected):
+    """`eval knn --batch-size 0` raised torch's ValueError, and passed without a word when the
+    feature cache was warm: every number is refused before a run, a tree or a cache is read
+    (here none of them exists)."""
+    given = {"knn": ["--train", tmp_path / "t", "--val", tmp_path / "v"],
+             "linear": ["--train", tmp_path / "t", "--val", tmp_path / "v"],
+             "transfer": ["--dataset", "cifar10", "--root", tmp_path / "r"],
+             "robustness": ["--suite", "corruptions", "--root", tmp_path / "r"]}[command]
+    result = _cli(command, "--run", tmp_path / "no-run", *given, option, value)
+    assert result.exit_code == 2 and result.output.strip() == f"error: {expected}"
 
 
 def test_evaluations_whose_number_means_something_else_are_warned_about(tmp_path):

@@ -12,7 +12,7 @@ import typer
 from mixdiff.cli._app import MORE, app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import WEIGHT_PREFIXES
-from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.options import EncodeOptions, KnnOptions
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 
@@ -44,6 +44,14 @@ PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of t
                       "flattened (a floor that needs no training; cheap for small images). "
                       "Written as <dataset>-pixels.json in the run; `mixdiff report` shows it as "
                       "`pixels`.")
+
+
+def _options(batch_size: int, num_workers: int | None) -> EncodeOptions:
+    """The encoding options, checked before any work (a warm feature cache would not use them)."""
+    try:
+        return EncodeOptions(batch_size, num_workers)
+    except MixDiffError as exc:
+        fail(exc)
 
 
 def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
@@ -101,12 +109,14 @@ def knn(
     Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
     from mixdiff.evaluate.knn import knn_eval
 
-    if min(ks) < 1:
-        fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
-    train_set, val_set = _trees(train, val, ks)
+    try:
+        neighbours = KnnOptions(list(ks), temperature)
+    except MixDiffError as exc:
+        fail(exc)
+    options = _options(batch_size, num_workers)
+    train_set, val_set = _trees(train, val, neighbours.k)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
-        encoder, train_set, val_set, name, ks, temperature, EncodeOptions(batch_size, num_workers)),
-        pixels)
+        encoder, train_set, val_set, name, neighbours.k, neighbours.temperature, options), pixels)
 
 
 @eval_app.command("linear")
@@ -128,9 +138,10 @@ def linear(
     (used by `mixdiff eval robustness`)."""
     from mixdiff.evaluate.linear import linear_eval
 
+    options = _options(batch_size, num_workers)
     train_set, val_set = _trees(train, val)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
-        encoder, train_set, val_set, name, options=EncodeOptions(batch_size, num_workers)), pixels)
+        encoder, train_set, val_set, name, options=options), pixels)
 
 
 @eval_app.command("transfer", help=(
@@ -155,6 +166,6 @@ def transfer(
 ) -> None:
     from mixdiff.evaluate.transfer import transfer_eval
 
+    options = _options(batch_size, num_workers)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
-        encoder, dataset.value, root, download, result=name,
-        options=EncodeOptions(batch_size, num_workers)))
+        encoder, dataset.value, root, download, result=name, options=options))

@@ -49,10 +49,10 @@ def robustness(
                                              robustness_eval, selection_notes)
 
     try:
+        options = EncodeOptions(batch_size, num_workers)
         spec = SUITES[suite.value]
         chosen, levels = parse_corruptions(corruptions), parse_severities(severities)
         images = spec.scan(root)
-        options = EncodeOptions(batch_size, num_workers)
         results = []
         for run in [*runs, *(more or [])]:
             encoder = Encoder.from_run(run, weights, device)
