@@ -78,6 +78,28 @@ def test_a_tree_with_class_folders_and_loose_images_is_refused_by_every_reader(t
     assert "Traceback" not in result.output
 
 
+def test_a_trees_fingerprint_says_what_changed_by_class(tmp_path):
+    """Names and sizes only (no pixel read): what a resumed run compares with its start."""
+    from mixdiff.data.tree import fingerprint, fingerprint_changes
+
+    tree = make_tree(tmp_path / "t", per_class=2)
+    before = fingerprint(tree)
+    assert before["images"] == 6 and before["classes"]["circle"]["images"] == 2
+    assert fingerprint_changes(before, fingerprint(tree)) is None
+    (tree / "dots").mkdir()
+    Image.new("RGB", (4, 4)).save(tree / "dots" / "a.png")
+    (tree / "circle" / "img00.png").unlink()
+    assert fingerprint_changes(before, fingerprint(tree)) == (
+        "6 images where there were 6; class(es) added: dots; 1 image(s) removed in circle")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (4, 4)).save(flat / "a.png")
+    unlabelled = fingerprint(flat)
+    Image.new("RGB", (4, 4)).save(flat / "b.png")
+    assert fingerprint_changes(unlabelled, fingerprint(flat)) == (
+        "2 images where there were 1; 1 image(s) added in (the root)")
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     Image.new("RGB", (64, 64)).save(bad)
