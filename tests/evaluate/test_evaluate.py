@@ -391,6 +391,39 @@ def test_eval_numbers_are_checked_before_any_work(tmp_path, command, option, val
     assert result.exit_code == 2 and result.output.strip() == f"error: {expected}"
 
 
+def test_a_run_still_training_gives_a_result_marked_early(eval_runs, tmp_path):
+    """`eval` of a run that `mixdiff pretrain` still trains said nothing, and `report` put that
+    early result beside later numbers, unmarked. Now eval warns (of which epoch), the result
+    records it, and the report says so beside it; once the run is done, nothing is said."""
+    from mixdiff.lock import exclusive
+    from mixdiff.report.build import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    args = ["--run", run, "--train", eval_runs["train"], "--val", eval_runs["val"], "--device",
+            "cpu", "--num-workers", "0"]
+    with exclusive(run, "mixdiff pretrain"):  # as the training process holds it
+        early = _cli("knn", *args)
+    said = " ".join(early.output.split())
+    assert early.exit_code == 0, early.output
+    assert f"warning: {run} is still being trained (`mixdiff pretrain` (pid" in said
+    assert "this result is of epoch 1 of 1 and will be out of date" in said
+    result = json.loads((run / "eval" / "knn" / "toy.json").read_text())
+    unfinished = result["checkpoint"]["unfinished"]
+    assert (unfinished["epoch"], unfinished["max_epochs"]) == (1, 1)
+    notes = write_report([run], tmp_path / "report").notes
+    assert any("toy.json is of epoch 1 of 1, made while the run was still training" in note
+               for note in notes)
+
+    done = _cli("knn", *args)  # the run has finished: the same measurement replaces it
+    assert done.exit_code == 0 and "still being trained" not in done.output
+    assert "unfinished" not in json.loads((run / "eval" / "knn" / "toy.json").read_text())[
+        "checkpoint"]
+    assert not any("still training" in note for note in
+                   write_report([run], tmp_path / "report2").notes)
+
+
 def test_evaluations_whose_number_means_something_else_are_warned_about(tmp_path):
     from mixdiff.evaluate.features import evaluation_warnings, labelled_sets
 

@@ -66,6 +66,17 @@ def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
     return train_set, val_set
 
 
+def warn_if_training(encoder) -> None:
+    """A run still being trained gives an early result: said here, and recorded in the result
+    (its checkpoint's `unfinished`), which `mixdiff report` marks."""
+    unfinished = encoder.unfinished()
+    if unfinished:
+        console.print(f"[bold yellow]warning:[/] {encoder.run.root} is still being trained "
+                      f"({unfinished['trained_by']}): this result is of epoch "
+                      f"{unfinished['epoch']} of {unfinished['max_epochs']} and will be out of "
+                      "date when the run goes on (`mixdiff report` marks it)", highlight=False)
+
+
 def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
                   evaluate: Callable, pixels: bool = False) -> None:
     """Run `evaluate(encoder)` for each run (its raw pixels with `pixels`), print the table, fail
@@ -80,6 +91,7 @@ def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
         for run in runs:
             encoder = Encoder.pixels(run, device) if pixels else \
                 Encoder.from_run(run, weights, device)
+            warn_if_training(encoder)
             path = evaluate(encoder)
             results.append(read_result(path))
             console.print(f"wrote {path}", highlight=False)

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import MORE, console, fail
-from mixdiff.cli.evaluate import BATCH_SIZE, DEVICE, NUM_WORKERS, WEIGHTS, eval_app
+from mixdiff.cli.evaluate import (BATCH_SIZE, DEVICE, NUM_WORKERS, WEIGHTS, eval_app,
+                                  warn_if_training)
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from mixdiff.evaluate.robustness import SUITES
@@ -56,6 +57,7 @@ def robustness(
         results = []
         for run in [*runs, *(more or [])]:
             encoder = Encoder.from_run(run, weights, device)
+            warn_if_training(encoder)
             path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
                                                          levels, options)
             for note in selection_notes(images, outcome.selection):

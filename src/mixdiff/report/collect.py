@@ -41,6 +41,8 @@ class RunRecord:
     results: list[dict]  # the eval result files, each with "source" (its path) added
     missing: list[str] = field(default_factory=list)  # what the report could not find, in words
     kind: str = TRAINED  # one of KINDS
+    # results made from a checkpoint of the run while it was still training, in words
+    early: list[str] = field(default_factory=list)
 
     def setting(self, dotted: str, default=None):
         """A config value by its dotted key (`data.mode`)."""
@@ -137,7 +139,21 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
         missing.append(f"no offline results in {run.root / 'eval'}: run `mixdiff eval linear "
                        f"--run {run.root} ...` (and `mixdiff eval robustness`) first")
     return RunRecord(name or run.root.name, run, config, data, metrics, results, missing,
-                     UNTRAINED if untrained else TRAINED)
+                     UNTRAINED if untrained else TRAINED, early_results(results))
+
+
+def early_results(results: list[dict]) -> list[str]:
+    """The results `mixdiff eval` made while the run was still training (their checkpoint's
+    `unfinished`): older than its later numbers (online, other results), said so beside them."""
+    early = []
+    for result in results:
+        unfinished = (result.get("checkpoint") or {}).get("unfinished")
+        if unfinished:
+            early.append(f"{result['source']} is of epoch {unfinished.get('epoch', '?')} of "
+                         f"{unfinished.get('max_epochs', '?')}, made while the run was still "
+                         f"training: re-run `mixdiff eval {result['command']}` on the finished "
+                         "run")
+    return early
 
 
 def pixel_record(record: RunRecord, name: str) -> RunRecord | None:
