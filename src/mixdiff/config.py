@@ -183,7 +183,8 @@ class OnlineEvalConfig:
 
 @dataclass
 class TrainerConfig:
-    # 0: no training, the untrained reference (the seed's initial weights)
+    # 0: no training, the untrained reference (the seed's initial weights; with init_from, the
+    # weights it names, which are not untrained)
     max_epochs: int = setting(100, least=0, hint="0: the untrained reference, the seed's initial "
                               "weights")
     batch_size: int = setting(256, least=1)  # per device

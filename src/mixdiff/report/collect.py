@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 from mixdiff.errors import RunDirError
 from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir
 
-# what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`: the
-# seed's initial weights), or the raw pixels of the evaluation images (results of `--pixels`)
+# what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`
+# without `init_from`: the seed's initial weights), or the raw pixels of the evaluation images
+# (results of `--pixels`). max_epochs=0 with init_from is the weights of the run it starts from:
+# trained, and a setting of its own (its init_from is part of it, see report.grouping).
 TRAINED, UNTRAINED = "trained", "untrained"
 KINDS = (TRAINED, UNTRAINED, PIXELS)
 
@@ -126,13 +128,14 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     `results` (`pixel_record` makes a record of their own from them)."""
     run = RunDir(Path(path))
     config = OmegaConf.to_container(run.load_config(), resolve=False)
-    untrained = (config.get("trainer") or {}).get("max_epochs") == 0
+    no_epochs = (config.get("trainer") or {}).get("max_epochs") == 0
+    untrained = no_epochs and not config.get("init_from")
     missing = []
     data = _read_json(run.data_summary) if run.data_summary.is_file() else {}
     if not data:
         missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
     metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
-    if not metrics and not untrained:  # the untrained reference has no epochs by design
+    if not metrics and not no_epochs:  # a run of max_epochs=0 has no epochs by design
         missing.append(f"no {METRICS} rows (no training curves, no online metrics)")
     results = [_read_result(p) for p in run.eval_results()]
     if not [r for r in results if r.get("weights") != PIXELS]:
