@@ -46,10 +46,11 @@ PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of t
                       "`pixels`.")
 
 
-def _options(batch_size: int, num_workers: int | None) -> EncodeOptions:
-    """The encoding options, checked before any work (a warm feature cache would not use them)."""
+def _checked(options: type, *values):
+    """Options made, and so checked, before any work (a warm feature cache would not use them):
+    a bad number is one line naming its option."""
     try:
-        return EncodeOptions(batch_size, num_workers)
+        return options(*values)
     except MixDiffError as exc:
         fail(exc)
 
@@ -121,11 +122,8 @@ def knn(
     Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
     from mixdiff.evaluate.knn import knn_eval
 
-    try:
-        neighbours = KnnOptions(list(ks), temperature)
-    except MixDiffError as exc:
-        fail(exc)
-    options = _options(batch_size, num_workers)
+    neighbours = _checked(KnnOptions, list(ks), temperature)
+    options = _checked(EncodeOptions, batch_size, num_workers)
     train_set, val_set = _trees(train, val, neighbours.k)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
         encoder, train_set, val_set, name, neighbours.k, neighbours.temperature, options), pixels)
@@ -150,7 +148,7 @@ def linear(
     (used by `mixdiff eval robustness`)."""
     from mixdiff.evaluate.linear import linear_eval
 
-    options = _options(batch_size, num_workers)
+    options = _checked(EncodeOptions, batch_size, num_workers)
     train_set, val_set = _trees(train, val)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
         encoder, train_set, val_set, name, options=options), pixels)
@@ -178,6 +176,6 @@ def transfer(
 ) -> None:
     from mixdiff.evaluate.transfer import transfer_eval
 
-    options = _options(batch_size, num_workers)
+    options = _checked(EncodeOptions, batch_size, num_workers)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
         encoder, dataset.value, root, download, result=name, options=options))
