@@ -32,7 +32,7 @@ from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.tree import fingerprint_changes
 from mixdiff.pretrain.input.datamodule import FINGERPRINTS, MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
-from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.io import atomic_open, atomic_write_text, remove_stale_temporaries
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.pretrain.loggers import build_logger
 from mixdiff.pretrain.methods import METHODS
@@ -288,6 +288,7 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     # every input is good: only now does the run folder get written
     run.root.mkdir(parents=True, exist_ok=True)
     writable_folder(run.checkpoints)  # now, not when the first epoch's checkpoint is due
+    remove_stale_temporaries(run.checkpoints)  # a killed save's, now: it may be gigabytes
     atomic_write_text(run.config, to_yaml(cfg))  # refreshed: resumable keys may have changed
     datamodule.write_summary(run.data_summary)
     if resume_from is not None:
