@@ -515,7 +515,7 @@ def test_generator_training_settings_are_checked_before_anything(real, tmp_path)
                             ({"resolution": 15}, "--resolution 15: .* multiple of 2"),
                             ({"channels": 2}, "--channels 2 is not one of: 1, 3"),
                             ({"lr": 0.0}, "--lr must be positive"),
-                            ({"lr": float("nan")}, "--lr must be positive")):
+                            ({"lr": float("nan")}, "--lr must be a finite number, not nan")):
         with pytest.raises(ConfigError, match=message):
             train_generator(real, tmp_path / "ddpm", replace(fine, **change), show_progress=False)
         assert not (tmp_path / "ddpm").exists()  # nothing written, not even an untrained pipeline
