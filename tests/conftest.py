@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
@@ -39,6 +40,23 @@ def make_tree(root: Path, per_class: int = 6, ext: str = ".png", seed: int = 0,
             Image.fromarray(_pattern(label, seed * 1000 + label * 100 + i)).save(
                 root / name / f"img{i:02d}{ext}")
     return root
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """A full disk for every atomic write: the hidden temporary is made beside its file as usual,
+    but its bytes go to /dev/full, whose every write fails with ENOSPC (torch.save then reports
+    "unexpected pos", with the OSError only as its context)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    made = tempfile.mkstemp
+
+    def mkstemp(dir, prefix, suffix):
+        fd, name = made(dir=dir, prefix=prefix, suffix=suffix)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,41 @@ def test_bad_yaml_names_the_file(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_config_file_is_refused_by_name(tmp_path, text):
+    """An empty --config trained ResNet-50 at 224 px from the defaults, without a word."""
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'empty.yaml'} is empty")):
+        load_config(tmp_path / "empty.yaml", BASE)
+    (tmp_path / "child.yaml").write_text("_base_: empty.yaml\ntrainer: {max_epochs: 9}\n")
+    with pytest.raises(ConfigError, match=re.escape("empty.yaml (the `_base_` of")):
+        load_config(tmp_path / "child.yaml", BASE)
+
+
+@pytest.mark.parametrize("content", [
+    "root:x:0:0:SECRET:/root:/bin/bash\ndaemon:x:1:1:SECRET:/usr/sbin\n",  # /etc/passwd
+    "- SECRET\n- SECRET\n",  # a list
+    "token: [SECRET\n",  # not YAML
+    "password: SECRET\n",  # a mapping, but of no config key: the key is named, not its value
+    "data: SECRET\n",  # a section that holds a value
+])
+def test_a_message_about_a_config_file_names_it_and_never_shows_its_content(tmp_path, content):
+    """`_base_` may name any file (/etc/passwd was printed whole, twice, as a "config key")."""
+    (tmp_path / "private").write_text(content)
+    (tmp_path / "config.yaml").write_text(f"_base_: {tmp_path / 'private'}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "config.yaml", BASE)
+    message = str(caught.value)
+    assert str(tmp_path / "private") in message and "SECRET" not in message
+
+
+def test_a_mistyped_section_is_named(tmp_path):
+    (tmp_path / "typo.yaml").write_text("trainr: {max_epochs: 3}\n")
+    with pytest.raises(ConfigError, match=re.escape("typo.yaml: `trainr` is not a config "
+                                                    "section or key")):
+        load_config(tmp_path / "typo.yaml", BASE)
+
+
 def test_differing_keys_ignores_resumable_ones():
     a = load_config(None, BASE)
     b = load_config(None, BASE + ["trainer.max_epochs=500", "optim.lr=0.1", "data.num_workers=1"])

@@ -44,7 +44,10 @@ def test_rules_walk_nested_sections_and_say_what_does_not_produce():
     ({"names": ()}, "needs names from: a, b", "needs names from"),
     ({"inner.rate": 0.0}, "config key `inner.rate` = 0.0 must lie in (0, 1]",
      "--inner.rate must lie in (0, 1], not 0.0"),
-    ({"inner.rate": float("nan")}, "must lie in (0, 1]", "must lie in (0, 1]"),
+    ({"inner.rate": float("nan")}, "config key `inner.rate` = nan must be a finite number",
+     "--inner.rate must be a finite number, not nan"),
+    ({"free": float("inf")}, "config key `free` = inf must be a finite number",
+     "--free must be a finite number, not inf"),  # a field declared without a rule, too
     ({"inner.workers": -1}, "config key `inner.workers` = -1 must be at least 0",
      "--inner.workers must be at least 0, not -1"),
 ])
@@ -53,6 +56,56 @@ def test_one_check_names_the_key_as_its_user_wrote_it(values, config_message, cl
         check(values, Outer, config_key)
     with pytest.raises(ConfigError, match=re.escape(cli_message)):
         check(values, Outer, cli_option)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("simclr.temperature=inf", "config key `simclr.temperature` = inf must be a finite number"),
+    ("optim.weight_decay=inf", "config key `optim.weight_decay` = inf must be a finite number"),
+    ("optim.warmup_epochs=inf", "config key `optim.warmup_epochs` = inf must be a finite number"),
+    ("data.eval_resize=inf", "config key `data.eval_resize` = inf must be a finite number"),
+    ("optim.lr=-inf", "config key `optim.lr` = -inf must be a finite number"),
+    ("optim.betas=[0.9,nan]", "config key `optim.betas` = [0.9, nan] must be a finite number"),
+    ("trainer.seed=-1", "config key `trainer.seed` = -1 must lie in [0, 4294967295]"),
+    ("trainer.seed=4294967296", "config key `trainer.seed` = 4294967296 must lie in [0, "
+                                "4294967295]"),
+])
+def test_every_number_of_a_config_is_finite_and_in_range_or_refused(override, message):
+    """inf passed every `>= 0` rule (and overflowed later, or made the NaN stop blame the learning
+    rate); a negative seed crashed in numpy. All are refused when the config is read."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["data.real=/r", override])
+    assert str(caught.value) == message
+
+
+def test_every_settings_class_refuses_numbers_that_are_not_finite_or_in_range():
+    """The same rules check a generation, the generator's training and the quickstart, each value
+    named as its option."""
+    from mixdiff.generate.embedded import GeneratorTraining
+
+    for refused, message in (
+            (lambda: GenerateSettings(guidance=INF).resolved(), "--guidance must be a finite "
+                                                                "number, not inf"),
+            (lambda: GenerateSettings(strength=(0.3, NAN)).resolved(), "--strength must be a "
+                                                                       "finite number"),
+            (lambda: GenerateSettings(seed=-1).resolved(), "--seed must lie in [0, 4294967295], "
+                                                           "not -1"),
+            (lambda: GeneratorTraining(lr=INF).check(), "--lr must be a finite number, not inf"),
+            (lambda: GeneratorTraining(seed=2**32).check(), "--seed must lie in [0, 4294967295]"),
+            (lambda: settings_for("default", synthetic_weight=INF), "--synthetic-weight must be "
+                                                                     "a finite number")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            refused()
+
+
+def test_an_option_named_otherwise_than_its_field_is_named_as_the_user_typed_it():
+    """The quickstart's --filter sets its `min_similarity`: its error names --filter, the option
+    the quickstart has."""
+    with pytest.raises(ConfigError) as caught:
+        settings_for("default", modes=("real", "mixdiff"), min_similarity=1.5)
+    assert str(caught.value) == "--filter must lie in [-1, 1], not 1.5"
 
 
 def test_values_within_their_rules_pass():

@@ -7,7 +7,8 @@ values outside a key's allowed set are refused with an error that names the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixdiff.errors import ConfigError
-from mixdiff.schema import check, differences, not_producing, rules, setting
+from mixdiff.schema import check, differences, not_producing, rules, seed_setting, setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -182,7 +183,8 @@ class OnlineEvalConfig:
 
 @dataclass
 class TrainerConfig:
-    # 0: no training, the untrained reference (the seed's initial weights)
+    # 0: no training, the untrained reference (the seed's initial weights; with init_from, the
+    # weights it names, which are not untrained)
     max_epochs: int = setting(100, least=0, hint="0: the untrained reference, the seed's initial "
                               "weights")
     batch_size: int = setting(256, least=1)  # per device
@@ -193,7 +195,7 @@ class TrainerConfig:
     num_nodes: int = setting(1, least=1)
     strategy: str = setting("auto", produces=False)
     sync_batchnorm: Optional[bool] = None  # None: on when training on more than one GPU
-    seed: int = 0
+    seed: int = seed_setting()
     channels_last: bool = True
     gradient_clip_val: Optional[float] = setting(None, above=0.0)
     # a fraction (<=1.0) or a number of batches (>1)
@@ -245,20 +247,52 @@ EXECUTION_KEYS = not_producing(MixDiffConfig)
 RESUMABLE_KEYS = ("trainer.max_epochs", *EXECUTION_KEYS)
 
 
+SECTIONS = tuple(item.name for item in fields(MixDiffConfig))
+NESTED = tuple(item.name for item in fields(MixDiffConfig) if item.default_factory is not MISSING)
+BASE_KEY = "_base_"
+CONFIG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # what a config key looks like
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What is wrong with a file that does not parse, by line and column: never its text (a
+    `_base_` may name any file, and a message must not show what that file holds)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """Read a YAML config, merging the files its `_base_` key names (relative to it) underneath."""
+    """Read a YAML config, merging the files its `_base_` key names (relative to it) underneath.
+    A file that is not a mapping of config sections is refused by name, without its content."""
     path = path.resolve()
+    where = f"{path} (the `_base_` of {seen[-1]})" if seen else str(path)
     if path in seen:
-        raise ConfigError(f"{path}: `_base_` files include each other in a cycle")
+        raise ConfigError(f"{where}: `_base_` files include each other in a cycle")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {where}")
     try:
+        # the top level as written: OmegaConf would read a bare text as a mapping of one key
+        raw = yaml.safe_load(path.read_text())
         node = OmegaConf.load(path)
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(node, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    bases = node.pop("_base_", [])
+    except Exception as exc:  # yaml.YAMLError, undecodable bytes, and friends
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(exc)})") from None
+    if raw is None or raw == {}:
+        raise ConfigError(f"{where} is empty: it sets no config key; give the config file "
+                          "meant, or " + ("remove it from `_base_`" if seen else "leave --config "
+                                          "out (and give data.real=DIR)"))
+    strangers = [key for key in raw if key not in (*SECTIONS, BASE_KEY, *RENAMED)] \
+        if isinstance(raw, dict) else None
+    if strangers is None or any(not CONFIG_NAME.fullmatch(str(key)) for key in strangers):
+        raise ConfigError(f"{where} is not a mixdiff config: expected a mapping of config "
+                          f"sections and keys ({', '.join(SECTIONS)}) at the top level")
+    if strangers:
+        raise ConfigError(f"{where}: `{strangers[0]}` is not a config section or key (they "
+                          f"are: {', '.join(SECTIONS)})")
+    flat = [key for key in NESTED if key in raw and not isinstance(raw[key], (dict, type(None)))]
+    if flat:
+        raise ConfigError(f"{where}: config section `{flat[0]}` holds a value, not keys "
+                          f"(e.g. {flat[0]}: {{key: value}})")
+    bases = node.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged = OmegaConf.create()
     for base in bases:

@@ -1,7 +1,8 @@
 """One writer per output folder: a second `mixdiff pretrain` (or `generate` on the same shard)
 into a folder that another process is writing is refused at once, with one line naming the
 holder. The lock is the operating system's (`flock`): it goes with its process, a SIGKILL
-included, so there is never a stale lock to delete by hand."""
+included, so there is never a stale lock to delete by hand. A reader can ask whether a folder is
+being written now (`holder`: `mixdiff eval` of a run still training)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,19 @@ def exclusive(folder: Path, what: str, part: str | None = None) -> Iterator[None
             folder.rmdir()
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def holder(folder: Path, part: str | None = None) -> str | None:
+    """Who is writing `folder` now (the holder's line: command, pid, host, since when), or None
+    when no live process holds its lock. Creates nothing."""
+    try:
+        handle = open(Path(folder) / lock_name(part))
+    except OSError:  # no lock file: never written by a command that locks
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None

@@ -94,7 +94,7 @@ class QuickstartSettings:
     synthetic_weight: float = setting(1.0, above=0.0)  # extra mode's lambda (data.synthetic_weight)
     # --filter: each seed's real run scores the twins (data verify --scores), and the twin modes
     # train without those less similar than this to their real image (cosine of its features)
-    min_similarity: float | None = setting(None, least=-1.0, most=1.0)
+    min_similarity: float | None = setting(None, least=-1.0, most=1.0, option="--filter")
     # the verdict's "no difference larger than": a comparison whose whole 95% interval lies
     # within ±this (a fraction: 0.01 is 1 point)
     equivalence: float = setting(EQUIVALENCE_MARGIN, above=0.0, most=1.0)

@@ -24,8 +24,9 @@ RULE = "mixdiff.rule"  # the metadata key of a field's Rule
 
 @dataclass(frozen=True)
 class Rule:
-    """What values a setting takes. Bounds apply to numbers; None (an optional setting left
-    unset) always passes."""
+    """What values a setting takes. Every number, of any setting (one declared without a rule
+    too, and each number of a list), must be finite; bounds apply to numbers; None (an optional
+    setting left unset) always passes."""
 
     choices: tuple = ()
     least: float | None = None  # value >= least
@@ -33,6 +34,7 @@ class Rule:
     most: float | None = None  # value <= most
     produces: bool = True  # False: how the work runs, not what it makes (devices, workers, logs)
     hint: str = ""  # said after the reason, in brackets
+    option: str = ""  # the command-line option, where it is not --FIELD-NAME (e.g. --filter)
 
     def problem(self, value: Any) -> tuple[str, str] | None:
         """(kind, reason) when `value` breaks the rule: kind 'choice' or 'range'."""
@@ -52,31 +54,42 @@ class Rule:
             return next(filter(None, map(self._problem, value)), None)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
+        if not math.isfinite(value):  # inf passes `>= 0` and overflows later; nan passes nothing
+            return "range", "must be a finite number"
         low = self.above if self.above is not None else self.least
-        if low is None and self.most is None:
-            return None
-        fails = math.isnan(value) \
-            or (self.above is not None and not value > self.above) \
+        fails = (self.above is not None and not value > self.above) \
             or (self.least is not None and not value >= self.least) \
             or (self.most is not None and not value <= self.most)
         if not fails:
             return None
         if low is not None and self.most is not None:
             opening = "(" if self.above is not None else "["
-            return "range", f"must lie in {opening}{low:g}, {self.most:g}]"
+            return "range", f"must lie in {opening}{_number(low)}, {_number(self.most)}]"
         if self.most is not None:
-            return "range", f"must be at most {self.most:g}"
+            return "range", f"must be at most {_number(self.most)}"
         if self.above is not None:
-            return "range", "must be positive" if self.above == 0 else f"must be above {low:g}"
-        return "range", f"must be at least {low:g}"
+            return "range", "must be positive" if self.above == 0 else \
+                f"must be above {_number(low)}"
+        return "range", f"must be at least {_number(low)}"
+
+
+def _number(bound: float) -> str:
+    """A bound as written: 4294967295, not 4.29497e+09; 0.08 as 0.08."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | Any = MISSING,
             choices: Iterable = (), least: float | None = None, above: float | None = None,
-            most: float | None = None, produces: bool = True, hint: str = "") -> Any:
+            most: float | None = None, produces: bool = True, hint: str = "",
+            option: str = "") -> Any:
     """A dataclass field with its rule (see `Rule`)."""
-    rule = Rule(tuple(choices), least, above, most, produces, hint)
+    rule = Rule(tuple(choices), least, above, most, produces, hint, option)
     return field(default=default, default_factory=factory, metadata={RULE: rule})
+
+
+def seed_setting(default: int = 0) -> Any:
+    """A random seed: what numpy, torch and Lightning all take (0 to 2**32 - 1)."""
+    return setting(default, least=0, most=2**32 - 1)
 
 
 def rules(cls: type, prefix: str = "") -> dict[str, Rule]:
@@ -102,8 +115,9 @@ def config_key(key: str, value: Any, kind: str, reason: str) -> str:
 
 
 def cli_option(key: str, value: Any, kind: str, reason: str) -> str:
-    """How a command-line option names a bad value (field `save_size` is option `--save-size`)."""
-    option = "--" + key.replace("_", "-")
+    """How a command-line option names a bad value (field `save_size` is option `--save-size`,
+    unless its rule names another option)."""
+    option = key if key.startswith("--") else "--" + key.replace("_", "-")
     return f"{option} {value!r} {reason}" if kind == "choice" else f"{option} {reason}, not {value}"
 
 
@@ -111,7 +125,7 @@ def check(values: Mapping[str, Any], cls: type, say: Callable[..., str] = config
     """Refuse the first value (of a flat {'section.key': value}) that breaks its field's rule."""
     for key, rule in rules(cls).items():
         if key in values and (problem := rule.problem(values[key])):
-            raise ConfigError(say(key, values[key], *problem))
+            raise ConfigError(say(rule.option or key, values[key], *problem))
 
 
 def identity(values: Mapping[str, Any], ignore: Iterable[str] = ()) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 import struct
 
 import numpy as np
@@ -54,6 +55,49 @@ def test_unlabelled_tree_and_empty_tree(tmp_path):
         ImageTree.scan(tmp_path / "empty")
     with pytest.raises(DatasetError, match="not found"):
         ImageTree.scan(tmp_path / "absent")
+
+
+def test_a_tree_with_class_folders_and_loose_images_is_refused_by_every_reader(tmp_path):
+    """An image beside the class folders was trained on with label -1, without a word, and
+    crashed `eval knn --train` ("index -1 out of bounds"). Every command reads trees through
+    ImageTree.scan: each refuses it, naming the tree and the loose image."""
+    from mixdiff.config import load_config
+    from mixdiff.evaluate.features import ImageSet
+    from mixdiff.pretrain.input.datamodule import MixDiffDataModule
+
+    tree = make_tree(tmp_path / "train", per_class=2)
+    Image.new("RGB", (4, 4)).save(tree / "loose.png")
+    expected = f"{tree} has class folders and also 1 image(s) directly in it"
+    for read in (lambda: ImageTree.scan(tree), lambda: ImageSet.from_tree(tree),
+                 lambda: MixDiffDataModule(load_config(None, [f"data.real={tree}"])).setup()):
+        with pytest.raises(DatasetError, match=re.escape(expected) + ".*loose.png"):
+            read()
+    result = runner.invoke(app, ["eval", "knn", "--run", str(tmp_path / "run"), "--train",
+                                 str(tree), "--val", str(make_tree(tmp_path / "val", 1))])
+    assert result.exit_code == 2 and expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_trees_fingerprint_says_what_changed_by_class(tmp_path):
+    """Names and sizes only (no pixel read): what a resumed run compares with its start."""
+    from mixdiff.data.tree import fingerprint, fingerprint_changes
+
+    tree = make_tree(tmp_path / "t", per_class=2)
+    before = fingerprint(tree)
+    assert before["images"] == 6 and before["classes"]["circle"]["images"] == 2
+    assert fingerprint_changes(before, fingerprint(tree)) is None
+    (tree / "dots").mkdir()
+    Image.new("RGB", (4, 4)).save(tree / "dots" / "a.png")
+    (tree / "circle" / "img00.png").unlink()
+    assert fingerprint_changes(before, fingerprint(tree)) == (
+        "6 images where there were 6; class(es) added: dots; 1 image(s) removed in circle")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (4, 4)).save(flat / "a.png")
+    unlabelled = fingerprint(flat)
+    Image.new("RGB", (4, 4)).save(flat / "b.png")
+    assert fingerprint_changes(unlabelled, fingerprint(flat)) == (
+        "2 images where there were 1; 1 image(s) added in (the root)")
 
 
 def test_unreadable_image_names_the_file(tmp_path):

@@ -362,11 +362,66 @@ def test_cli_errors_are_one_line(eval_runs, tmp_path, case):
         val.mkdir()
         expected = "no images found under"
     else:
-        extra, expected = ["--k", "0"], "--k 0"
+        extra, expected = ["--k", "0"], "--k must be at least 1, not [0]"
     result = _cli("knn", "--run", run, "--train", train, "--val", val, "--num-workers", 0,
                   *extra)
     assert result.exit_code == 2 and expected in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, option, value, expected", [
+    ("knn", "--batch-size", 0, "--batch-size must be at least 1, not 0"),
+    ("knn", "--num-workers", -1, "--num-workers must be at least 0, not -1"),
+    ("knn", "--k", 0, "--k must be at least 1, not [0]"),
+    ("knn", "--temperature", "inf", "--temperature must be a finite number, not inf"),
+    ("knn", "--temperature", 0, "--temperature must be positive, not 0.0"),
+    ("linear", "--batch-size", -5, "--batch-size must be at least 1, not -5"),
+    ("transfer", "--batch-size", 0, "--batch-size must be at least 1, not 0"),
+    ("robustness", "--num-workers", -2, "--num-workers must be at least 0, not -2"),
+])
+def test_eval_numbers_are_checked_before_any_work(tmp_path, command, option, value, expected):
+    """`eval knn --batch-size 0` raised torch's ValueError, and passed without a word when the
+    feature cache was warm: every number is refused before a run, a tree or a cache is read
+    (here none of them exists)."""
+    given = {"knn": ["--train", tmp_path / "t", "--val", tmp_path / "v"],
+             "linear": ["--train", tmp_path / "t", "--val", tmp_path / "v"],
+             "transfer": ["--dataset", "cifar10", "--root", tmp_path / "r"],
+             "robustness": ["--suite", "corruptions", "--root", tmp_path / "r"]}[command]
+    result = _cli(command, "--run", tmp_path / "no-run", *given, option, value)
+    assert result.exit_code == 2 and result.output.strip() == f"error: {expected}"
+
+
+def test_a_run_still_training_gives_a_result_marked_early(eval_runs, tmp_path):
+    """`eval` of a run that `mixdiff pretrain` still trains said nothing, and `report` put that
+    early result beside later numbers, unmarked. Now eval warns (of which epoch), the result
+    records it, and the report says so beside it; once the run is done, nothing is said."""
+    from mixdiff.lock import exclusive
+    from mixdiff.report.build import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    args = ["--run", run, "--train", eval_runs["train"], "--val", eval_runs["val"], "--device",
+            "cpu", "--num-workers", "0"]
+    with exclusive(run, "mixdiff pretrain"):  # as the training process holds it
+        early = _cli("knn", *args)
+    said = " ".join(early.output.split())
+    assert early.exit_code == 0, early.output
+    assert f"warning: {run} is still being trained (`mixdiff pretrain` (pid" in said
+    assert "this result is of epoch 1 of 1 and will be out of date" in said
+    result = json.loads((run / "eval" / "knn" / "toy.json").read_text())
+    unfinished = result["checkpoint"]["unfinished"]
+    assert (unfinished["epoch"], unfinished["max_epochs"]) == (1, 1)
+    notes = write_report([run], tmp_path / "report").notes
+    assert any("toy.json is of epoch 1 of 1, made while the run was still training" in note
+               for note in notes)
+
+    done = _cli("knn", *args)  # the run has finished: the same measurement replaces it
+    assert done.exit_code == 0 and "still being trained" not in done.output
+    assert "unfinished" not in json.loads((run / "eval" / "knn" / "toy.json").read_text())[
+        "checkpoint"]
+    assert not any("still training" in note for note in
+                   write_report([run], tmp_path / "report2").notes)
 
 
 def test_evaluations_whose_number_means_something_else_are_warned_about(tmp_path):

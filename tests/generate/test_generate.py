@@ -28,7 +28,7 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.backends import (CLIP_MEAN, CLIP_STD, GeneratorLoadError,
                                        sd_variation_preprocess)
 from mixdiff.generate.embedded import EMBEDDED_DIR, GeneratorTraining, train_generator
-from mixdiff.generate.runner import SettingsChangedError, generate
+from mixdiff.generate.runner import SettingsChangedError, generate, refuse_overlap
 from mixdiff.generate.settings import (USED_BY, GenerateSettings, changed_settings, image_seed,
                                        parse_shard)
 
@@ -246,6 +246,24 @@ def test_changed_settings_are_refused_unless_overwrite(models, real, tmp_path):
     assert (more.written, more.skipped) == (6, 6)  # more variants only add outputs
     fresh = generate(real, out, settings(models, steps=3), overwrite=True, show_progress=False)
     assert fresh.written == 6 and all(r["steps"] == 3 for r in rows(out))
+
+
+def test_twins_are_never_written_into_the_real_tree(tmp_path):
+    """--out inside --real made the twins (OUT/v0/...) an 11th class of the real tree; --real
+    inside OUT/v<k> would have its images replaced by their twins. Both are refused, nothing
+    written."""
+    real = make_tree(tmp_path / "real", per_class=1)
+    sdedit = GenerateSettings(generator="sdedit", device="cpu")
+    for out in (real / "twins", real):
+        with pytest.raises(ConfigError, match=re.escape(f"--out {out} lies inside --real {real}")):
+            generate(real, out, sdedit, show_progress=False)
+    assert sorted(p.name for p in real.iterdir()) == ["circle", "square", "stripes"]
+    inner = make_tree(tmp_path / "out" / "v0", per_class=1)
+    with pytest.raises(ConfigError, match=re.escape(f"--real {inner} lies inside --out")):
+        generate(inner, tmp_path / "out", sdedit, show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v0"]
+    beside = make_tree(tmp_path / "data" / "train", per_class=1)  # OUT above, not in v<k>: fine
+    refuse_overlap(beside, tmp_path / "data")
 
 
 def test_corrupt_input_is_recorded_and_the_run_goes_on(models, tmp_path):
@@ -497,7 +515,7 @@ def test_generator_training_settings_are_checked_before_anything(real, tmp_path)
                             ({"resolution": 15}, "--resolution 15: .* multiple of 2"),
                             ({"channels": 2}, "--channels 2 is not one of: 1, 3"),
                             ({"lr": 0.0}, "--lr must be positive"),
-                            ({"lr": float("nan")}, "--lr must be positive")):
+                            ({"lr": float("nan")}, "--lr must be a finite number, not nan")):
         with pytest.raises(ConfigError, match=message):
             train_generator(real, tmp_path / "ddpm", replace(fine, **change), show_progress=False)
         assert not (tmp_path / "ddpm").exists()  # nothing written, not even an untrained pipeline

@@ -2,10 +2,12 @@
 
 import csv
 import math
+import re
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 from typer.testing import CliRunner
 
 from mixdiff.cli import app
@@ -100,6 +102,50 @@ def test_resume_continues_and_refuses_a_different_config(tiny_data, tmp_path):
     assert second["global_step"] == 2 * first["global_step"]
     with pytest.raises(RunDirError, match=r"data\.mode: 'mixdiff' -> 'real'.*optim\.lr"):
         _run(tiny_data, out, **{"data.mode": "real", "optim.lr": 0.1, "trainer.max_epochs": 2})
+
+
+def test_a_resume_refuses_images_added_or_removed_since_the_run_started(tiny_data, tmp_path,
+                                                                        monkeypatch):
+    """Images added to data.real between a run and its resume were trained on without a word
+    (data.json rewritten); a class removed ended in a state_dict size-mismatch traceback, after
+    data.json was rewritten. data.json keeps each tree's fingerprint (names and sizes), and a
+    resume on other images is refused before anything is written. A run from before the
+    fingerprints is unknown, not changed: it resumes, with a warning."""
+    import json
+    import shutil
+
+    import mixdiff.pretrain.train
+
+    real = make_tree(tmp_path / "real", per_class=6)
+    data = {**tiny_data, "real": real}
+    out = _run(data, tmp_path / "run")
+    files = ("data.json", "config.yaml", "metrics.csv", "checkpoints/last.ckpt")
+    kept = {name: (out / name).read_bytes() for name in files}
+    Image.new("RGB", (24, 24)).save(real / "circle" / "new.png")
+    with pytest.raises(RunDirError, match=re.escape(
+            "(data.real: 19 images where there were 18; 1 image(s) added in circle). Restore")):
+        _run(data, out, **{"trainer.max_epochs": 2})
+    (real / "circle" / "new.png").unlink()
+    shutil.rmtree(real / "stripes")
+    (real / "square" / "img00.png").write_bytes(b"other bytes")
+    with pytest.raises(RunDirError, match=re.escape(
+            "data.real: 12 images where there were 18; class(es) removed: stripes; other files "
+            "(names or sizes) in square")):
+        _run(data, out, **{"trainer.max_epochs": 2})
+    assert {name: (out / name).read_bytes() for name in files} == kept  # nothing rewritten
+
+    make_tree(tmp_path / "real", per_class=6)  # as it was
+    summary = json.loads(kept["data.json"])
+    del summary["fingerprints"]  # as an older mixdiff wrote it
+    (out / "data.json").write_text(json.dumps(summary))
+    warned = []
+    monkeypatch.setattr(mixdiff.pretrain.train.log, "warning",
+                        lambda message, *args: warned.append(message % args))
+    _run(data, out, **{"trainer.max_epochs": 2})
+    assert [r["epoch"] for r in _rows(out)] == ["0", "1"]
+    assert any("keeps no fingerprint of data.real" in line and "unknown" in line
+               for line in warned)
+    assert "fingerprints" in json.loads((out / "data.json").read_text())  # kept from now on
 
 
 def test_init_from_copies_weights(tiny_data, tmp_path):

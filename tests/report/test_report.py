@@ -529,3 +529,23 @@ def test_the_report_counts_the_test_images_where_runs_kept_their_predictions(tmp
              json.loads((tmp_path / "r2" / "results.json").read_text())["comparisons"]}
     assert again[("simclr · mixdiff", "simclr · real", "linear")]["ci95_two_level"] is None
     assert again[("simclr · real", "untrained", "linear")]["ci95_two_level"] is not None
+
+
+def test_no_epochs_from_a_trained_checkpoint_is_not_the_untrained_reference(tmp_path):
+    """trainer.max_epochs=0 with init_from= a trained checkpoint evaluates those trained weights:
+    it was filed as the "untrained" reference (and every setting measured against it). It is a
+    trained setting of its own, told apart by its label."""
+    untrained, _ = write_run(tmp_path, "simclr", "real", 0, epochs=0, name="untrained")
+    trained, _ = write_run(tmp_path, "simclr", "real", 0, name="trained")
+    copied, _ = write_run(tmp_path, "simclr", "real", 0, epochs=0, name="copied")
+    config = OmegaConf.load(copied / "config.yaml")
+    OmegaConf.update(config, "init_from", str(trained / "checkpoints" / "last.ckpt"))
+    OmegaConf.save(config, copied / "config.yaml")
+    records = load_runs([untrained, trained, copied])
+    assert [r.kind for r in records] == ["untrained", "trained", "trained"]
+    assert not any("metrics.csv" in m for m in records[2].missing)  # no epochs, by design
+    settings = group_settings(records)
+    assert [s.label for s in settings if s.kind == "untrained"] == ["untrained"]
+    assert [[r.name for r in s.runs] for s in settings] == [["untrained"], ["trained"],
+                                                            ["copied"]]
+    assert len({s.label for s in settings}) == 3

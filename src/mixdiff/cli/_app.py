@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +28,7 @@ PATH_PROBLEMS = {
     errno.EPERM: "no permission to write (or read) here",
     errno.EROFS: "this is on a read-only file system",
     errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
 }
 
 
@@ -38,16 +41,38 @@ def path_problem(exc: OSError) -> str:
             "(e.g. another --out), or make this one usable")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt: what it was
+    writing is cleaned up on the way out (mixdiff.io's temporaries), and what stops cleanly on
+    Ctrl-C (generate, the quickstart) stops so on SIGTERM too. (Python's default for SIGTERM
+    ends the process at once, cleaning nothing.)"""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 class MixDiffGroup(typer.core.TyperGroup):
     """Every command of the app: an error of the file system (an --out that is a file or lies
-    under one, a read-only folder, a full disk) is one line naming the path, not a traceback."""
+    under one, a read-only folder, a full disk) is one line naming the path, not a traceback;
+    SIGTERM stops it as Ctrl-C does (`Terminated`)."""
 
     def invoke(self, ctx):
+        main = threading.current_thread() is threading.main_thread()  # where signals arrive
+        previous = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return super().invoke(ctx)
         except OSError as exc:
             console.print(f"[bold red]error:[/] {path_problem(exc)}", highlight=False)
             raise typer.Exit(2) from None
+        except Terminated:
+            console.print("[bold yellow]stopped by SIGTERM[/]", highlight=False)
+            raise typer.Exit(128 + signal.SIGTERM) from None
+        finally:
+            if main and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(help="MixDiff: self-supervised learning from real and synthetic images.",

@@ -12,7 +12,7 @@ import typer
 from mixdiff.cli._app import MORE, app, console, fail
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import WEIGHT_PREFIXES
-from mixdiff.evaluate.options import EncodeOptions
+from mixdiff.evaluate.options import EncodeOptions, KnnOptions
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
 
@@ -47,6 +47,15 @@ PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of t
                       "`pixels`.")
 
 
+def _checked(options: type, *values):
+    """Options made, and so checked, before any work (a warm feature cache would not use them):
+    a bad number is one line naming its option."""
+    try:
+        return options(*values)
+    except MixDiffError as exc:
+        fail(exc)
+
+
 def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
     from mixdiff.evaluate.features import evaluation_warnings, labelled_sets
 
@@ -57,6 +66,17 @@ def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
     for note in evaluation_warnings(train, val, train_set, ks):
         console.print(f"[bold yellow]warning:[/] {note}", highlight=False)
     return train_set, val_set
+
+
+def warn_if_training(encoder) -> None:
+    """A run still being trained gives an early result: said here, and recorded in the result
+    (its checkpoint's `unfinished`), which `mixdiff report` marks."""
+    unfinished = encoder.unfinished()
+    if unfinished:
+        console.print(f"[bold yellow]warning:[/] {encoder.run.root} is still being trained "
+                      f"({unfinished['trained_by']}): this result is of epoch "
+                      f"{unfinished['epoch']} of {unfinished['max_epochs']} and will be out of "
+                      "date when the run goes on (`mixdiff report` marks it)", highlight=False)
 
 
 def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
@@ -73,6 +93,7 @@ def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
         for run in runs:
             encoder = Encoder.pixels(run, device) if pixels else \
                 Encoder.from_run(run, weights, device)
+            warn_if_training(encoder)
             path = evaluate(encoder)
             results.append(read_result(path))
             console.print(f"wrote {path}", highlight=False)
@@ -102,12 +123,11 @@ def knn(
     Writes RUN/eval/knn/<name>.json; features are cached in RUN/cache/features."""
     from mixdiff.evaluate.knn import knn_eval
 
-    if min(ks) < 1:
-        fail(MixDiffError(f"--k {min(ks)}: the number of neighbours must be at least 1"))
-    train_set, val_set = _trees(train, val, ks)
+    neighbours = _checked(KnnOptions, list(ks), temperature)
+    options = _checked(EncodeOptions, batch_size, num_workers)
+    train_set, val_set = _trees(train, val, neighbours.k)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
-        encoder, train_set, val_set, name, ks, temperature, EncodeOptions(batch_size, num_workers)),
-        pixels)
+        encoder, train_set, val_set, name, neighbours.k, neighbours.temperature, options), pixels)
 
 
 @eval_app.command("linear")
@@ -129,9 +149,10 @@ def linear(
     (used by `mixdiff eval robustness`)."""
     from mixdiff.evaluate.linear import linear_eval
 
+    options = _checked(EncodeOptions, batch_size, num_workers)
     train_set, val_set = _trees(train, val)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
-        encoder, train_set, val_set, name, options=EncodeOptions(batch_size, num_workers)), pixels)
+        encoder, train_set, val_set, name, options=options), pixels)
 
 
 @eval_app.command("transfer", help=(
@@ -156,6 +177,6 @@ def transfer(
 ) -> None:
     from mixdiff.evaluate.transfer import transfer_eval
 
+    options = _checked(EncodeOptions, batch_size, num_workers)
     _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
-        encoder, dataset.value, root, download, result=name,
-        options=EncodeOptions(batch_size, num_workers)))
+        encoder, dataset.value, root, download, result=name, options=options))

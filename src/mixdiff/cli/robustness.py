@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import MORE, console, fail
-from mixdiff.cli.evaluate import BATCH_SIZE, DEVICE, NUM_WORKERS, PIXELS, WEIGHTS, eval_app
+from mixdiff.cli.evaluate import (BATCH_SIZE, DEVICE, NUM_WORKERS, PIXELS, WEIGHTS, eval_app,
+                                  warn_if_training)
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from mixdiff.evaluate.robustness import SUITES
@@ -50,16 +51,17 @@ def robustness(
                                              robustness_eval, selection_notes)
 
     try:
+        options = EncodeOptions(batch_size, num_workers)
         spec = SUITES[suite.value]
         chosen, levels = parse_corruptions(corruptions), parse_severities(severities)
         images = spec.scan(root)
-        options = EncodeOptions(batch_size, num_workers)
         results = []
         if pixels and weights is not None:
             raise MixDiffError(f"--pixels scores no weights: drop --weights {weights}")
         for run in [*runs, *(more or [])]:
             encoder = Encoder.pixels(run, device) if pixels else \
                 Encoder.from_run(run, weights, device)
+            warn_if_training(encoder)
             path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
                                                          levels, options)
             for note in selection_notes(images, outcome.selection):

@@ -7,6 +7,7 @@ by relative path without extension, so any number of roots pair with the real tr
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def list_images(root: str | Path) -> list[str]:
 class ImageTree:
     """The images of one tree, with a class label from the first folder of each path.
 
-    A tree whose images sit directly under the root is unlabelled: every label is -1.
+    A tree whose images sit directly under the root is unlabelled: every label is -1. A tree with
+    both is refused: an image beside the class folders belongs to no class, and neither training
+    it unlabelled nor leaving it out is what its owner can be assumed to want.
     """
 
     root: Path
@@ -76,6 +79,12 @@ class ImageTree:
         folders = [p.split("/", 1)[0] if "/" in p else None for p in relpaths]
         if all(f is None for f in folders):
             return cls(root, tuple(relpaths), (), np.full(len(relpaths), -1, dtype=np.int64))
+        loose = [p for p, f in zip(relpaths, folders) if f is None]
+        if loose:
+            raise DatasetError(
+                f"{root} has class folders and also {len(loose)} image(s) directly in it, which "
+                f"belong to no class (e.g. {', '.join(loose[:3])}): move each into its class "
+                "folder, or out of the tree")
         if classes is None:
             classes = tuple(sorted({f for f in folders if f is not None}))
         index = {name: i for i, name in enumerate(classes)}
@@ -83,7 +92,7 @@ class ImageTree:
         if unknown:
             raise DatasetError(f"{root}: class folders {unknown[:5]} are not among the "
                                f"{len(classes)} training classes")
-        labels = np.array([index[f] if f is not None else -1 for f in folders], dtype=np.int64)
+        labels = np.array([index[f] for f in folders], dtype=np.int64)
         return cls(root, tuple(relpaths), tuple(classes), labels)
 
     @property
@@ -95,6 +104,76 @@ class ImageTree:
 
     def __len__(self) -> int:
         return len(self.relpaths)
+
+
+ROOT_GROUP = ""  # the group of images directly under a tree's root (an unlabelled tree's)
+STAT_CHUNK = 4096  # files stat'ed per task: a thread per file would cost more than its stat
+
+
+def fingerprint(root: str | Path, relpaths: Sequence[str] | None = None) -> dict:
+    """What a tree holds, cheaply enough for ImageNet's 1.28M files: every file's name and size,
+    no pixel read. Per class folder (the key of images directly under the root is ""): its image
+    count and a digest; and the whole tree's. A resumed run compares it with the one it started
+    with (`fingerprint_changes`)."""
+    root = Path(root)
+    relpaths = list_images(root) if relpaths is None else list(relpaths)
+
+    def sizes(chunk: Sequence[str]) -> list[int]:
+        try:
+            return [os.stat(root / rel).st_size for rel in chunk]
+        except OSError as exc:
+            raise DatasetError(f"cannot read {exc.filename}: {exc.strerror}") from None
+
+    chunks = [relpaths[i:i + STAT_CHUNK] for i in range(0, len(relpaths), STAT_CHUNK)]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # a network file system answers in parallel
+        found = [size for chunk in pool.map(sizes, chunks) for size in chunk]
+    groups: dict[str, list[str]] = {}
+    for rel, size in zip(relpaths, found):
+        groups.setdefault(rel.split("/", 1)[0] if "/" in rel else ROOT_GROUP, []).append(
+            f"{rel}\0{size}\n")
+    classes = {name: {"images": len(lines), "sha256": _digest(lines)[:16]}
+               for name, lines in sorted(groups.items())}
+    return {"images": len(relpaths), "sha256": _digest(
+        f"{name}\0{group['sha256']}\n" for name, group in classes.items()), "classes": classes}
+
+
+def _digest(lines) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def fingerprint_changes(before: dict, now: dict) -> str | None:
+    """What changed between two fingerprints of a tree, in words (None: nothing): the images
+    added or removed per class (net counts), the classes added or removed, and the classes whose
+    files changed at an equal count."""
+    if before["sha256"] == now["sha256"]:
+        return None
+    old, new = before["classes"], now["classes"]
+
+    def name(group: str) -> str:
+        return group or "(the root)"
+
+    def listed(groups: list[str], shown: int = 5) -> str:
+        more = f" and {len(groups) - shown} more" if len(groups) > shown else ""
+        return ", ".join(map(name, groups[:shown])) + more
+
+    parts = [f"{now['images']} images where there were {before['images']}"]
+    gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
+    if gone:
+        parts.append(f"class(es) removed: {listed(gone)}")
+    if added:
+        parts.append(f"class(es) added: {listed(added)}")
+    counts = {g: new[g]["images"] - old[g]["images"] for g in sorted(old.keys() & new.keys())
+              if new[g]["sha256"] != old[g]["sha256"]}
+    if more := [g for g, n in counts.items() if n > 0]:
+        parts.append(f"{sum(counts[g] for g in more)} image(s) added in {listed(more)}")
+    if fewer := [g for g, n in counts.items() if n < 0]:
+        parts.append(f"{-sum(counts[g] for g in fewer)} image(s) removed in {listed(fewer)}")
+    if same := [g for g, n in counts.items() if n == 0]:
+        parts.append(f"other files (names or sizes) in {listed(same)}")
+    return "; ".join(parts)
 
 
 def index_twins(root: str | Path) -> dict[str, str]:

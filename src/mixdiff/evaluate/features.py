@@ -34,6 +34,7 @@ from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.predictions import images_sha256
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
+from mixdiff.lock import holder
 from mixdiff.models import build_backbone
 from mixdiff.runs import PIXELS, RunDir, read_checkpoint
 
@@ -181,6 +182,7 @@ class Encoder:
         self.default_weights = default_weights or weights  # what --weights means when omitted
         self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
         self.epoch, self.global_step = epoch, global_step
+        self.trained_by: str | None = None  # the process training the run when it was read
         self.backbone, self.feature_dim, self.device = backbone, feature_dim, device
         self.transform = eval_view(config)
         # a ResNet on a GPU runs fastest in channels_last with bf16 (tensor cores, no transposes)
@@ -213,8 +215,11 @@ class Encoder:
                                   if k.startswith(prefix)})
         resolved = torch.device(resolve_device(device))
         backbone.eval().requires_grad_(False).to(resolved)
-        return cls(run, config, weights, checkpoint, file_sha256(checkpoint), int(saved["epoch"]),
-                   int(saved["global_step"]), backbone, dim, resolved, default)
+        encoder = cls(run, config, weights, checkpoint, file_sha256(checkpoint),
+                      int(saved["epoch"]), int(saved["global_step"]), backbone, dim, resolved,
+                      default)
+        encoder.trained_by = holder(run.root)  # `mixdiff pretrain` holds it while it trains
+        return encoder
 
     @classmethod
     def pixels(cls, run: RunDir | str | Path, device: str | None = None) -> "Encoder":
@@ -231,10 +236,21 @@ class Encoder:
     def is_pixels(self) -> bool:
         return self.weights == PIXELS
 
+    def unfinished(self) -> dict | None:
+        """Where the run was when its checkpoint was read, if it was still training: a result
+        made from it is early, and `mixdiff report` marks it. None: the run was not training."""
+        if self.trained_by is None:
+            return None
+        # Lightning's epoch counts from 0: the checkpoint is of the epoch it was in, or had ended
+        return {"epoch": self.epoch + 1, "max_epochs": int(self.config.trainer.max_epochs),
+                "trained_by": self.trained_by}
+
     def checkpoint_record(self) -> dict:
+        unfinished = self.unfinished()
         return {"path": str(self.checkpoint) if self.checkpoint else None,
                 "sha256": self.checkpoint_sha256,
-                "epoch": self.epoch, "global_step": self.global_step}
+                "epoch": self.epoch, "global_step": self.global_step,
+                **({"unfinished": unfinished} if unfinished else {})}
 
     def settings(self) -> dict:
         """What the features depend on, for the `settings` of a result."""

@@ -23,7 +23,7 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
-from mixdiff.schema import check, cli_option, setting
+from mixdiff.schema import check, cli_option, seed_setting, setting
 
 EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
@@ -42,7 +42,7 @@ class GeneratorTraining:
     batch_size: int = setting(64, least=1)
     lr: float = setting(1e-3, above=0.0)
     warmup_steps: int = setting(200, least=0)
-    seed: int = 0
+    seed: int = seed_setting()
     num_workers: int = setting(2, least=0, produces=False)
     bf16: bool = True  # autocast
 

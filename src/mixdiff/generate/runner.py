@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -179,6 +180,20 @@ def _progress(show: bool) -> Progress:
                     console=console, disable=not (show and console.is_terminal), transient=True)
 
 
+def refuse_overlap(real: Path, out: Path) -> None:
+    """The twins go to OUT/v<k>/<class>/...: an OUT inside the real tree would make each v<k> a
+    class of it (and every later scan of it, training included, would read the twins as real
+    images), and a real tree inside OUT/v<k> would have its images replaced by their twins."""
+    real, out = real.resolve(), out.resolve()
+    if out == real or out.is_relative_to(real):
+        raise ConfigError(f"--out {out} lies inside --real {real}: the twins (OUT/v<k>/...) "
+                          "would become a class of the real tree; give an --out outside it")
+    if real.is_relative_to(out) and re.fullmatch(r"v\d+", real.relative_to(out).parts[0]):
+        raise ConfigError(f"--real {real} lies inside --out {out}, where the twins are written "
+                          "(OUT/v<k>/...): they would replace the real images; give an --out "
+                          "that does not hold the real tree")
+
+
 def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
              shard: tuple[int, int] | None = None, limit: int | None = None,
              overwrite: bool = False, show_progress: bool = True,
@@ -190,6 +205,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, not {limit}")
     shard = shard or shard_from_environment()
+    refuse_overlap(real, out)
     tree = ImageTree.scan(real)
     # a lock per shard: the ranks of one run write side by side, two runs of a shard may not
     with exclusive(out, "mixdiff generate", part=f"shard-{shard[0]}-of-{shard[1]}"):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 
 from mixdiff.devices import resolve_device
 from mixdiff.errors import ConfigError
-from mixdiff.schema import check, cli_option, differences, rules, setting
+from mixdiff.schema import check, cli_option, differences, rules, seed_setting, setting
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class GenerateSettings:
     scheduler: str = setting("default", choices=SCHEDULERS)  # default: the pipeline's own
     resolution: int | None = setting(None, least=1)
     variants: int = setting(1, least=1, produces=False)
-    seed: int = 0
+    seed: int = seed_setting()
     batch_size: int = setting(8, least=1, produces=False)
     dtype: str = setting("auto", choices=DTYPES)  # fp16 on a GPU, fp32 on the CPU
     device: str = setting("auto", produces=False)  # checked against the machine: resolve_device

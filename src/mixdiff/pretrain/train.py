@@ -10,6 +10,7 @@ loses.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import sys
@@ -28,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mixdiff.pretrain.callbacks import EpochSummary, ProgressBar, RunCheckpoint
 from mixdiff.config import differing_keys, to_yaml
-from mixdiff.pretrain.input.datamodule import MixDiffDataModule
+from mixdiff.data.tree import fingerprint_changes
+from mixdiff.pretrain.input.datamodule import FINGERPRINTS, MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
-from mixdiff.io import atomic_open, atomic_write_text
+from mixdiff.io import atomic_open, atomic_write_text, remove_stale_temporaries
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.pretrain.loggers import build_logger
 from mixdiff.pretrain.methods import METHODS
@@ -143,6 +145,29 @@ def resume_point(cfg: DictConfig, run: RunDir) -> Path | None:
     return run.last_checkpoint if run.last_checkpoint.exists() else None
 
 
+def refuse_other_data(run: RunDir, summary: dict) -> None:
+    """A resumed run trains on the images it started with (data.json's fingerprints of its
+    trees): images added or removed since are refused, before anything is rewritten (a removed
+    class would not even fit the saved model). A run whose data.json keeps no fingerprint (an
+    older mixdiff's) is unknown, not changed: said, and resumed."""
+    try:
+        saved = json.loads(run.data_summary.read_text()).get(FINGERPRINTS) or {}
+    except (OSError, ValueError, AttributeError):
+        saved = {}
+    unknown = [key for key in summary[FINGERPRINTS] if key not in saved]
+    if unknown:
+        log.warning("%s keeps no fingerprint of %s (written before mixdiff kept them): whether "
+                    "the run resumes on the images it started with is unknown", run.data_summary,
+                    ", ".join(unknown))
+    changes = [f"{key}: {change}" for key, now in summary[FINGERPRINTS].items()
+               if key in saved and (change := fingerprint_changes(saved[key], now))]
+    if changes:
+        raise RunDirError(f"{run.root} was trained on other images than its trees hold now ("
+                          f"{'; '.join(changes)}). Restore them to resume it, or train on these "
+                          f"in another --out (init_from={run.last_checkpoint} starts from its "
+                          "weights)")
+
+
 def writable_folder(folder: Path) -> None:
     """Make `folder`, and raise the operating system's error now if it cannot be written (the CLI
     makes it one line that names the folder)."""
@@ -252,6 +277,8 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = MixDiffDataModule(cfg)
     datamodule.setup()
+    if resume_from is not None:
+        refuse_other_data(run, datamodule.summary)
     datamodule.check_images(cfg.data.check_images, show_progress=show_progress_bar(cfg))
     model = METHODS[cfg.method](OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes)
     if cfg.init_from and resume_from is None:
@@ -261,6 +288,7 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     # every input is good: only now does the run folder get written
     run.root.mkdir(parents=True, exist_ok=True)
     writable_folder(run.checkpoints)  # now, not when the first epoch's checkpoint is due
+    remove_stale_temporaries(run.checkpoints)  # a killed save's, now: it may be gigabytes
     atomic_write_text(run.config, to_yaml(cfg))  # refreshed: resumable keys may have changed
     datamodule.write_summary(run.data_summary)
     if resume_from is not None:

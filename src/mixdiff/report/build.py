@@ -74,7 +74,7 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
     out = Path(out)
     report = Report()
     records = load_runs(runs)
-    report.notes += [f"{r.name}: {m}" for r in records for m in r.missing]
+    report.notes += [f"{r.name}: {m}" for r in records for m in (*r.missing, *r.early)]
     settings = group_settings(records)
     rows = result_rows(settings)
     points, notes = id_vs_ood_points(settings, rows, spread)
@@ -108,7 +108,7 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
         "spread": {"name": spread, "meaning": SPREADS[spread]},
         "runs": [{"name": r.name, "path": str(r.run.root), "setting": s.label, "kind": r.kind,
                   "method": r.method, "mode": r.mode, "seed": r.seed,
-                  "train_dataset": r.train_dataset, "missing": r.missing}
+                  "train_dataset": r.train_dataset, "missing": r.missing, "early": r.early}
                  for s in settings for r in s.runs],
         "settings": [{"label": s.label, "kind": s.kind, "method": s.method, "mode": s.mode,
                       "runs": [r.name for r in s.runs], "seeds": s.seeds} for s in settings],

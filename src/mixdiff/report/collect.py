@@ -13,8 +13,10 @@ from omegaconf import OmegaConf
 from mixdiff.errors import RunDirError
 from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir
 
-# what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`: the
-# seed's initial weights), or the raw pixels of the evaluation images (results of `--pixels`)
+# what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`
+# without `init_from`: the seed's initial weights), or the raw pixels of the evaluation images
+# (results of `--pixels`). max_epochs=0 with init_from is the weights of the run it starts from:
+# trained, and a setting of its own (its init_from is part of it, see report.grouping).
 TRAINED, UNTRAINED = "trained", "untrained"
 KINDS = (TRAINED, UNTRAINED, PIXELS)
 
@@ -41,6 +43,8 @@ class RunRecord:
     results: list[dict]  # the eval result files, each with "source" (its path) added
     missing: list[str] = field(default_factory=list)  # what the report could not find, in words
     kind: str = TRAINED  # one of KINDS
+    # results made from a checkpoint of the run while it was still training, in words
+    early: list[str] = field(default_factory=list)
 
     def setting(self, dotted: str, default=None):
         """A config value by its dotted key (`data.mode`)."""
@@ -124,20 +128,35 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     `results` (`pixel_record` makes a record of their own from them)."""
     run = RunDir(Path(path))
     config = OmegaConf.to_container(run.load_config(), resolve=False)
-    untrained = (config.get("trainer") or {}).get("max_epochs") == 0
+    no_epochs = (config.get("trainer") or {}).get("max_epochs") == 0
+    untrained = no_epochs and not config.get("init_from")
     missing = []
     data = _read_json(run.data_summary) if run.data_summary.is_file() else {}
     if not data:
         missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
     metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
-    if not metrics and not untrained:  # the untrained reference has no epochs by design
+    if not metrics and not no_epochs:  # a run of max_epochs=0 has no epochs by design
         missing.append(f"no {METRICS} rows (no training curves, no online metrics)")
     results = [_read_result(p) for p in run.eval_results()]
     if not [r for r in results if r.get("weights") != PIXELS]:
         missing.append(f"no offline results in {run.root / 'eval'}: run `mixdiff eval linear "
                        f"--run {run.root} ...` (and `mixdiff eval robustness`) first")
     return RunRecord(name or run.root.name, run, config, data, metrics, results, missing,
-                     UNTRAINED if untrained else TRAINED)
+                     UNTRAINED if untrained else TRAINED, early_results(results))
+
+
+def early_results(results: list[dict]) -> list[str]:
+    """The results `mixdiff eval` made while the run was still training (their checkpoint's
+    `unfinished`): older than its later numbers (online, other results), said so beside them."""
+    early = []
+    for result in results:
+        unfinished = (result.get("checkpoint") or {}).get("unfinished")
+        if unfinished:
+            early.append(f"{result['source']} is of epoch {unfinished.get('epoch', '?')} of "
+                         f"{unfinished.get('max_epochs', '?')}, made while the run was still "
+                         f"training: re-run `mixdiff eval {result['command']}` on the finished "
+                         "run")
+    return early
 
 
 def pixel_record(record: RunRecord, name: str) -> RunRecord | None:

@@ -25,7 +25,7 @@ from mixdiff.pretrain.input.input_stream import beside_the_step
 from mixdiff.pretrain.input.paired import LabelledImages, PairedDataset, build_samples
 from mixdiff.data.eval_transform import eval_view
 from mixdiff.data.splits import stratified_holdout, stratified_subset
-from mixdiff.data.tree import ImageTree, find_unreadable
+from mixdiff.data.tree import ImageTree, find_unreadable, fingerprint
 from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.views import build_views, extra_compute, twin_positions
 from mixdiff.errors import DatasetError, UnreadableImageError
@@ -100,6 +100,10 @@ def data_warnings(data: DictConfig) -> list[str]:
     return notes
 
 
+# data.json's key of the trees' fingerprints (data.tree.fingerprint), by config key
+FINGERPRINTS = "fingerprints"
+
+
 class MixDiffDataModule(L.LightningDataModule):
     """Training samples for `data.mode`, plus two labelled loaders for the online evaluation:
     the validation images and the kNN bank (real training images, plain views)."""
@@ -127,6 +131,8 @@ class MixDiffDataModule(L.LightningDataModule):
         data, seed = self.cfg.data, self.cfg.trainer.seed
         tree = ImageTree.scan(data.real)
         self.classes = tree.classes
+        # what each tree held when the run started: a resume must find the same (see the key)
+        fingerprints = {"data.real": fingerprint(data.real, tree.relpaths)}
         positions = np.arange(len(tree))
         val_paths, val_labels, val_source = [], [], "none (unlabelled data, no data.val)"
         for note in data_warnings(data):
@@ -142,6 +148,7 @@ class MixDiffDataModule(L.LightningDataModule):
                 self.classes = val_tree.classes
             val_paths = [str(val_tree.path(i)) for i in range(len(val_tree))]
             val_labels = val_tree.labels.tolist()
+            fingerprints["data.val"] = fingerprint(data.val, val_tree.relpaths)
             val_source = f"data.val = {data.val}"
         elif tree.labelled:
             positions, held = stratified_holdout(tree.labels, data.val_fraction, seed)
@@ -156,6 +163,9 @@ class MixDiffDataModule(L.LightningDataModule):
             if data.synthetic_scores else None
         samples = build_samples(tree, positions, data.mode, list(data.synthetic),
                                 data.missing_synthetic, twin_filter)
+        if data.mode != "real":
+            fingerprints.update({f"data.synthetic[{i}]": fingerprint(root)
+                                 for i, root in enumerate(data.synthetic)})
         augment = self.cfg.augment
         views = build_views(self.cfg)
         self.train_set = PairedDataset(samples, views, data.mode, data.p_synthetic,
@@ -200,6 +210,7 @@ class MixDiffDataModule(L.LightningDataModule):
             "online_eval": "linear probe on detached backbone features (trained on training views) "
                            "and weighted kNN (bank: real training images, plain views), both "
                            "scored on the val images" if val_paths else "disabled",
+            FINGERPRINTS: fingerprints,
         }
         if len(self.classes) == 1:
             log.warning("%s has a single class (%s): the online kNN and probe accuracies are "
