@@ -19,6 +19,7 @@ from PIL import Image
 
 from mixdiff.data.decode import load_rgb_for
 from mixdiff.errors import DatasetError, UnreadableImageError
+from mixdiff.io import file_sha256
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
@@ -135,6 +136,24 @@ def fingerprint(root: str | Path, relpaths: Sequence[str] | None = None) -> dict
                for name, lines in sorted(groups.items())}
     return {"images": len(relpaths), "sha256": _digest(
         f"{name}\0{group['sha256']}\n" for name, group in classes.items()), "classes": classes}
+
+
+def images_sha256(names: Sequence[str], files: Sequence[str] | None = None,
+                  source_files: Sequence[str] = ()) -> str:
+    """The exact fingerprint of a set of images, for what an evaluation scored (a result's
+    `images_sha256`; `fingerprint` is the cheap one, for what a run trains on): sha256 over the
+    images in order, each one's name (its path relative to the scored folder) and the sha256 of
+    its file's bytes (`files`, one per name). Items read from a few container files
+    (`source_files`, e.g. CIFAR's pickles) are fingerprinted by those instead."""
+    digest = hashlib.sha256()
+    for i, name in enumerate(names):
+        digest.update(name.encode() + b"\0")
+        if files is not None:
+            digest.update(file_sha256(files[i]).encode())
+        digest.update(b"\n")
+    for path in source_files:
+        digest.update(file_sha256(path).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _digest(lines) -> str:

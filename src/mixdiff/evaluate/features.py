@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.eval_transform import eval_view
-from mixdiff.data.tree import ImageTree, load_rgb
+from mixdiff.data.tree import ImageTree, images_sha256, load_rgb
 from mixdiff.devices import resolve_device
 from mixdiff.evaluate.options import EncodeOptions
-from mixdiff.evaluate.predictions import images_sha256
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.lock import holder

@@ -13,7 +13,6 @@ relative to the scored folder, and its bytes): two results pair only when theirs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from mixdiff.errors import RunDirError
-from mixdiff.io import atomic_open, file_sha256
+from mixdiff.io import atomic_open
 
 PREDICTIONS_FILE = "predictions.npz"
 CLEAN = "clean"  # the condition of images scored as they are
@@ -31,22 +30,6 @@ CLEAN = "clean"  # the condition of images scored as they are
 
 def knn_condition(k: int) -> str:
     return f"k={k}"
-
-
-def images_sha256(names: Sequence[str], files: Sequence[str] | None = None,
-                  source_files: Sequence[str] = ()) -> str:
-    """sha256 over the images in scoring order: each one's name (its path relative to the scored
-    folder) and the sha256 of its file's bytes (`files`, one per name). Items read from a few
-    container files (`source_files`, e.g. CIFAR's pickles) are fingerprinted by those instead."""
-    digest = hashlib.sha256()
-    for i, name in enumerate(names):
-        digest.update(name.encode() + b"\0")
-        if files is not None:
-            digest.update(file_sha256(files[i]).encode())
-        digest.update(b"\n")
-    for path in source_files:
-        digest.update(file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

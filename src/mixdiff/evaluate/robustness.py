@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import PIL.Image
 
+from mixdiff.data.tree import images_sha256
 from mixdiff.errors import ConfigError, MixDiffError, RunDirError
 from mixdiff.evaluate import corruptions as corruption_lib
 from mixdiff.evaluate import imagenet
 from mixdiff.evaluate.options import EncodeOptions
-from mixdiff.evaluate.predictions import CLEAN, Predictions, images_sha256
+from mixdiff.evaluate.predictions import CLEAN, Predictions
 from mixdiff.evaluate.suites import (CLASS_TREE_SUITE, Selection, SuiteImages, border_crop,
                                      read_imagenet_a, read_imagenet_r, read_imagenet_sketch,
                                      read_imagenet_v2, read_labelled_tree, read_objectnet,
