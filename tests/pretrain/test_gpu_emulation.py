@@ -1,6 +1,7 @@
 """Rules that only a GPU enforces, checked on the CPU by emulating the enforcement: the device of
-what is reduced across ranks (NCCL), every precision the config accepts. The GPU itself runs
-`tests/pretrain/test_gpu.py` and the stages of `benchmarks/gpu_check.sh`."""
+what is reduced across ranks (NCCL), every precision the config accepts, a GPU machine's resolved
+hardware, DINO's teacher under DDP. The GPU itself runs `tests/pretrain/test_gpu.py` and the
+stages of `benchmarks/gpu_check.sh` (README.md, "GPU check", lists which proves what)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,12 @@ def _rows(run) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _with_default_device(device_of, method):
-    """`method`, run with the default device `device_of(module)` (tensors made without a device
-    land there)."""
+def _with_default_device(device: str, method):
+    """`method`, run with `device` as the default device (where tensors made without one land)."""
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with torch.device(device_of(self)):
+        with torch.device(device):
             return method(self, *args, **kwargs)
 
     return run
@@ -55,8 +55,7 @@ def test_values_reduced_across_ranks_live_on_the_module_s_device(tiny_data, tmp_
     not the module's (as the CPU is not a GPU module's), and a value logged for reduction that is
     not on the module's device is refused, as NCCL refuses it."""
     for hook in ("on_train_batch_start", "training_step", "on_train_batch_end"):
-        monkeypatch.setattr(SSLMethod, hook, _with_default_device(
-            lambda module: "meta", getattr(SSLMethod, hook)))
+        monkeypatch.setattr(SSLMethod, hook, _with_default_device("meta", getattr(SSLMethod, hook)))
     reduced = []
     log = SSLMethod.log
 
@@ -103,7 +102,8 @@ REFUSED = {"bf16-true": "use trainer.precision=bf16-mixed"}
 def test_every_precision_trains_a_step_or_is_refused_before_any_work(tiny_data, tmp_path, method,
                                                                      precision):
     """One optimiser step (a batch of 8 of the 15 training images, 8 px) and the online
-    evaluation, or one line that names the key, says why and what to use, before the run folder exists."""
+    evaluation, or one line that names the key, says why and what to use, before the run folder
+    exists."""
     extra = {"method": method, "trainer.precision": precision, "trainer.batch_size": 8,
              "data.image_size": 8, "augment.local_crops_real": 0,
              "augment.local_crops_synthetic": 0, **METHOD_SETTINGS[method]}
