@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -49,10 +50,20 @@ def real(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("gen") / "real", per_class=2)
 
 
+# These tests hold for fp32 on the CPU (byte-identical re-runs, batch-size independence): on a GPU
+# machine `--device auto` would pick the GPU, fp16 and torch.compile, so every run here names the
+# CPU (test_generation_tests_run_fp32_on_the_cpu_on_a_gpu_machine). The GPU's own generation test
+# is in tests/generate/test_generate_gpu.py.
 def settings(models, generator="sd-image-variations", **extra) -> GenerateSettings:
     base = {"generator": generator, "model": str(models[generator]), "steps": 2,
-            "resolution": None if generator == "sdedit" else 16, "batch_size": 3}
+            "resolution": None if generator == "sdedit" else 16, "batch_size": 3, "device": "cpu"}
     return GenerateSettings(**{**base, **extra})
+
+
+def generate_args(real: Path, out: Path, *options: str) -> list[str]:
+    """`mixdiff generate` on the CPU (Typer keeps the last of a repeated option: `--device` in
+    `options` wins)."""
+    return ["generate", "--real", str(real), "--out", str(out), "--device", "cpu", *options]
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -182,14 +193,36 @@ def test_shard_from_torchrun_environment(models, real, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "manifests" / "shard-1-of-3.jsonl").is_file()
 
 
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch):
+    """Under torchrun each rank is a shard (above) on its machine's GPU LOCAL_RANK, with
+    --device auto and cuda alike (not every rank on cuda:0); more ranks than GPUs on a machine is
+    one line. Emulated: CUDA says this machine has 2 GPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    def device(given: str) -> str:
+        return GenerateSettings(generator="sdedit", device=given).resolved().device
+
+    assert (device("auto"), device("cuda"), device("cuda:1")) == ("cuda:0", "cuda", "cuda:1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert [device(d) for d in ("auto", "cuda", "cuda:0", "cpu")] == \
+        ["cuda:1", "cuda:1", "cuda:0", "cpu"]  # an index given is kept
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    for given in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"^--device cuda:2: this machine has 2 CUDA GPU\(s\)"
+                           r", cuda:0 to cuda:1 \(this rank's GPU, LOCAL_RANK=2: start at most 2 "
+                           r"process\(es\) per machine\)$"):
+            device(given)
+
+
 def _generating(models, real, out):
     """A real `mixdiff generate` process (24 outputs, one per batch), once it has written two;
     returns it and its shard file. It starts with SIGINT's default action: a test run started in
     the background by a shell without job control inherits SIGINT ignored, and Python then
     installs no KeyboardInterrupt handler (the Ctrl-C test would see the run finish)."""
-    args = [sys.executable, "-m", "mixdiff.cli", "generate", "--real", str(real), "--out",
-            str(out), "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
-            "--batch-size", "1", "--variants", "4"]
+    args = [sys.executable, "-m", "mixdiff.cli", *generate_args(
+        real, out, "--generator", "sdedit", "--model", str(models["sdedit"]), "--steps", "30",
+        "--batch-size", "1", "--variants", "4")]
     shard_file = out / "manifests" / "shard-0-of-1.jsonl"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -212,7 +245,8 @@ def test_resume_after_a_killed_run(models, real, tmp_path):
     written_before = len(shard_file.read_text().splitlines())
     assert 2 <= written_before < 24, "the run should have been killed part-way"
     summary = generate(real, out, GenerateSettings(generator="sdedit", model=str(models["sdedit"]),
-                                                   steps=30, batch_size=1, variants=4),
+                                                   steps=30, batch_size=1, variants=4,
+                                                   device="cpu"),
                        show_progress=False)
     assert summary.skipped >= 2 and summary.written + summary.skipped == 24
     assert len(rows(out)) == 24
@@ -269,9 +303,8 @@ def test_twins_are_never_written_into_the_real_tree(tmp_path):
 def test_corrupt_input_is_recorded_and_the_run_goes_on(models, tmp_path):
     real = make_tree(tmp_path / "real", per_class=2)
     (real / "square" / "img01.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    result = runner.invoke(app, ["generate", "--real", str(real), "--out", str(tmp_path / "out"),
-                                 "--generator", "sdedit", "--model", str(models["sdedit"]),
-                                 "--steps", "2"])
+    result = runner.invoke(app, generate_args(real, tmp_path / "out", "--generator", "sdedit",
+                                              "--model", str(models["sdedit"]), "--steps", "2"))
     assert result.exit_code == 1
     assert "5 written" in result.output and "1 failed" in result.output
     assert "square/img01.png" in result.output
@@ -311,8 +344,8 @@ def test_a_missing_local_folder_is_not_called_a_hub_id(real, tmp_path, monkeypat
 
 def test_a_failed_start_leaves_out_fresh(models, real, tmp_path):
     out = tmp_path / "S"
-    good = ["generate", "--real", str(real), "--out", str(out), "--generator", "sdedit",
-            "--model", str(models["sdedit"]), "--steps", "2"]
+    good = generate_args(real, out, "--generator", "sdedit", "--model", str(models["sdedit"]),
+                         "--steps", "2")
     for failing in (["--model", "/nonexistent"], ["--real", str(tmp_path / "no-real")],
                     ["--device", "no-such-device"], ["--model", str(real)]):  # not a pipeline
         result = runner.invoke(app, good + failing)  # Typer keeps the last of a repeated option
@@ -343,6 +376,26 @@ def test_a_gpu_device_on_a_machine_without_one_is_one_line(real, tmp_path, monke
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA GPU"):
         GenerateSettings(generator="sdedit", device="cuda:2").resolved()
+
+
+def test_generation_tests_run_fp32_on_the_cpu_on_a_gpu_machine(models, real, tmp_path,
+                                                               monkeypatch):
+    """What these tests assert (byte-identical re-runs, batch-size independence) holds for fp32
+    on the CPU; on a GPU machine `--device auto` picks the GPU, fp16 and torch.compile. Emulated:
+    CUDA says this machine has a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    auto = GenerateSettings(generator="sdedit").resolved()
+    assert (auto.device, auto.dtype, auto.compile) == ("cuda:0", "fp16", True)  # a GPU machine
+    for generator in tiny_pipelines.BUILDERS:
+        ours = settings(models, generator).resolved()
+        assert (ours.device, ours.dtype, ours.compile) == ("cpu", "fp32", False)
+    out = tmp_path / "out"
+    result = runner.invoke(app, generate_args(real, out, "--generator", "sdedit", "--model",
+                                              str(models["sdedit"]), "--steps", "2"))
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "generate.yaml").read_text())
+    assert (saved["device"], saved["dtype"], saved["compile"]) == ("cpu", "fp32", False)
 
 
 def test_zero_and_ill_fitting_values_are_refused(models):
@@ -483,10 +536,9 @@ def test_library_noise_stays_out_of_the_output(models, real, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # a user's defaults
     env["HF_HUB_OFFLINE"] = "1"
     cli = [sys.executable, "-m", "mixdiff.cli"]
-    generated = subprocess.run(cli + ["generate", "--real", str(real), "--out",
-                                      str(tmp_path / "S"), "--model",
-                                      str(models["sd-image-variations"]), "--steps", "2",
-                                      "--resolution", "16"],
+    generated = subprocess.run(cli + generate_args(real, tmp_path / "S", "--model",
+                                                   str(models["sd-image-variations"]),
+                                                   "--steps", "2", "--resolution", "16"),
                                capture_output=True, text=True, env=env, timeout=300)
     assert generated.returncode == 0, generated.stderr
     # a real tree smaller than one batch: used to loop for ever (drop_last gave no batch)
@@ -529,8 +581,8 @@ def test_embedded_generator_works_offline_out_of_the_box(tmp_path):
     record = json.loads((EMBEDDED_DIR / "training.json").read_text())
     assert record["settings"]["steps"] > 0 and record["final_loss_mean_last_200"] < 0.1
     real = make_tree(tmp_path / "real", per_class=1)
-    result = runner.invoke(app, ["generate", "--real", str(real), "--out", str(tmp_path / "out"),
-                                 "--generator", "sdedit", "--steps", "4"])
+    result = runner.invoke(app, generate_args(real, tmp_path / "out", "--generator", "sdedit",
+                                              "--steps", "4"))
     assert result.exit_code == 0, result.output
     row = rows(tmp_path / "out")[0]
     assert row["model"] == "embedded:fashion-mnist-ddpm"

@@ -21,7 +21,7 @@ def test_twins_are_jpeg_by_default_and_stored_at_the_asked_side(tmp_path):
     real = make_tree(tmp_path / "real", per_class=1)
     out = tmp_path / "syn"
     command = ["generate", "--real", str(real), "--out", str(out), "--generator", "sdedit",
-               "--steps", "2", "--save-size", "12"]
+               "--steps", "2", "--device", "cpu", "--save-size", "12"]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

@@ -216,6 +216,45 @@ def test_a_jpeg_the_batched_decode_cannot_read_is_named(photo_tree, tmp_path):
         device_decode.decode_batch(batch, [32], torch.device("cpu"))
 
 
+def test_a_jpeg_the_device_refuses_is_decoded_by_the_cpu_and_counted(photo_tree, monkeypatch):
+    """nvJPEG refuses some JPEGs that libjpeg reads, and its batched decode then fails the whole
+    batch: each file is decoded on its own, a refused one by the CPU, and the run's log counts
+    them (at the first, then at every power of ten). Emulated: the device's decoder refuses one
+    file's bytes, in a batch and alone."""
+    import logging
+
+    files = [device_decode.ImageFile.read(photo_tree / "real" / "c0" / f"{i}.jpg") for i in (0, 2)]
+    refused = files[1].payload
+    decode_on = device_decode._decode_on
+
+    def refusing(device, jpegs):
+        if any(torch.equal(jpeg, refused) for jpeg in jpegs):
+            raise RuntimeError("nvjpegDecodeBatchedPhaseOne failed: NVJPEG_STATUS_BAD_JPEG")
+        return decode_on(device, jpegs)
+
+    monkeypatch.setattr(device_decode, "_decode_on", refusing)
+    monkeypatch.setattr(device_decode, "CPU_FALLBACKS", device_decode.FallbackCount())
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger = logging.getLogger(device_decode.__name__)
+    logger.addHandler(handler)
+    crops = torch.tensor([[[0, 0, 0, 50, 50, 0]], [[1, 0, 0, 50, 50, 0]]])
+    _, batch, _, _ = device_decode.collate(
+        [(i, [f], crops[i], torch.tensor([0]), 0) for i, f in enumerate(files)])
+    try:
+        for _ in range(10):
+            images = device_decode.decode_images(batch, torch.device("cpu"))
+    finally:
+        logger.removeHandler(handler)
+    for file, image in zip(files, images):
+        assert torch.equal(image, decode_jpeg(file.payload, mode=ImageReadMode.RGB))
+    assert device_decode.CPU_FALLBACKS.files == 10
+    assert len(said) == 2 and all("c0/2.jpg: the device's JPEG decoder refused it" in line
+                                  for line in said)
+    assert "(1 such file(s) so far" in said[0] and "(10 such file(s) so far" in said[1]
+
+
 def test_canvases_split_at_the_byte_budget_cut_the_same_views(photo_tree, monkeypatch):
     dm = _data_module(photo_tree, "device", "dino")
     samples = [dm.train_set[i] for i in range(len(dm.train_set))]

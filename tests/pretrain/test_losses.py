@@ -235,33 +235,36 @@ def test_dino_loss_weights_each_student_crop():
     assert float(DINOLoss(k)(student, teacher)) == pytest.approx(plain, rel=1e-6)
 
 
-def _loss_cases():
+def _loss_cases(device: str = "cpu"):
     """Each loss at a size where bf16 products show: NT-Xent at T=0.1, Barlow Twins' 256-wide
     cross-correlation, DINO's cross-entropy."""
     def dino(student, teacher):
-        return DINOLoss(64)(list(student.chunk(3)), list(teacher.chunk(2)))
+        return DINOLoss(64).to(device)(list(student.chunk(3)), list(teacher.chunk(2)))
 
+    rows = torch.arange(128, device=device)
     return {
         "nt_xent": (lambda a, b: nt_xent_loss(a, b, temperature=0.1), (64, 128), (64, 128)),
-        "info_nce": (lambda a, b: info_nce_loss(torch.cat([a, b]), torch.arange(128) % 64, 0.1,
-                                                synthetic=torch.arange(128) >= 96,
-                                                synthetic_weight=0.5), (64, 128), (64, 128)),
+        "info_nce": (lambda a, b: info_nce_loss(torch.cat([a, b]), rows % 64, 0.1,
+                                                synthetic=rows >= 96, synthetic_weight=0.5),
+                     (64, 128), (64, 128)),
         "barlow_twins": (lambda a, b: barlow_twins_loss(a, b), (128, 256), (128, 256)),
         "dino": (dino, (24, 64), (16, 64)),
     }
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
 @pytest.mark.parametrize("name", list(_loss_cases()))
-def test_every_loss_computes_in_fp32_under_bf16_autocast(name):
+def test_every_loss_computes_in_fp32_under_bf16_autocast(name, device):
     """Autocast picks a matmul's dtype whatever its inputs': under bf16-mixed the losses must still
-    give the fp32 loss and gradients (to 1e-5 relative), as on a GPU under torch.autocast."""
-    loss_fn, shape_a, shape_b = _loss_cases()[name]
+    give the fp32 loss and gradients (to 1e-5 relative), on the CPU and on a GPU."""
+    loss_fn, shape_a, shape_b = _loss_cases(device)[name]
     torch.manual_seed(0)
-    a0, b0 = torch.randn(shape_a), torch.randn(shape_b)
+    a0, b0 = torch.randn(shape_a, device=device), torch.randn(shape_b, device=device)
 
     def run(autocast: bool):
         a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(a, b)
         loss.backward()
         return loss.detach(), a.grad, b.grad

@@ -264,9 +264,13 @@ class Encoder:
                 "device": str(self.device)}
 
     def cache_key(self, images: ImageSet, tag: str = "") -> str:
+        """The features' inputs, and where and how they are computed: a GPU encodes under bf16
+        autocast, the CPU in fp32, so neither may return the other's features (a device's
+        index, cuda:0 or cuda:1, changes nothing)."""
         parts = {"format": CACHE_FORMAT, "checkpoint": self.checkpoint_sha256,
                  "weights": self.weights, "transform": repr(self.transform), "tag": tag,
-                 "items": images.fingerprint()}
+                 "items": images.fingerprint(), "device": self.device.type,
+                 "precision": self.settings()["precision"]}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def encode(self, images: ImageSet, pre_transform: PreTransform | None = None, tag: str = "",

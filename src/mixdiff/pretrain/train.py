@@ -113,8 +113,23 @@ def native_bf16(on_gpu: bool) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+# Precisions the config accepts (config.PRECISIONS) that cannot pre-train as asked: why, and what
+# to use instead. bf16-true casts the weights themselves to bf16 (Lightning's HalfPrecision): with
+# 8 significant bits, an update smaller than ~0.2% of a weight rounds to nothing, and a teacher EMA
+# step at momentum 0.996 moves about one weight in ten.
+REFUSED_PRECISIONS = {
+    "bf16-true": "it keeps the weights themselves in bf16, whose 8 significant bits round away "
+                 "small updates (the warm-up's, the cosine schedule's tail, most of DINO's "
+                 "teacher EMA); use trainer.precision=bf16-mixed (bf16 arithmetic, fp32 weights)",
+}
+
+
 def resolve_precision(precision: str, on_gpu: bool) -> str:
-    """`auto` -> bf16-mixed where bf16 is native, else 16-mixed on a GPU and 32-true on a CPU."""
+    """`auto` -> bf16-mixed where bf16 is native, else 16-mixed on a GPU and 32-true on a CPU. A
+    precision that cannot pre-train (REFUSED_PRECISIONS) is refused here, before any work."""
+    if precision in REFUSED_PRECISIONS:
+        raise ConfigError(f"config key `trainer.precision` = {precision!r}: "
+                          f"{REFUSED_PRECISIONS[precision]}")
     if precision == "auto":
         return "bf16-mixed" if native_bf16(on_gpu) else "16-mixed" if on_gpu else "32-true"
     if precision.startswith("bf16") and not native_bf16(on_gpu):

@@ -14,7 +14,8 @@ The worker still decodes what the device should not: a JPEG so large that JPEG d
 shrink it (as the CPU path would: `mixdiff.data.decode`; only photos of several megapixels at
 224 px), which it ships at the reduced size, so the device never holds a full 12 MP photo and
 the crop boxes are the CPU path's; and a file nvJPEG cannot take (not a JPEG; a CMYK or YCCK
-JPEG). Those travel as pixels and are cut the same way.
+JPEG). Those travel as pixels and are cut the same way. A JPEG the device's decoder refuses all
+the same is decoded by the CPU, and the run's log counts them (`decode_jpegs`).
 
 Resampling: roi_align with an adaptive sampling ratio averages ceil(box side / output side)
 bilinear samples per output pixel along each axis: a box filter when a crop shrinks (as OpenCV's
@@ -24,7 +25,7 @@ CPU path's antialiased bilinear (tent) filter is softer: at the reductions of th
 flips are the same (tests/test_device_decode.py).
 
 On CUDA the decode first waits for the work already queued on the current stream: nvJPEG's
-hardware decoder would otherwise overwrite memory that work still reads (`decode_images`). In
+hardware decoder would otherwise overwrite memory that work still reads (`_decode_on`). In
 training that stream is the input stream beside the training step (`mixdiff.pretrain.input.input_stream`),
 so the wait is for the last batch's input work, not for the step, which runs on meanwhile.
 """
@@ -32,6 +33,7 @@ so the wait is for the last batch's input work, not for the step, which runs on 
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +49,8 @@ from torchvision.transforms import v2
 from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for, naming_errors
 from mixdiff.pretrain.input.input_stream import to_device
 from mixdiff.errors import UnreadableImageError
+
+log = logging.getLogger(__name__)
 
 DEVICE_JPEG_MODES = ("RGB", "L")  # what the device decoder takes; other JPEGs are decoded on the CPU
 _to_tensor = v2.PILToTensor()
@@ -149,18 +153,7 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
     images: list[Tensor | None] = [None] * len(pieces)
     jpegs = [i for i, encoded in enumerate(batch.encoded) if encoded]
     if jpegs:
-        if device.type == "cuda":
-            # nvJPEG's hardware decoder writes its outputs without waiting for the work queued
-            # on the current stream, into blocks the caching allocator may have freed while
-            # queued kernels still read them: silent corruption. Wait for that work first
-            # (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same). In training the
-            # current stream is the input stream (`input_stream`), whose queue holds at most the
-            # last batch's input work, not the training step.
-            torch.cuda.current_stream(device).synchronize()
-        try:
-            decoded = _decode_jpegs([pieces[i] for i in jpegs], device)
-        except RuntimeError:
-            raise _first_unreadable([(batch.paths[i], pieces[i]) for i in jpegs]) from None
+        decoded = decode_jpegs([(batch.paths[i], pieces[i]) for i in jpegs], device)
         for i, image in zip(jpegs, decoded):
             images[i] = image
     for i, encoded in enumerate(batch.encoded):
@@ -169,22 +162,72 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[Tensor]:
     return images  # type: ignore[return-value]
 
 
-def _decode_jpegs(jpegs: list[Tensor], device: torch.device) -> list[Tensor]:
+def decode_jpegs(files: list[tuple[str, Tensor]], device: torch.device) -> list[Tensor]:
+    """The JPEGs of `files` (path, bytes) decoded on `device` in one batched call. If the batch
+    fails, each file on its own: on the device, else on the CPU (a file nvJPEG refuses that
+    libjpeg reads, counted in the run's log: `CPU_FALLBACKS`); a file neither decodes is an
+    UnreadableImageError that names it (a batched decode's error does not say which file)."""
+    try:
+        return _decode_on(device, [data for _, data in files])
+    except RuntimeError:
+        return [_decode_one(path, data, device) for path, data in files]
+
+
+def _decode_one(path: str, data: Tensor, device: torch.device) -> Tensor:
+    try:
+        return _decode_on(device, [data])[0]
+    except RuntimeError:
+        pass
+    try:
+        image = _libjpeg(data)
+    except RuntimeError as exc:
+        raise UnreadableImageError(path, str(exc).splitlines()[-1].split(", ")[-1]) from None
+    CPU_FALLBACKS.add(path)
+    return to_device(image, device)
+
+
+def _decode_on(device: torch.device, jpegs: list[Tensor]) -> list[Tensor]:
+    """The device's decoder: nvJPEG's batched decoder on CUDA, libjpeg-turbo on the CPU."""
+    if device.type == "cuda":
+        # nvJPEG's hardware decoder writes its outputs without waiting for the work queued on
+        # the current stream, into blocks the caching allocator may have freed while queued
+        # kernels still read them: silent corruption. Wait for that work first
+        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634 do the same). In training the
+        # current stream is the input stream (`input_stream`), whose queue holds at most the
+        # last batch's input work, not the training step.
+        torch.cuda.current_stream(device).synchronize()
+    return _torchvision_decode(jpegs, device)
+
+
+def _libjpeg(data: Tensor) -> Tensor:
+    return _torchvision_decode([data], torch.device("cpu"))[0]
+
+
+def _torchvision_decode(jpegs: list[Tensor], device: torch.device) -> list[Tensor]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _DEPRECATED_DECODERS, DeprecationWarning)
         return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
 
 
-def _first_unreadable(files: list[tuple[str, Tensor]]) -> Exception:
-    """The error naming the first of `files` (path, JPEG bytes) that libjpeg cannot decode: a
-    batched decode's error does not say which file it was."""
-    for path, data in files:
-        try:
-            _decode_jpegs([data], torch.device("cpu"))
-        except RuntimeError as exc:
-            return UnreadableImageError(path, str(exc).splitlines()[-1].split(", ")[-1])
-    return RuntimeError(f"the batched JPEG decode failed, though each of {len(files)} files "
-                        "decodes on its own")
+@dataclass
+class FallbackCount:
+    """The JPEGs the training device refused and the CPU decoded, in this process: said in the
+    run's log at the first and then at every power of ten, so a data set full of them is known
+    without a line per batch."""
+
+    files: int = 0
+    _next_warning: int = 1
+
+    def add(self, path: str) -> None:
+        self.files += 1
+        if self.files == self._next_warning:
+            self._next_warning *= 10
+            log.warning("%s: the device's JPEG decoder refused it, so the CPU decoded it (%d "
+                        "such file(s) so far in this run; each costs a CPU decode)", path,
+                        self.files)
+
+
+CPU_FALLBACKS = FallbackCount()
 
 
 def canvas_of(images: Sequence[Tensor], dtype: torch.dtype) -> Tensor:

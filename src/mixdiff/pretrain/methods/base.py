@@ -128,12 +128,17 @@ class SSLMethod(L.LightningModule):
         labelled = labels >= 0
         if self.probe is None or not labelled.any():
             return torch.zeros((), device=features.device)
-        logits = self.probe(features[labelled].float())
+        logits = self.probe(self.probe_input(features[labelled]))
         loss = F.cross_entropy(logits, labels[labelled])
         self.epoch_means.add(Metric.TRAIN_PROBE_LOSS, loss)
         self.epoch_means.add(Metric.TRAIN_PROBE_TOP1,
                              (logits.argmax(1) == labels[labelled]).float().mean())
         return loss
+
+    def probe_input(self, features: Tensor) -> Tensor:
+        """Features in the probe's own dtype: fp32 under autocast (bf16 features), fp64 under
+        64-true, whose weights Lightning has cast to fp64."""
+        return features.to(self.probe.weight.dtype)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         optimizer = self.trainer.optimizers[0]
@@ -146,9 +151,9 @@ class SSLMethod(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """After the epoch's last batch: its means, for metrics.csv and the logger (each rank's
-        mean, averaged over ranks as Lightning's sync_dist does)."""
+        mean, averaged over ranks as Lightning's sync_dist does, on the module's device)."""
         if last_batch_of_epoch(self.trainer):
-            for name, mean in self.epoch_means.means().items():
+            for name, mean in self.epoch_means.means(self.device).items():
                 self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True)
             self.epoch_means.reset()
 
@@ -211,7 +216,7 @@ class SSLMethod(L.LightningModule):
         val_features, val_knn, val_labels = self._collect(VAL)
         bank_features, bank_labels = self._collect(BANK)
         self._eval_store = {VAL: [], BANK: []}
-        logits = self.probe(val_features.float())
+        logits = self.probe(self.probe_input(val_features))
         self.log(Metric.PROBE_VAL_TOP1, (logits.argmax(1) == val_labels).float().mean(),
                  rank_zero_only=True)
         self.log(Metric.PROBE_VAL_LOSS, F.cross_entropy(logits, val_labels), rank_zero_only=True)

@@ -13,25 +13,31 @@ from torch import Tensor
 
 @dataclass
 class EpochMeans:
-    """Weighted sums per metric name since the epoch began. The sums stay on the device they were
-    made on (adding is not a host sync); they are read once, at the epoch's end."""
+    """Weighted sums per metric name since the epoch began. A tensor's sum stays on the device it
+    was made on (adding is not a host sync), a Python number's (the learning rate, the weight
+    decay) on the host; they are read once, at the epoch's end."""
 
-    sums: dict[str, Tensor] = field(default_factory=dict)
+    sums: dict[str, Tensor | float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
 
     def add(self, name: str, value: Tensor | float, weight: float = 1.0) -> None:
-        value = torch.as_tensor(value).detach().float() * weight
+        value = value.detach().float() * weight if isinstance(value, Tensor) else \
+            float(value) * weight
         self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.weights[name] = self.weights.get(name, 0.0) + weight
 
-    def means(self) -> dict[str, Tensor]:
-        return {name: total / self.weights[name] for name, total in self.sums.items()}
+    def means(self, device: torch.device) -> dict[str, Tensor]:
+        """Every mean as an fp32 tensor on `device`, the module's: Lightning reduces a logged
+        value across ranks on the value's own device, and NCCL serves CUDA tensors only."""
+        return {name: torch.as_tensor(total / self.weights[name], dtype=torch.float32,
+                                      device=device) for name, total in self.sums.items()}
 
     def reset(self) -> None:
         self.sums, self.weights = {}, {}
 
     def state_dict(self) -> dict:
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "weights": dict(self.weights)}
+        return {"sums": {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.sums.items()},
+                "weights": dict(self.weights)}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums, self.weights = dict(state["sums"]), dict(state["weights"])
