@@ -16,8 +16,10 @@ preprocessing of torchvision's weights for that architecture.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -73,26 +75,45 @@ class ExternalModel:
                               f"({str(exc).splitlines()[0]})") from None
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's evaluation transform: resize the short side, centre crop, normalise."""
+
+    size: int
+    resize: int
+    interpolation: v2.InterpolationMode
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str  # where it comes from: "timm's data config", "torchvision's ... preprocessing"
+
+    def at(self, size: int) -> "Preprocessing":
+        """The same preprocessing at another crop size (the resize keeps its ratio)."""
+        return replace(self, size=size, resize=round(size * self.resize / self.size),
+                       source=f"{self.source}, at {size} px")
+
+    @property
+    def transform(self) -> v2.Compose:
+        return v2.Compose([v2.Resize(self.resize, interpolation=self.interpolation,
+                                     antialias=True), v2.CenterCrop(self.size),
+                           v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(list(self.mean), list(self.std))])
+
+    def text(self) -> str:
+        return (f"{self.source}: resize the short side to {self.resize} "
+                f"({self.interpolation.value}), centre crop {self.size}, normalise with mean "
+                f"{tuple(round(m, 4) for m in self.mean)} and std "
+                f"{tuple(round(s, 4) for s in self.std)}")
+
+
 @dataclass
 class Network:
     """A network built for evaluation: its features-only module, the name of the classifier it
-    was built without, and its own evaluation transform."""
+    was built without, and its own preprocessing."""
 
     module: nn.Module
     feature_dim: int
     classifier: tuple[str, ...]  # module names of the removed classifier (their keys: dropped)
-    transform: v2.Compose
-    transform_text: str
-
-
-def _transform(size: int, resize: int, interpolation: v2.InterpolationMode, mean, std
-               ) -> tuple[v2.Compose, str]:
-    text = (f"resize the short side to {resize} ({interpolation.value}), centre crop {size}, "
-            f"normalise with mean {tuple(round(m, 4) for m in mean)} and std "
-            f"{tuple(round(s, 4) for s in std)}")
-    return v2.Compose([v2.Resize(resize, interpolation=interpolation, antialias=True),
-                       v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(mean), list(std))]), text
+    preprocessing: Preprocessing
 
 
 def _timm(name: str, pretrained: bool) -> Network:
@@ -102,12 +123,11 @@ def _timm(name: str, pretrained: bool) -> Network:
     net = timm.create_model(name, pretrained=pretrained, num_classes=0)
     config = timm.data.resolve_model_data_config(net)
     size = config["input_size"][-1]
-    transform, text = _transform(size, int(size / config["crop_pct"]),
-                                 v2.InterpolationMode(config["interpolation"]), config["mean"],
-                                 config["std"])
     classifier = net.default_cfg.get("classifier") or ()
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    return Network(net, net.num_features, classifier, transform, f"timm's data config: {text}")
+    return Network(net, net.num_features, classifier, Preprocessing(
+        size, int(size / config["crop_pct"]), v2.InterpolationMode(config["interpolation"]),
+        tuple(config["mean"]), tuple(config["std"]), "timm's data config"))
 
 
 def _torchvision(name: str, pretrained: bool) -> Network:
@@ -121,10 +141,9 @@ def _torchvision(name: str, pretrained: bool) -> Network:
     parent, _, attribute = head.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, attribute, nn.Identity())
     preset = weights.transforms()
-    transform, text = _transform(preset.crop_size[0], preset.resize_size[0],
-                                 preset.interpolation, preset.mean, preset.std)
-    return Network(net, layer.in_features, (head,), transform,
-                   f"torchvision's {weights} preprocessing: {text}")
+    return Network(net, layer.in_features, (head,), Preprocessing(
+        preset.crop_size[0], preset.resize_size[0], preset.interpolation, tuple(preset.mean),
+        tuple(preset.std), f"torchvision's {weights} preprocessing"))
 
 
 _BUILD = {"timm": _timm, "torchvision": _torchvision}
@@ -136,6 +155,7 @@ class Loaded:
 
     format: str  # how the file was read
     prefix: str  # where its backbone's keys were
+    weights: str | None = None  # DINO's official checkpoint: the teacher's or the student's
     dropped: dict[str, int] = field(default_factory=dict)  # dropped key prefix -> tensor count
 
     def notes(self) -> list[str]:
@@ -144,23 +164,25 @@ class Loaded:
                 for name, count in self.dropped.items()]
 
 
-def _state_dict(saved: object, path: Path, weights: str | None) -> tuple[dict, str]:
-    """The state dict in a loaded checkpoint file, and the format's name."""
+def _state_dict(saved: object, path: Path, weights: str | None
+                ) -> tuple[dict, str, str | None]:
+    """The state dict in a loaded checkpoint file, the format's name, and which of WEIGHTS it
+    is where the file holds several."""
     if not isinstance(saved, dict):
         raise RunDirError(f"{path} holds a {type(saved).__name__}, not a state dict or a "
                           "checkpoint")
     if isinstance(saved.get("state_dict"), dict):
-        return saved["state_dict"], "Lightning checkpoint (state_dict)"
+        return saved["state_dict"], "Lightning checkpoint (state_dict)", None
     held = [w for w in WEIGHTS if isinstance(saved.get(w), dict)]
     if held:  # DINO's official checkpoint
         chosen = weights or held[0]
         if chosen not in held:
             raise RunDirError(f"{path} holds no {chosen} weights (it has {', '.join(held)}): "
                               f"use --weights {held[0]}")
-        return saved[chosen], f"DINO checkpoint ({chosen})"
+        return saved[chosen], f"DINO checkpoint ({chosen})", chosen
     if isinstance(saved.get("model"), dict):
-        return saved["model"], "training checkpoint (model)"
-    return saved, "state dict"
+        return saved["model"], "training checkpoint (model)", None
+    return saved, "state dict", None
 
 
 def _numbered(keys: list[str], net: nn.Module) -> dict[str, str]:
@@ -199,7 +221,7 @@ def load_checkpoint_into(net: Network, path: str | Path, weights: str | None = N
 
     path = Path(path)
     saved = read_torch_file(path, "checkpoint", allowed=EXTERNAL_GLOBALS)
-    state, fmt = _state_dict(saved, path, weights)
+    state, fmt, chosen = _state_dict(saved, path, weights)
     state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     prefix, mapping = _best_prefix(state, net.module)
     own = net.module.state_dict()
@@ -227,7 +249,7 @@ def load_checkpoint_into(net: Network, path: str | Path, weights: str | None = N
         raise RunDirError(f"{path}: {len(stray)} key(s) of the backbone match nothing in "
                           f"{type(net.module).__name__}: {', '.join(stray[:8])}")
     net.module.load_state_dict(matched)
-    loaded = Loaded(fmt, prefix)
+    loaded = Loaded(fmt, prefix, chosen)
     for key in state:
         if key in mapping and mapping[key] in own:
             continue
@@ -240,6 +262,75 @@ def load_checkpoint_into(net: Network, path: str | Path, weights: str | None = N
     return loaded
 
 
-def checkpoint_record(path: Path | None) -> dict:
-    return {"path": str(path) if path else None,
-            "sha256": file_sha256(path) if path else None, "epoch": None, "global_step": None}
+ENCODER_FILE = "encoder.json"  # what an external encoder's results folder says it holds
+
+
+@dataclass
+class ExternalEncoder:
+    """A network with its weights, ready to encode: what `Encoder.from_model` wraps."""
+
+    model: ExternalModel
+    network: Network
+    checkpoint: Path | None  # None: the library's own pretrained weights
+    identity: str  # sha256 of the checkpoint's bytes, or of the library weights' name
+    weights: str  # "teacher" or "student" of a DINO checkpoint; else "student"
+    loaded: Loaded | None
+    preprocessing: Preprocessing
+
+    @property
+    def label(self) -> str:
+        """How tables name it: the model, and the checkpoint's file name."""
+        return self.model.label + (f" ({self.checkpoint.name})" if self.checkpoint else
+                                   " (library weights)")
+
+    @property
+    def transform(self) -> v2.Compose:
+        return self.preprocessing.transform
+
+    def record(self) -> dict:
+        """What a result's settings (and encoder.json) say of it."""
+        return {"model": self.model.label, "label": self.label,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "checkpoint_sha256": self.identity,
+                "checkpoint_format": self.loaded.format if self.loaded else "library weights",
+                "weights": self.weights, "image_size": self.preprocessing.size,
+                "eval_transform": self.preprocessing.text(),
+                "dropped": dict(self.loaded.dropped) if self.loaded else {}}
+
+
+def load_external(model: str, checkpoint: str | Path | None = None, weights: str | None = None,
+                  image_size: int | None = None) -> ExternalEncoder:
+    """The network `model` names with the weights of `checkpoint` (None: the library's own)."""
+    spec = ExternalModel.parse(model)
+    if weights is not None and weights not in WEIGHTS:
+        raise ConfigError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    network = spec.build(pretrained=checkpoint is None)
+    loaded, identity = None, hashlib.sha256(f"{spec.label} pretrained".encode()).hexdigest()
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        loaded = load_checkpoint_into(network, checkpoint, weights)
+        identity = file_sha256(checkpoint)
+    chosen = loaded.weights if loaded and loaded.weights else "student"
+    preprocessing = network.preprocessing.at(image_size) if image_size else \
+        network.preprocessing
+    return ExternalEncoder(spec, network, checkpoint, identity, chosen, loaded, preprocessing)
+
+
+def describe_encoder(run, found: ExternalEncoder) -> None:
+    """Write RUN/encoder.json: the folder holds results of this encoder, not of a run. A folder
+    that holds a run, or another encoder's results, is refused."""
+    from mixdiff.io import atomic_write_text
+    from mixdiff.runs import CONFIG
+
+    path = run.root / ENCODER_FILE
+    if (run.root / CONFIG).is_file():
+        raise RunDirError(f"{run.root} is a run folder of `mixdiff pretrain`: give --out a "
+                          "folder of its own for the results of --model")
+    record = found.record()
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before.get("checkpoint_sha256") != record["checkpoint_sha256"] or \
+                before.get("model") != record["model"]:
+            raise RunDirError(f"{run.root} holds the results of {before.get('label')}: give "
+                              f"--out a folder of its own for {found.label}")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")

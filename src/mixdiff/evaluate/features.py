@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 from mixdiff.data.eval_transform import eval_view
 from mixdiff.data.tree import ImageTree, images_sha256, load_rgb
 from mixdiff.devices import resolve_device
+from mixdiff.evaluate.external import ExternalEncoder
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.errors import DatasetError, MixDiffError, RunDirError
 from mixdiff.io import atomic_open, file_sha256
@@ -171,21 +172,26 @@ def _collate(items: list[torch.Tensor | str]) -> torch.Tensor | str:
 
 
 class Encoder:
-    """A run's frozen backbone in eval mode, with the run's evaluation transform."""
+    """A frozen backbone in eval mode with its evaluation transform, from one of three sources:
+    a run of `mixdiff pretrain` (`from_run`), the raw pixels (`pixels`), or anyone's timm or
+    torchvision network with its weights (`from_model`). Every evaluation, cache and report
+    takes any of them; `run` is the folder their results and caches go to."""
 
-    def __init__(self, run: RunDir, config: DictConfig, weights: str, checkpoint: Path | None,
-                 checkpoint_sha256: str | None, epoch: int | None, global_step: int | None,
-                 backbone: nn.Module,
-                 feature_dim: int, device: torch.device, default_weights: str | None = None):
-        self.run, self.config, self.weights = run, config, weights
+    def __init__(self, run: RunDir, config: DictConfig | None, weights: str,
+                 checkpoint: Path | None, checkpoint_sha256: str | None, epoch: int | None,
+                 global_step: int | None, backbone: nn.Module, feature_dim: int,
+                 device: torch.device, default_weights: str | None = None,
+                 model: ExternalEncoder | None = None):
+        self.run, self.config, self.weights, self.model = run, config, weights, model
         self.default_weights = default_weights or weights  # what --weights means when omitted
         self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
         self.epoch, self.global_step = epoch, global_step
         self.trained_by: str | None = None  # the process training the run when it was read
         self.backbone, self.feature_dim, self.device = backbone, feature_dim, device
-        self.transform = eval_view(config)
+        self.transform = model.transform if model is not None else eval_view(config)
         # a ResNet on a GPU runs fastest in channels_last with bf16 (tensor cores, no transposes)
-        self.channels_last = device.type == "cuda" and config.model.backbone.startswith("resnet")
+        self.channels_last = device.type == "cuda" and self.backbone_name.split("/")[-1] \
+            .startswith("resnet")
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -231,6 +237,33 @@ class Encoder:
         return cls(run, config, PIXELS, None, None, None, None, nn.Flatten().eval(),
                    3 * size * size, torch.device(resolve_device(device)), "student")
 
+    @classmethod
+    def from_model(cls, model: str, out: str | Path, checkpoint: str | Path | None = None,
+                   weights: str | None = None, device: str | None = None,
+                   image_size: int | None = None) -> "Encoder":
+        """A timm or torchvision network (`timm/resnet50`, `torchvision/resnet50`) with the
+        weights of `checkpoint` (evaluate.external: solo-learn, lightly, DINO's official, a plain
+        state dict), or the library's own from its hub; its own evaluation transform (at
+        `image_size` if given). Results and caches go to `out`, laid out as a run's, and
+        OUT/encoder.json says what the encoder is (`mixdiff report` shows it by its name)."""
+        from mixdiff.evaluate.external import describe_encoder, load_external
+
+        found = load_external(model, checkpoint, weights, image_size)
+        run = RunDir(Path(out))
+        describe_encoder(run, found)
+        resolved = torch.device(resolve_device(device))
+        found.network.module.eval().requires_grad_(False).to(resolved)
+        return cls(run, None, found.weights, found.checkpoint, found.identity, None, None,
+                   found.network.module, found.network.feature_dim, resolved, found.weights,
+                   found)
+
+    @property
+    def backbone_name(self) -> str:
+        if self.model is not None:
+            return self.model.label
+        return "none: the flattened evaluation tensor" if self.is_pixels else \
+            self.config.model.backbone
+
     @property
     def is_pixels(self) -> bool:
         return self.weights == PIXELS
@@ -253,15 +286,16 @@ class Encoder:
 
     def settings(self) -> dict:
         """What the features depend on, for the `settings` of a result."""
-        backbone = "none: the flattened evaluation tensor" if self.is_pixels else \
-            self.config.model.backbone
-        return {"backbone": backbone, "feature_dim": self.feature_dim,
+        where = {"precision": "bf16 autocast" if self.device.type == "cuda" else "fp32",
+                 "device": str(self.device)}
+        if self.model is not None:
+            return {"backbone": self.backbone_name, "feature_dim": self.feature_dim,
+                    **self.model.record(), **where}
+        return {"backbone": self.backbone_name, "feature_dim": self.feature_dim,
                 "image_size": self.config.data.image_size,
                 "eval_resize": self.config.data.eval_resize,
                 "eval_transform": "resize short side to image_size * eval_resize, centre crop "
-                                  "image_size, normalise with the run's mean/std",
-                "precision": "bf16 autocast" if self.device.type == "cuda" else "fp32",
-                "device": str(self.device)}
+                                  "image_size, normalise with the run's mean/std", **where}
 
     def cache_key(self, images: ImageSet, tag: str = "") -> str:
         """The features' inputs, and where and how they are computed: a GPU encodes under bf16
