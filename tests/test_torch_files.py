@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mixdiff
+from mixdiff import torch_files
 from mixdiff.errors import TorchFileError, UnsafeFileError
 from mixdiff.torch_files import load_torch_file
 
@@ -54,8 +55,13 @@ def test_every_torch_load_in_src_goes_through_the_one_weights_only_loader():
     assert any(k.arg == "weights_only" for k in loader_calls[0].keywords)
 
 
+@pytest.mark.parametrize("scanned", [True, False], ids=["scanned", "scan-missed"])
 @pytest.mark.parametrize("what", ["checkpoint", "linear probe", "feature cache"])
-def test_a_malicious_file_is_one_line_and_runs_nothing(tmp_path, what):
+def test_a_malicious_file_is_one_line_and_runs_nothing(tmp_path, monkeypatch, what, scanned):
+    """Refused by the static scan of its pickle, and, were the scan to miss it, by torch's
+    weights-only unpickler: the same line either way."""
+    if not scanned:
+        monkeypatch.setattr(torch_files, "_asked_for", lambda path: [])
     marker = tmp_path / "ran"
     path = save_malicious(tmp_path / "file.pt", marker, {"features": torch.zeros(2)})
     with pytest.raises(UnsafeFileError) as refused:

@@ -67,13 +67,13 @@ def _refusal(exc: pickle.UnpicklingError) -> str:
     """What torch's weights-only unpickler refused, without its advice to load with
     weights_only=False (which would run the file's code)."""
     text = str(exc)
-    found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", text)
     if found:
         return f"it asks for {found[1]}"
-    detail = next((line.strip() for line in text.partition("WeightsUnpickler error:")[2]
-                   .splitlines() if line.strip()), "")
+    lines = [line.strip() for line in text.partition("WeightsUnpickler error:")[2].splitlines()
+             if line.strip()]
     return "its pickle holds more than tensors and plain containers" + \
-        (f" ({detail})" if detail else "")
+        (f" ({lines[0]})" if lines else "")
 
 
 def load_torch_file(path: str | Path, what: str = "file", fix: str = "",
