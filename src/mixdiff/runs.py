@@ -158,8 +158,8 @@ class RunDir:
             parts = Path(path).resolve().relative_to(self.root.resolve()).parts
         except ValueError:
             return False
-        return bool(parts) and (parts[0] in OWN_FOLDERS or parts == (parts[0],) and
-                                parts[0] in OWN_FILES)
+        return bool(parts) and (parts[0] in OWN_FOLDERS or
+                                (len(parts) == 1 and parts[0] in OWN_FILES))
 
     # --- reading a finished (or running) run -------------------------------------------------
     def load_config(self) -> DictConfig:

@@ -180,8 +180,8 @@ class Backend:
         """How every output of this backend is made, as the manifest records it."""
         s = self.settings
         record = {"generator": s.generator, "model": s.model, "revision": s.revision,
-                  "model_sha256": s.model_sha256, "scheduler": self.scheduler_name, "steps": s.steps,
-                  "resolution": self.output_resolution, "dtype": s.dtype,
+                  "model_sha256": s.model_sha256, "scheduler": self.scheduler_name,
+                  "steps": s.steps, "resolution": self.output_resolution, "dtype": s.dtype,
                   "preprocessing": self.preprocessing}
         for name, users in USED_BY.items():  # only what this generator uses
             if s.generator in users:
