@@ -106,3 +106,24 @@ def eval_runs(tiny_data, tmp_path_factory):
         make_tree(toy["train"], 8, seed=10)
         make_tree(toy["val"], 6, seed=11)
     return {**runs, **toy}
+
+
+class RunsCode:
+    """Pickled, it asks the loader to call os.system: what a malicious torch file carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def save_malicious(path: Path, marker: Path, content: dict | None = None) -> Path:
+    """A real torch file (`content`, e.g. a whole checkpoint, plus one hostile object) that would
+    create `marker` if it were ever unpickled without weights_only."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a new file: never written through a hard link's other names
+    torch.save({**(content or {}), "payload": RunsCode(marker)}, path)
+    return path

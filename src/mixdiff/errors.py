@@ -58,5 +58,20 @@ class RunDirError(MixDiffError):
     """A run directory that holds a run made with a different config."""
 
 
+class TorchFileError(RunDirError):
+    """A file torch saved (a run's checkpoint, probe or feature cache, or a checkpoint from
+    elsewhere) that is missing, damaged or not torch's."""
+
+
+class UnsafeFileError(TorchFileError):
+    """A torch file that asks to run code (a global outside the weights-only allow-list):
+    refused."""
+
+
+class UnsafePathError(MixDiffError):
+    """A name that would write outside its folder, or a path read from one of our files that
+    leads outside the folder it belongs to."""
+
+
 class NonFiniteLossError(MixDiffError):
     """The training loss became NaN or infinite."""

@@ -18,15 +18,15 @@ Every path is defined here once; the other modules ask a `RunDir` for it.
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from omegaconf import DictConfig
 
 from mixdiff.config import load_saved_config
 from mixdiff.errors import RunDirError
+from mixdiff.paths import file_name
 
 CONFIG = "config.yaml"
 DATA_SUMMARY = "data.json"
@@ -39,39 +39,32 @@ FEATURE_CACHE = "cache/features"
 # `weights` of a result on the raw pixels of the evaluation images (`mixdiff eval knn|linear
 # --pixels`): a floor that no encoder is needed for, kept in the run whose transform it used
 PIXELS = "pixels"
+# what a run's commands write in it (the layout above): never replaced by another command's file
+OWN_FILES = (CONFIG, DATA_SUMMARY, METRICS)
+OWN_FOLDERS = (CHECKPOINTS, LOGS, EVAL, FEATURE_CACHE.split("/")[0])
+# how messages name the <name> of eval/<command>/<name>.json (`mixdiff eval ... --name`, by
+# default the dataset's)
+RESULT_NAME = "the result name (--name)"
 
 
-def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True) -> dict:
+def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True,
+                    allow: Sequence[type] = ()) -> dict:
     """A Lightning checkpoint of `mixdiff pretrain`, or one clear error saying what is wrong with
-    the file (empty, cut short, not a checkpoint) instead of torch's. `mmap`: map the tensors
+    the file (empty, cut short, not a checkpoint, asking to run code) instead of torch's. Read
+    with weights_only=True (`mixdiff.torch_files`): our checkpoints need nothing beyond torch's
+    defaults; `allow` names the harmless classes a checkpoint from elsewhere may also hold (the
+    official DINO checkpoints: `argparse.Namespace`), for this load only. `mmap`: map the tensors
     rather than read them (when only some are wanted). `lightning=False`: any dict torch saved
     (Lightning's own temporary files, e.g. ddp_spawn's weights)."""
-    import torch  # here: reading a run folder's files (the report) needs no torch
+    from mixdiff.torch_files import load_torch_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise RunDirError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        problem = "is empty"
-    elif not zipfile.is_zipfile(path):  # torch's own error would advise saving with mmap
-        with open(path, "rb") as handle:
-            started = handle.read(4) == b"PK\x03\x04"
-        problem = ("is cut short (a zip archive without its end: a write that did not finish)"
-                   if started else
-                   "is not a PyTorch checkpoint (not the zip archive that torch.save writes)")
-    else:
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-                zipfile.BadZipFile) as exc:
-            problem = f"cannot be read as a PyTorch checkpoint ({str(exc).splitlines()[0]})"
-        else:
-            if isinstance(saved, dict) and ("state_dict" in saved or not lightning):
-                return saved
-            problem = "holds no `state_dict`: not a `mixdiff pretrain` checkpoint"
-    raise RunDirError(f"checkpoint {path} {problem}. Give another checkpoint (a run's damaged "
-                      f"{CHECKPOINTS}/{LAST_CHECKPOINT} can be removed: `mixdiff pretrain` with "
-                      "the run's --out then trains it again from the start)")
+    fix = (f"Give another checkpoint (a run's damaged {CHECKPOINTS}/{LAST_CHECKPOINT} can be "
+           "removed: `mixdiff pretrain` with the run's --out then trains it again from the start)")
+    saved = load_torch_file(path, "checkpoint", fix, allow, mmap)
+    if isinstance(saved, dict) and ("state_dict" in saved or not lightning):
+        return saved
+    raise RunDirError(f"checkpoint {path} holds no `state_dict`: not a `mixdiff pretrain` "
+                      f"checkpoint. {fix}")
 
 
 class Metric:
@@ -127,12 +120,13 @@ class RunDir:
         return self.root / LOGS
 
     def eval_result(self, command: str, name: str) -> Path:
-        """Where `mixdiff eval <command>` writes its result for dataset or suite `name`."""
-        return self.root / EVAL / command / f"{name}.json"
+        """Where `mixdiff eval <command>` writes its result for dataset or suite `name` (a file
+        name: never a path out of the run folder)."""
+        return self.root / EVAL / command / f"{file_name(name, RESULT_NAME)}.json"
 
     def probe(self, name: str) -> Path:
         """The linear probe `mixdiff eval linear` fitted on dataset `name`."""
-        return self.root / EVAL / "linear" / f"{name}.probe.pt"
+        return self.root / EVAL / "linear" / f"{file_name(name, RESULT_NAME)}.probe.pt"
 
     def probes(self) -> list[Path]:
         return sorted((self.root / EVAL / "linear").glob("*.probe.pt"))
@@ -140,13 +134,32 @@ class RunDir:
     def eval_artifact(self, command: str, name: str, filename: str) -> Path:
         """A file an evaluation writes beside its result (e.g. a prediction file for a server):
         RUN/eval/<command>/<name>/<filename>, one folder down so it is never read as a result."""
-        return self.root / EVAL / command / name / filename
+        return self.root / EVAL / command / file_name(name, RESULT_NAME) / filename
 
     def eval_results(self) -> list[Path]:
         return sorted((self.root / EVAL).glob("*/*.json"))
 
     def feature_cache(self, key: str) -> Path:
         return self.root / FEATURE_CACHE / f"{key}.pt"
+
+    @classmethod
+    def enclosing(cls, path: str | Path) -> "RunDir | None":
+        """The run folder that `path` lies in (links followed), if any."""
+        for folder in Path(path).resolve().parents:
+            if (folder / CONFIG).is_file():
+                return cls(folder)
+        return None
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether `path` is one of the run's own files: config.yaml, data.json, metrics.csv, or
+        anything under checkpoints/, logs/, eval/ or cache/ (what the run's commands write and
+        read back)."""
+        try:
+            parts = Path(path).resolve().relative_to(self.root.resolve()).parts
+        except ValueError:
+            return False
+        return bool(parts) and (parts[0] in OWN_FOLDERS or
+                                (len(parts) == 1 and parts[0] in OWN_FILES))
 
     # --- reading a finished (or running) run -------------------------------------------------
     def load_config(self) -> DictConfig:

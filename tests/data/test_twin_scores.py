@@ -1,16 +1,18 @@
 """The twin filter's rule: by similarity, by class kept, and one line for a file that is not a
 scores file or a twin it has no row for."""
 
+import os
+
 import pytest
 
 from mixdiff.data.twin_scores import TwinFilter
-from mixdiff.errors import DatasetError
+from mixdiff.errors import DatasetError, UnsafePathError
 
 
 def _scores(tmp_path, rows):
     path = tmp_path / "scores.csv"
     path.write_text("twin,real,root,class_kept,similarity\n" + "".join(
-        f"{twin},r,s,{kept},{similarity}\n" for twin, kept, similarity in rows))
+        f"{twin},r,{tmp_path},{kept},{similarity}\n" for twin, kept, similarity in rows))
     return path
 
 
@@ -37,3 +39,21 @@ def test_the_rule(tmp_path, monkeypatch):
         TwinFilter.read(tmp_path / "other.csv", 0.5, False)
     with pytest.raises(DatasetError, match="not found"):
         TwinFilter.read(tmp_path / "none.csv", 0.5, False)
+
+
+def test_a_twin_outside_its_root_is_refused(tmp_path):
+    """A scores row is a twin of its synthetic root: a path that leads out of it (`..`, another
+    folder, a link to elsewhere) is refused in one line naming the file and the line."""
+    root = tmp_path / "syn" / "v0"
+    (root / "circle").mkdir(parents=True)
+    (tmp_path / "elsewhere.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere.jpg", root / "circle" / "link.jpg")
+    for twin in (f"{root}/../../elsewhere.jpg", str(tmp_path / "elsewhere.jpg"),
+                 str(root / "circle" / "link.jpg")):
+        path = tmp_path / "scores.csv"
+        path.write_text("twin,real,root,class_kept,similarity\n"
+                        f"{root}/circle/a.jpg,r,{root},1,0.9\n{twin},r,{root},1,0.9\n")
+        with pytest.raises(UnsafePathError, match=f"scores.csv, line 3: the path .* leads "
+                                                  f"outside {root}") as refused:
+            TwinFilter.read(path, 0.5, False)
+        assert "\n" not in str(refused.value)

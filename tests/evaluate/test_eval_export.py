@@ -4,6 +4,8 @@ in a fresh Python process that never imports MixDiff, and gives the encoder's fe
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -96,3 +98,31 @@ def test_export_refusals_are_one_line(vit_run, tmp_path):
     bad_suffix = CliRunner().invoke(app, ["export", "--run", str(vit_run), "--out",
                                           str(tmp_path / "v.bin")])
     assert bad_suffix.exit_code == 2 and ".safetensors, .pt, .pth" in bad_suffix.output
+
+
+def test_export_never_replaces_a_file_another_command_wrote(eval_runs, tmp_path):
+    """`--out RUN/data.safetensors` replaced the run's data.json with the recipe. An export
+    replaces only an earlier export: not a run folder's own files, not a file of someone else."""
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, copy_function=os.link)  # a rename breaks the link
+    own = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    (tmp_path / "model.pt").write_bytes(b"someone else's")
+    for out, said in ((run / "data.safetensors", "own files"),
+                      (run / "eval" / "knn" / "backbone.pt", "own files"),
+                      (run / "checkpoints" / "last.pt", "own files"),
+                      (tmp_path / "notes.safetensors", f"{notes} exists and was not written by"),
+                      (tmp_path / "model.pt", "model.pt exists and was not written by")):
+        result = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(out)])
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not out.exists() or out == tmp_path / "model.pt"  # nothing written
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == own
+    assert notes.read_text() == '{"mine": 1}\n'
+    assert (tmp_path / "model.pt").read_bytes() == b"someone else's"
+    beside = run / "backbone.safetensors"  # beside the run's files is fine, and again
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(beside)])
+        assert result.exit_code == 0, result.output
+    assert json.loads(beside.with_suffix(".json").read_text())["file"] == beside.name

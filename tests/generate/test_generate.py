@@ -35,8 +35,8 @@ from mixdiff.generate.settings import (USED_BY, GenerateSettings, changed_settin
 
 runner = CliRunner()
 MANIFEST_FIELDS = {"source", "variant", "seed", "path", "status", "sha256", "bytes", "generator",
-                   "model", "revision", "scheduler", "steps", "resolution", "dtype",
-                   "preprocessing"}
+                   "model", "model_sha256", "revision", "scheduler", "steps", "resolution",
+                   "dtype", "preprocessing"}
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,27 @@ names the file and says what is wrong with it; never a traceback."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
-from mixdiff.errors import ConfigError, RunDirError
-from mixdiff.runs import RunDir, read_checkpoint
+from mixdiff.errors import ConfigError, RunDirError, UnsafeFileError
+from mixdiff.pretrain import train
+from mixdiff.pretrain.callbacks import RunInterrupted
+from mixdiff.pretrain.methods import METHODS
 from mixdiff.pretrain.train import pretrain
+from mixdiff.runs import RunDir, read_checkpoint
+from mixdiff.torch_files import load_torch_file
 
-from conftest import make_tree, tiny_overrides
+from conftest import make_tree, save_malicious, tiny_overrides
 
 runner = CliRunner()
 
@@ -97,3 +105,89 @@ def test_a_checkpoint_names_no_mixdiff_module(eval_runs, method):
     assert {name.split(" ")[0].split(".")[0] for name in names} <= {"torch", "collections",
                                                                     "builtins", "_codecs",
                                                                     "numpy"}
+
+
+def _one_line_refusal(said: str, path, marker) -> None:
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert len(said.strip().splitlines()) == 1, said
+    assert str(path) in " ".join(said.split()) and "posix.system" in said, said
+    assert "may not run code" in said and "weights_only=False" not in said, said
+
+
+def test_a_malicious_checkpoint_runs_nothing_wherever_it_is_opened(trained, tiny_data, tmp_path):
+    """A last.ckpt whose pickle would call os.system, opened by every command that reads a
+    checkpoint: each refuses it in one line that names it, and its code never runs."""
+    marker = tmp_path / "the-checkpoint-ran-code"
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained["run"].root, run.root)
+    good = read_checkpoint(run.last_checkpoint)  # weights_only: it holds tensors and containers
+    save_malicious(run.last_checkpoint, marker, good)
+    image = str(next(tiny_data["real"].rglob("*.png")))
+    for command in (
+            ["eval", "knn", "--run", str(run.root), "--train", str(trained["val"]), "--val",
+             str(trained["val"]), "--device", "cpu", "--num-workers", "0"],
+            ["export", "--run", str(run.root), "--out", str(tmp_path / "b.safetensors")],
+            ["attention", "--run", str(run.root), "--images", image, "--out",
+             str(tmp_path / "a.png"), "--device", "cpu"],  # refused before its ResNet is
+            ["data", "verify", "--real", str(tiny_data["real"]), "--synthetic",
+             str(tiny_data["syn0"]), "--fidelity", str(run.root), "--device", "cpu"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        error = result.output[result.output.index("error: "):]  # after any warnings
+        _one_line_refusal(error, run.last_checkpoint, marker)
+    overrides = trained["overrides"]
+    with pytest.raises(UnsafeFileError) as resumed:
+        pretrain(load_config(None, overrides + ["trainer.max_epochs=2"]), run.root)
+    _one_line_refusal(str(resumed.value), run.last_checkpoint, marker)
+    with pytest.raises(ConfigError) as started:
+        pretrain(load_config(None, overrides + [f"init_from={run.last_checkpoint}"]),
+                 tmp_path / "other")
+    _one_line_refusal(str(started.value), run.last_checkpoint, marker)
+    assert not (tmp_path / "b.safetensors").exists() and not (tmp_path / "a.png").exists()
+
+
+class _StopAtStep(Callback):
+    """SIGTERM this process at one optimiser step: the run saves mid-epoch and stops."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_every_checkpoint_we_write_needs_nothing_beyond_torchs_defaults(
+        trained, eval_runs, tiny_data, tmp_path, monkeypatch):
+    """Checkpoints of every method, a mid-epoch one (SIGTERM, with step checkpoints on), the same
+    run resumed, the untrained reference and the weights ddp_spawn hands back: each loads with
+    weights_only=True and no global allowed beyond torch's own."""
+    overrides = trained["overrides"]
+    build = train.build_trainer
+    monkeypatch.setattr(train, "build_trainer", lambda cfg, run: _with(build(cfg, run)))
+    stopped = load_config(None, overrides + ["trainer.limit_train_batches=3",
+                                             "trainer.checkpoint_every_n_steps=1"])
+    with pytest.raises(RunInterrupted, match="SIGTERM"):
+        pretrain(stopped, tmp_path / "stopped")
+    checkpoints = {"stopped mid-epoch": read_checkpoint(tmp_path / "stopped" / "checkpoints" /
+                                                        "last.ckpt")["global_step"]}
+    monkeypatch.setattr(train, "build_trainer", build)
+    pretrain(stopped, tmp_path / "stopped")  # resumed to its end
+    untrained = pretrain(load_config(None, overrides + ["trainer.max_epochs=0"]),
+                         tmp_path / "untrained")
+    barlow = pretrain(load_config(None, overrides + ["method=barlow_twins"]), tmp_path / "bt")
+    spawned = tmp_path / ".temp.ckpt"  # what ddp_spawn's launcher saves and loads: a state dict
+    io = train.AtomicCheckpointIO()
+    io.save_checkpoint(METHODS["simclr"](OmegaConf.to_container(load_config(
+        None, overrides), resolve=True), 3).state_dict(), spawned)
+    assert checkpoints["stopped mid-epoch"] == 2  # saved where it stopped, not at an epoch end
+    for path in (tmp_path / "stopped", untrained, barlow, eval_runs["simclr"], eval_runs["dino"],
+                 trained["run"].root):
+        path = RunDir(path).last_checkpoint
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == [], path
+        assert "state_dict" in load_torch_file(path, "checkpoint")  # nothing else allowed
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(spawned) == []
+    assert io.load_checkpoint(spawned).keys() == load_torch_file(spawned).keys()
+
+
+def _with(trainer):
+    trainer.callbacks.insert(0, _StopAtStep())
+    return trainer

@@ -15,6 +15,7 @@ from mixdiff.evaluate.features import WEIGHT_PREFIXES
 from mixdiff.evaluate.options import EncodeOptions, KnnOptions
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
+from mixdiff.paths import file_name
 
 eval_app = typer.Typer(help="Evaluate pre-trained runs offline: kNN, linear probe, robustness "
                        "suites, transfer. Each writes RUN/eval/<command>/<dataset>.json and "
@@ -38,7 +39,18 @@ NUM_WORKERS = typer.Option(None, "--num-workers", help="Image decoding processes
 TRAIN = typer.Option(..., "--train", help="The training tree <class>/<image>.")
 VAL = typer.Option(..., "--val", help="The tree scored, with the same classes; the folder above "
                    "it names the dataset (data/fashion-mnist/test -> fashion-mnist).")
-NAME = typer.Option(None, "--name", help="The result's file name (default: the dataset's).")
+
+
+def _file_name(name: str | None) -> str | None:
+    """--name, refused before any work unless it is a plain file name (never a path)."""
+    try:
+        return name if name is None else file_name(name)
+    except MixDiffError as exc:
+        fail(exc)
+
+
+NAME = typer.Option(None, "--name", callback=_file_name, help="The result's file name, without "
+                    "a folder (default: the dataset's).")
 PIXELS = typer.Option(False, "--pixels", help="Score the raw pixels instead of the run's encoder: "
                       "the evaluation images resized, cropped and normalised as for the run, "
                       "flattened (a floor that needs no training; cheap for small images). "

@@ -110,13 +110,18 @@ def train_generator(
 ) -> None:
     """Train the small DDPM that `generate --generator sdedit` uses by default. An option left
     out keeps the value that made the shipped weights (see its training.json)."""
-    from mixdiff.generate.embedded import GeneratorTraining
+    from mixdiff.generate.embedded import GeneratorTraining, previous_training
     from mixdiff.generate.embedded import train_generator as run
 
+    cfg = GeneratorTraining(**given(steps=steps, batch_size=batch_size, resolution=resolution,
+                                    channels=channels, lr=lr, seed=seed))
     try:
-        record = run(data, out, GeneratorTraining(**given(
-            steps=steps, batch_size=batch_size, resolution=resolution, channels=channels, lr=lr,
-            seed=seed)))
+        cfg.check()
+        if previous_training(out, data, cfg) is not None:
+            console.print(f"{out}: already trained on {data} with these settings; nothing to do",
+                          highlight=False)
+            return
+        record = run(data, out, cfg)
     except MixDiffError as exc:
         fail(exc)
     console.print(f"{out}: {record['settings']['steps']} steps in {record['seconds']} s, "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mixdiff.errors import DatasetError
 from mixdiff.io import atomic_write_text
+from mixdiff.paths import inside
 
 # The columns of a scores file, in order
 SCORE_COLUMNS = ("twin", "real", "root", "class_kept", "similarity")
@@ -45,15 +46,17 @@ class TwinFilter:
         try:
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
-                missing = [c for c in ("twin", "class_kept", "similarity")
+                missing = [c for c in ("twin", "root", "class_kept", "similarity")
                            if c not in (reader.fieldnames or [])]
                 if missing:
                     raise DatasetError(f"{path}: not a twin scores file (no column "
                                        f"{', '.join(missing)}); write one with `mixdiff data "
                                        "verify --fidelity RUN --scores FILE.csv`")
-                scores = {Path(row["twin"]).resolve(): (row["class_kept"] == "1",
-                                                        float(row["similarity"]))
-                          for row in reader}
+                # a twin is scored only as a file of its synthetic root (links followed)
+                scores = {inside(row["root"], Path(row["twin"]).absolute(),
+                                 f"{path}, line {line}").resolve():
+                          (row["class_kept"] == "1", float(row["similarity"]))
+                          for line, row in enumerate(reader, start=2)}
         except FileNotFoundError:
             raise DatasetError(f"config key `data.synthetic_scores`: {path} not found; write "
                                "it with `mixdiff data verify --fidelity RUN --scores FILE.csv`"

@@ -25,12 +25,14 @@ from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import Encoder
 from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.models.backbones import BACKBONES
+from mixdiff.runs import RunDir
 
 FILE_LOADERS = {  # --out suffix -> the line that reads it back
     ".safetensors": "from safetensors.torch import load_file\nstate = load_file({file!r})",
     ".pt": "state = torch.load({file!r}, map_location='cpu', weights_only=True)",
     ".pth": "state = torch.load({file!r}, map_location='cpu', weights_only=True)",
 }
+RECIPE_KEYS = {"format", "file", "architecture", "load", "source"}  # every recipe has these
 SMALL_STEM = ("model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, "
               "bias=False)\nmodel.maxpool = torch.nn.Identity()")
 
@@ -72,6 +74,34 @@ def _preprocessing(encoder: Encoder) -> dict:
                            "v2.Normalize(mean, std)])"}
 
 
+def _earlier_export(out: Path, recipe: Path) -> bool:
+    """Whether `recipe` is the recipe an earlier export wrote beside `out`."""
+    try:
+        saved = json.loads(recipe.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and RECIPE_KEYS <= saved.keys() and saved["file"] == out.name
+
+
+def refuse_replacing_another_file(out: Path, recipe: Path) -> None:
+    """An export writes its two files only where they replace nothing but an earlier export: not
+    over a file another command wrote (a run's data.json, a result...), and not among a run
+    folder's own files, which its commands read back (`RunDir.owns`). Checked before any work."""
+    for target in (out, recipe):
+        run = RunDir.enclosing(target)
+        if run is not None and run.owns(target):
+            raise MixDiffError(
+                f"--out {out}: {target} would be among the run folder {run.root}'s own files "
+                "(config.yaml, data.json, metrics.csv, checkpoints/, logs/, eval/, cache/), "
+                f"which other commands write and read; give another --out (e.g. "
+                f"{run.root / 'backbone.safetensors'})")
+    if (out.exists() or recipe.exists()) and not _earlier_export(out, recipe):
+        existing = recipe if recipe.exists() else out
+        raise MixDiffError(f"--out {out}: {existing} exists and was not written by an earlier "
+                           "`mixdiff export` to this --out, so it is not replaced; give another "
+                           "--out, or delete it first")
+
+
 def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
                     weights: str | None = None) -> tuple[Path, Path]:
     """Write the backbone to `out` and its loading recipe to `out` with suffix .json."""
@@ -79,6 +109,8 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
     if out.suffix not in FILE_LOADERS:
         raise MixDiffError(f"--out {out}: use a file name ending in "
                            f"{', '.join(FILE_LOADERS)} (the suffix picks the format)")
+    manifest = out.with_suffix(".json")
+    refuse_replacing_another_file(out, manifest)
     encoder = Encoder.from_run(run, weights, "cpu")
     fmt = fmt or ("torchvision" if encoder.config.model.backbone.startswith("resnet") else "timm")
     if fmt not in ("torchvision", "timm"):
@@ -106,6 +138,5 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
                    "weights": encoder.weights, "checkpoint": encoder.checkpoint_record(),
                    "mixdiff_version": mixdiff.__version__},
     }
-    manifest = out.with_suffix(".json")
     atomic_write_text(manifest, json.dumps(recipe, indent=2) + "\n")
     return out, manifest

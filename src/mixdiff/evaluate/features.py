@@ -318,7 +318,10 @@ class Encoder:
             raise ValueError("a pre_transform needs a tag: it is part of the cache key")
         cache = self.run.feature_cache(self.cache_key(images, tag))
         if cache.is_file():
-            return torch.load(cache, map_location="cpu", weights_only=True)["features"].float()
+            from mixdiff.torch_files import load_torch_file
+
+            return load_torch_file(cache, "feature cache", "Delete it: the features are "
+                                   "computed again")["features"].float()
         features = self._encode(images, pre_transform, options)
         # stored in the dtype the backbone produced (bf16 on a GPU): lossless, and a second call
         # returns exactly what the first did

@@ -54,7 +54,10 @@ class LinearProbe:
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearProbe":
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from mixdiff.torch_files import load_torch_file
+
+        state = load_torch_file(path, "linear probe", "Delete it and fit it again with "
+                                "`mixdiff eval linear`")
         return cls(**{**state, "classes": tuple(state["classes"]), "name": probe_name(Path(path))})
 
 

@@ -7,6 +7,7 @@ the batch it was generated in, nor on the device's random number generator.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from mixdiff.errors import ConfigError, MixDiffError
 from mixdiff.generate.settings import USED_BY, GenerateSettings
+from mixdiff.io import file_sha256
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -87,6 +89,29 @@ def model_source(model: str) -> str | Path:
     return folder
 
 
+def model_folder(model: str) -> Path | None:
+    """The local folder a --model names (the embedded DDPM's included); None for a hub id."""
+    from mixdiff.generate.embedded import EMBEDDED_DIR, EMBEDDED_ID
+
+    source = EMBEDDED_DIR if model == EMBEDDED_ID else model_source(model)
+    return source if isinstance(source, Path) else None
+
+
+def model_fingerprint(model: str) -> str | None:
+    """The sha256 of a local model folder's content: every file but hidden ones (a download's
+    `.cache`), by relative path and sha256. A folder retrained since (`mixdiff train-generator`)
+    gives another. None for a hub id: its --revision names its content."""
+    folder = model_folder(model)
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def load_pipeline(cls, settings: GenerateSettings, source: str | Path | None = None, **kwargs):
     """`cls.from_pretrained` with an error that names the model and says how to go offline."""
     source = source or model_source(settings.model)
@@ -155,8 +180,8 @@ class Backend:
         """How every output of this backend is made, as the manifest records it."""
         s = self.settings
         record = {"generator": s.generator, "model": s.model, "revision": s.revision,
-                  "scheduler": self.scheduler_name, "steps": s.steps,
-                  "resolution": self.output_resolution, "dtype": s.dtype,
+                  "model_sha256": s.model_sha256, "scheduler": self.scheduler_name,
+                  "steps": s.steps, "resolution": self.output_resolution, "dtype": s.dtype,
                   "preprocessing": self.preprocessing}
         for name, users in USED_BY.items():  # only what this generator uses
             if s.generator in users:

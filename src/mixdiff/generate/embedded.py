@@ -23,10 +23,12 @@ from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.io import atomic_write_text
 from mixdiff.schedules import warmup_cosine
-from mixdiff.schema import check, cli_option, seed_setting, setting
+from mixdiff.schema import (check, cli_option, differences, identity, not_producing,
+                            seed_setting, setting)
 
 EMBEDDED_ID = "embedded:fashion-mnist-ddpm"  # the --model name of the shipped weights
 EMBEDDED_DIR = Path(__file__).parent / "weights" / "fashion-mnist-ddpm"
+TRAINING_RECORD = "training.json"  # beside the weights: the data and settings that made them
 
 
 @dataclass
@@ -85,11 +87,48 @@ def build_unet(cfg: GeneratorTraining):
         up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (depth - 1))
 
 
+def _identity(data: str | Path, settings: dict) -> dict:
+    """What makes a trained generator what it is: the data and the settings that change the
+    weights (as JSON reads them back: lists, not tuples)."""
+    return {"data": str(Path(data).resolve()),
+            **json.loads(json.dumps(identity(settings, not_producing(GeneratorTraining))))}
+
+
+def previous_training(out: str | Path, data: str | Path, cfg: GeneratorTraining) -> dict | None:
+    """The record of the generator already in `out` when it is this very training (a re-run has
+    nothing to do); None when `out` holds no trained weights. Weights trained otherwise, or that
+    no readable record describes (a training stopped while saving, weights from elsewhere), are
+    never replaced: refused, saying what differs."""
+    out = Path(out)
+    if not ((out / "model_index.json").is_file() or (out / "unet").is_dir()):
+        return None
+    fix = f"Use another --out, or delete {out} to train it anew"
+    try:
+        saved = json.loads((out / TRAINING_RECORD).read_text())
+        before = _identity(saved["data"], saved["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{out} holds a generator's weights but no readable {TRAINING_RECORD} "
+                          "saying how they were made (a training stopped while saving, or "
+                          f"weights from elsewhere): training would replace them. {fix}") from None
+    now = _identity(data, asdict(cfg))
+    changed = differences(before, now)
+    if changed:
+        details = "; ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise ConfigError(f"{out} holds a generator trained with other settings ({details}): "
+                          f"training would replace its weights. {fix}")
+    return saved
+
+
 def train_generator(data: str | Path, out: str | Path, cfg: GeneratorTraining = GeneratorTraining(),
                     show_progress: bool = True) -> dict:
     """Train a DDPM on the images under `data`; save a `DDPMPipeline` folder (safetensors, fp16)
-    to `out` with `training.json` beside it. Returns that record."""
+    to `out` with `training.json` beside it. Returns that record. An `out` that already holds
+    this training is left as it is (its record is returned); one that holds another is refused
+    (`previous_training`)."""
     cfg.check()
+    previous = previous_training(out, data, cfg)
+    if previous is not None:
+        return previous
     with quiet_libraries():
         try:
             return _train(data, Path(out), cfg, show_progress)
@@ -150,10 +189,11 @@ def _train(data: str | Path, out: Path, cfg: GeneratorTraining, show_progress: b
     DDPMPipeline(unet=ema.module.cpu().to(torch.float16),
                  scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(
         out, safe_serialization=True)
-    record = {"data": str(data), "images": len(tree), "settings": asdict(cfg),
+    record = {"data": str(Path(data).resolve()), "images": len(tree), "settings": asdict(cfg),
               "seconds": round(time.perf_counter() - start, 1),
               "final_loss_mean_last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5),
               "loss_first_200": round(sum(losses[:200]) / len(losses[:200]), 5),
               "device": device.type, "torch": torch.__version__}
-    atomic_write_text(out / "training.json", json.dumps(record, indent=2) + "\n")
+    # written last: a folder whose weights have no record was not finished (and is not replaced)
+    atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2) + "\n")
     return record

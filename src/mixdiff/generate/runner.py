@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -32,13 +33,21 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from mixdiff.data.tree import ImageTree, load_rgb, twin_key
 from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate import manifest
-from mixdiff.generate.backends import Backend, build_backend
+from mixdiff.generate.backends import Backend, build_backend, model_fingerprint
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
 from mixdiff.io import atomic_open, atomic_write_text, file_sha256
 from mixdiff.lock import exclusive
+from mixdiff.paths import inside
+
+log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "generate.yaml"
+
+
+def output_path(source: str, variant: int, fmt: str) -> str:
+    """Where the twin `variant` of the real image `source` is written, relative to OUT."""
+    return f"v{variant}/{twin_key(source)}.{fmt}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class WorkItem:
     drawn: tuple[tuple[str, float], ...] = ()  # this image's values of the mixable options
 
     def output(self, fmt: str) -> str:
-        return f"v{self.variant}/{twin_key(self.source)}.{fmt}"
+        return output_path(self.source, self.variant, fmt)
 
     def row(self, fmt: str, provenance: dict, **fields) -> dict:
         """Its manifest row: which output, from what, and how it was made."""
@@ -98,6 +107,10 @@ def check_settings(out: Path, settings: GenerateSettings, overwrite: bool) -> No
     path = out / SETTINGS_FILE
     if path.exists() and not overwrite:
         saved = yaml.safe_load(path.read_text()) or {}
+        if settings.model_sha256 and "model_sha256" not in saved:
+            log.warning("%s records no fingerprint of its --model (written before mixdiff kept "
+                        "one): its twins are taken as made by %s as it is now", path,
+                        settings.model)
         changed = changed_settings(saved, settings.output_settings())
         if changed:
             details = "; ".join(f"{k}: {saved.get(k)!r} -> {getattr(settings, k)!r}"
@@ -129,12 +142,17 @@ def start_run(out: Path, settings: GenerateSettings, shard: tuple[int, int],
 def completed(out: Path, fmt: str, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]:
     """Of the `wanted` (source, variant), those whose manifest row says written and whose file
     is the one written: its size and its sha256 as recorded (a file damaged in place since, even
-    at the same size, is made again). Reads each wanted file once."""
+    at the same size, is made again). Reads each wanted file once. A row's path is read only
+    inside OUT (a link out of it included: refused), and only as the file of its own output (a
+    row that names another file does not count that output as done)."""
     done = set()
     for key, row in manifest.latest(manifest.all_rows(out)).items():
-        if key not in wanted or row["status"] != "ok" or not row["path"].endswith(f".{fmt}"):
+        if key not in wanted or row["status"] != "ok":
             continue
-        target = out / row["path"]
+        target = inside(out, row["path"], f"{out / manifest.SHARDS}: the row of {key[0]} "
+                        f"(variant {key[1]})")
+        if row["path"] != output_path(*key, fmt):
+            continue
         if target.is_file() and target.stat().st_size == row["bytes"] and \
                 file_sha256(target) == row.get("sha256"):
             done.add(key)
@@ -202,6 +220,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     the run goes on; the summary lists them."""
     real, out = Path(real), Path(out)
     settings = settings.resolved()
+    settings = replace(settings, model_sha256=model_fingerprint(settings.model))
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, not {limit}")
     shard = shard or shard_from_environment()

@@ -84,6 +84,9 @@ class GenerateSettings:
     safety_checker: bool = False  # off, as in the paper
     # torch.compile the denoiser; None: on a GPU (1.57x on an H200)
     compile: bool | None = setting(None, produces=False)
+    # not an option: the runner fills it in. The sha256 of a local --model folder's files, so that
+    # a model retrained since is a changed setting (None: a hub id, whose revision names it)
+    model_sha256: str | None = None
 
     def resolved(self) -> "GenerateSettings":
         """Fill in the generator's defaults and check every value. Options this generator (or
@@ -170,12 +173,17 @@ def parse_values(text: str, kind: type, option: str) -> float | int | tuple:
 OUTPUT_KEYS = tuple(key for key, rule in rules(GenerateSettings).items() if rule.produces)
 
 
+# Recorded facts that an OUT written before they were recorded lacks: unknown there, not changed
+RECORDED_SINCE = ("model_sha256",)
+
+
 def changed_settings(saved: dict, current: dict) -> list[str]:
     """The output keys whose values differ, but for those the generator does not use (an OUT
-    written before they were reset still matches)."""
+    written before they were reset still matches) and the RECORDED_SINCE that `saved` lacks."""
     unused = unused_options(current.get("generator"), current.get("format"))
+    unknown = tuple(key for key in RECORDED_SINCE if key not in saved)
     return differences({k: saved.get(k) for k in OUTPUT_KEYS},
-                       {k: current.get(k) for k in OUTPUT_KEYS}, ignore=unused)
+                       {k: current.get(k) for k in OUTPUT_KEYS}, ignore=unused + unknown)
 
 
 def image_seed(global_seed: int, key: str, variant: int) -> int:
