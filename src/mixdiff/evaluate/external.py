@@ -217,10 +217,10 @@ def _best_prefix(state: dict, net: nn.Module) -> tuple[str, dict[str, str]]:
 def load_checkpoint_into(net: Network, path: str | Path, weights: str | None = None
                          ) -> Loaded:
     """Load the backbone's weights from `path` into `net` (see the module's text)."""
-    from mixdiff.runs import read_torch_file
+    from mixdiff.torch_files import load_torch_file
 
     path = Path(path)
-    saved = read_torch_file(path, "checkpoint", allowed=EXTERNAL_GLOBALS)
+    saved = load_torch_file(path, "checkpoint", allow=EXTERNAL_GLOBALS)
     state, fmt, chosen = _state_dict(saved, path, weights)
     state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     prefix, mapping = _best_prefix(state, net.module)
