@@ -12,6 +12,9 @@ RUN/
   eval/<command>/<name>/...     files an evaluation writes beside its result (VizWiz predictions)
   cache/features/<key>.pt       frozen features, keyed by checkpoint, dataset and transform
 
+An external encoder's results folder (`mixdiff eval ... --model NAME --out DIR`) is laid out the
+same, with DIR/encoder.json (what the encoder is) in place of config.yaml.
+
 Every path is defined here once; the other modules ask a `RunDir` for it.
 """
 
@@ -30,6 +33,7 @@ from mixdiff.paths import file_name
 
 CONFIG = "config.yaml"
 DATA_SUMMARY = "data.json"
+ENCODER = "encoder.json"  # an external encoder's folder: the model, its weights, its transform
 METRICS = "metrics.csv"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -98,6 +102,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.root / CONFIG
+
+    @property
+    def encoder_record(self) -> Path:
+        return self.root / ENCODER
 
     @property
     def data_summary(self) -> Path:

@@ -136,6 +136,27 @@ def test_figure_of_runs_side_by_side(runs, batch, tmp_path):
     assert student.images.shape == (3, 3, 16, 16) and 0 <= student.images.min()
 
 
+def test_a_timm_vit_with_dinos_checkpoint_gets_a_column_beside_the_runs(runs, batch, tmp_path):
+    import timm
+
+    _, _, paths = batch
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    checkpoint = tmp_path / "dino.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}}, checkpoint)
+    out = tmp_path / "attention.png"
+    result = runner.invoke(app, ["attention", "--run", str(runs["dino-vit"]), "--model",
+                                 "timm/vit_tiny_patch16_224", "--checkpoint", str(checkpoint),
+                                 "--out", str(out), "--device", "cpu",
+                                 "--images", *map(str, paths[:2])])
+    assert result.exit_code == 0, result.output
+    assert "timm/vit_tiny_patch16_224 (dino.pth) (teacher)" in result.output
+    assert Image.open(out).size[0] > 300
+    alone = runner.invoke(app, ["attention", "--checkpoint", str(checkpoint), "--run",
+                                str(runs["dino-vit"]), "--out", str(out),
+                                "--images", str(paths[0])])
+    assert alone.exit_code == 2 and "--checkpoint goes with --model" in alone.output
+
+
 def test_resnet_run_and_bad_threshold_give_one_line(runs, batch, tmp_path):
     _, _, paths = batch
     result = runner.invoke(app, ["attention", "--run", str(runs["simclr-resnet"]), "--images",

@@ -13,11 +13,17 @@ from mixdiff.errors import MixDiffError
 
 @app.command("attention")
 def attention(
-    runs: List[Path] = typer.Option(..., "--run", help="A ViT run folder; repeat --run for "
-                                    "several: one figure column each."),
+    runs: List[Path] = typer.Option([], "--run", help="A ViT run folder; repeat --run for "
+                                    "several: one figure column each (or give --model)."),
     images: List[Path] = typer.Option(..., "--images", help="An image file; repeat --images for "
                                       "several: one figure row each."),
-    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write (the figure: here --out is "
+                             "not a results folder)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A timm ViT instead of a run "
+                                        "(timm/vit_small_patch16_224), with --checkpoint's weights "
+                                        "(DINO's official checkpoint included): one more column."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="--model's weights "
+                                              "(else the library's own, from its hub)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="student | teacher (default: "
                                           "teacher where the run has one, as DINO does)."),
     threshold: float = typer.Option(0.6, "--threshold", help="Mask: the fewest patches holding "
@@ -28,14 +34,22 @@ def attention(
 ) -> None:
     """The last block's CLS self-attention of ViT runs over the same images: per run the most
     concentrated head (lowest entropy) and DINO's thresholded mask, side by side."""
-    from mixdiff.evaluate.attention import run_attention
+    from mixdiff.evaluate.attention import encoder_attention, run_attention
+    from mixdiff.evaluate.features import Encoder
     from mixdiff.report.attention_grid import plot_attention
 
     more_runs, more_images = sort_more(more)
     runs, images = [*runs, *more_runs], [*images, *more_images]
     names = ["/".join(p.parts[-2:]) for p in images]  # class folder and file: tells twins apart
     try:
+        if not runs and model is None:
+            raise MixDiffError("give --run RUN (a ViT run folder) or --model timm/NAME")
+        if checkpoint is not None and model is None:
+            raise MixDiffError("--checkpoint goes with --model (a run brings its own weights)")
         maps = [run_attention(run, images, weights, device, threshold) for run in runs]
+        if model is not None:
+            encoder = Encoder.from_model(model, None, checkpoint, weights, device)
+            maps.append(encoder_attention(encoder, images, encoder.model.label, threshold))
         path = plot_attention(maps, names, out)
     except MixDiffError as exc:
         fail(exc)

@@ -3,9 +3,10 @@ robustness suites register themselves from `mixdiff.cli.robustness`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import typer
 
@@ -25,8 +26,22 @@ app.add_typer(eval_app, name="eval")
 TransferName = Enum("TransferName", {name: name for name in TRANSFER_DATASETS}, type=str)
 
 # options every `mixdiff eval` command shares (Typer reads these defaults afresh per command)
-RUNS = typer.Option(..., "--run", help="A `mixdiff pretrain` run folder (repeat --run for "
-                    "several).")
+RUNS = typer.Option([], "--run", help="A `mixdiff pretrain` run folder (repeat --run for "
+                    "several), or give --model.")
+MODEL = typer.Option(None, "--model", help="Evaluate anyone's encoder instead of a run: a timm "
+                     "or torchvision network, timm/NAME (timm/resnet50, "
+                     "timm/vit_small_patch16_224) or torchvision/NAME (torchvision/resnet50), "
+                     "with the weights of --checkpoint (else the library's own, from its hub: "
+                     "not offline). Its results go to --out.")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="--model's weights: a plain state dict, a "
+                          "Lightning checkpoint of solo-learn or lightly, or DINO's official "
+                          "checkpoint (the teacher; --weights student for the student). Read "
+                          "with weights_only=True: a file that would run code is refused.")
+MODEL_OUT = typer.Option(None, "--out", help="--model: the folder its results go to, laid out as "
+                         "a run's (eval/<command>/<name>.json); `mixdiff report RUN... DIR` "
+                         "shows it beside runs, named by the model.")
+IMAGE_SIZE = typer.Option(None, "--image-size", min=1, help="--model: the crop size to evaluate "
+                          "at (default: the model's own; the resize keeps its ratio).")
 WEIGHTS = typer.Option(None, "--weights", help=f"{' | '.join(WEIGHT_PREFIXES)} (default: teacher "
                        "for runs that have one, DINO; else student). Non-default weights are "
                        "written as <dataset>-<weights>.json.")
@@ -80,6 +95,16 @@ def _trees(train: Path, val: Path, ks: Sequence[int] = ()):
     return train_set, val_set
 
 
+def _sources(runs, more, model, checkpoint, out, image_size, pixels, weights) -> Sources:
+    """The encoders' sources, their options checked together before any work."""
+    sources = Sources([*runs, *(more or [])], model, checkpoint, out, image_size, pixels)
+    try:
+        sources.check(weights)
+    except MixDiffError as exc:
+        fail(exc)
+    return sources
+
+
 def warn_if_training(encoder) -> None:
     """A run still being trained gives an early result: said here, and recorded in the result
     (its checkpoint's `unfinished`), which `mixdiff report` marks."""
@@ -91,21 +116,64 @@ def warn_if_training(encoder) -> None:
                       "date when the run goes on (`mixdiff report` marks it)", highlight=False)
 
 
-def _for_each_run(runs: list[Path], weights: str | None, device: str | None,
-                  evaluate: Callable, pixels: bool = False) -> None:
-    """Run `evaluate(encoder)` for each run (its raw pixels with `pixels`), print the table, fail
-    with one line on bad input."""
-    from mixdiff.evaluate.features import Encoder
-    from mixdiff.evaluate.results import print_table, read_result
+@dataclass(frozen=True)
+class Sources:
+    """What `mixdiff eval` evaluates: run folders, their raw pixels, or one external model."""
 
-    if pixels and weights is not None:
-        fail(MixDiffError(f"--pixels scores no weights: drop --weights {weights}"))
-    results = []
-    try:
-        for run in runs:
-            encoder = Encoder.pixels(run, device) if pixels else \
+    runs: list[Path]
+    model: str | None = None
+    checkpoint: Path | None = None
+    out: Path | None = None
+    image_size: int | None = None
+    pixels: bool = False
+
+    def check(self, weights: str | None) -> None:
+        """One line, before any work, for options that do not go together."""
+        if self.model is None:
+            if not self.runs:
+                raise MixDiffError("give --run RUN (a `mixdiff pretrain` run folder) or --model "
+                                   "NAME (timm/NAME, torchvision/NAME)")
+            extra = [o for o, v in (("--checkpoint", self.checkpoint), ("--out", self.out),
+                                    ("--image-size", self.image_size)) if v is not None]
+            if extra:
+                raise MixDiffError(f"{', '.join(extra)} go with --model (a run brings its own "
+                                   "weights, transform and folder)")
+        elif self.runs or self.pixels:
+            raise MixDiffError("--model evaluates one external encoder: drop --run and --pixels "
+                               "(evaluate runs in a command of their own)")
+        elif self.out is None:
+            raise MixDiffError("--model needs --out DIR: the folder its results go to")
+        if self.pixels and weights is not None:
+            raise MixDiffError(f"--pixels scores no weights: drop --weights {weights}")
+
+    def encoders(self, weights: str | None, device: str | None) -> Iterator:
+        """Each encoder, built when its turn comes (a bad run is named when it is reached)."""
+        from mixdiff.evaluate.features import Encoder
+
+        self.check(weights)
+        if self.model is not None:
+            yield Encoder.from_model(self.model, self.out, self.checkpoint, weights, device,
+                                     self.image_size)
+            return
+        for run in self.runs:
+            encoder = Encoder.pixels(run, device) if self.pixels else \
                 Encoder.from_run(run, weights, device)
             warn_if_training(encoder)
+            yield encoder
+
+
+def _for_each_run(sources: Sources, weights: str | None, device: str | None,
+                  evaluate: Callable) -> None:
+    """Run `evaluate(encoder)` for each encoder, print the table, fail with one line on bad
+    input."""
+    from mixdiff.evaluate.results import print_table, read_result
+
+    results = []
+    try:
+        for encoder in sources.encoders(weights, device):
+            if encoder.model is not None and encoder.model.loaded:
+                for note in encoder.model.loaded.notes():
+                    console.print(f"{encoder.model.label}: {note}", highlight=False)
             path = evaluate(encoder)
             results.append(read_result(path))
             console.print(f"wrote {path}", highlight=False)
@@ -129,6 +197,10 @@ def knn(
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
     pixels: bool = PIXELS,
+    model: Optional[str] = MODEL,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    out: Optional[Path] = MODEL_OUT,
+    image_size: Optional[int] = IMAGE_SIZE,
     more: Optional[List[Path]] = MORE,
 ) -> None:
     """Weighted kNN on frozen features (DINO's protocol: cosine, T=0.07, k=20 and k=200).
@@ -137,9 +209,10 @@ def knn(
 
     neighbours = _checked(KnnOptions, list(ks), temperature)
     options = _checked(EncodeOptions, batch_size, num_workers)
+    sources = _sources(runs, more, model, checkpoint, out, image_size, pixels, weights)
     train_set, val_set = _trees(train, val, neighbours.k)
-    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: knn_eval(
-        encoder, train_set, val_set, name, neighbours.k, neighbours.temperature, options), pixels)
+    _for_each_run(sources, weights, device, lambda encoder: knn_eval(
+        encoder, train_set, val_set, name, neighbours.k, neighbours.temperature, options))
 
 
 @eval_app.command("linear")
@@ -153,6 +226,10 @@ def linear(
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
     pixels: bool = PIXELS,
+    model: Optional[str] = MODEL,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    out: Optional[Path] = MODEL_OUT,
+    image_size: Optional[int] = IMAGE_SIZE,
     more: Optional[List[Path]] = MORE,
 ) -> None:
     """Offline linear probe: L-BFGS logistic regression on frozen, standardised features, its
@@ -162,9 +239,10 @@ def linear(
     from mixdiff.evaluate.linear import linear_eval
 
     options = _checked(EncodeOptions, batch_size, num_workers)
+    sources = _sources(runs, more, model, checkpoint, out, image_size, pixels, weights)
     train_set, val_set = _trees(train, val)
-    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: linear_eval(
-        encoder, train_set, val_set, name, options=options), pixels)
+    _for_each_run(sources, weights, device, lambda encoder: linear_eval(
+        encoder, train_set, val_set, name, options=options))
 
 
 @eval_app.command("transfer", help=(
@@ -185,10 +263,15 @@ def transfer(
     device: Optional[str] = DEVICE,
     batch_size: int = BATCH_SIZE,
     num_workers: Optional[int] = NUM_WORKERS,
+    model: Optional[str] = MODEL,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    out: Optional[Path] = MODEL_OUT,
+    image_size: Optional[int] = IMAGE_SIZE,
     more: Optional[List[Path]] = MORE,
 ) -> None:
     from mixdiff.evaluate.transfer import transfer_eval
 
     options = _checked(EncodeOptions, batch_size, num_workers)
-    _for_each_run([*runs, *(more or [])], weights, device, lambda encoder: transfer_eval(
+    sources = _sources(runs, more, model, checkpoint, out, image_size, False, weights)
+    _for_each_run(sources, weights, device, lambda encoder: transfer_eval(
         encoder, dataset.value, root, download, result=name, options=options))

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from mixdiff.cli._app import MORE, console, fail
-from mixdiff.cli.evaluate import (BATCH_SIZE, DEVICE, NUM_WORKERS, PIXELS, WEIGHTS, eval_app,
-                                  warn_if_training)
+from mixdiff.cli.evaluate import (BATCH_SIZE, CHECKPOINT, DEVICE, IMAGE_SIZE, MODEL, MODEL_OUT,
+                                  NUM_WORKERS, PIXELS, RUNS, WEIGHTS, _sources, eval_app)
 from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.corruptions import CORRUPTIONS, SEVERITIES
 from mixdiff.evaluate.robustness import SUITES
@@ -26,14 +26,17 @@ HELP = (
 
 @eval_app.command("robustness", help=HELP)
 def robustness(
-    runs: List[Path] = typer.Option(..., "--run", help="A `mixdiff pretrain` run folder with a "
-                                    "linear probe (repeat --run for several)."),
+    runs: List[Path] = RUNS,
     suite: SuiteName = typer.Option(..., "--suite", help="The test set (see above)."),
     root: Path = typer.Option(..., "--root", help="The suite's folder, in its own layout."),
     probe: Optional[str] = typer.Option(None, "--probe", help="The probe to use when a run has "
                                         "several (the dataset it was fitted on)."),
     weights: Optional[str] = WEIGHTS,
     pixels: bool = PIXELS,
+    model: Optional[str] = MODEL,
+    checkpoint: Optional[Path] = CHECKPOINT,
+    out: Optional[Path] = MODEL_OUT,
+    image_size: Optional[int] = IMAGE_SIZE,
     device: Optional[str] = DEVICE,
     corruptions: Optional[str] = typer.Option(
         None, "--corruptions", help=f"--suite corruptions: a comma-separated subset of "
@@ -44,24 +47,20 @@ def robustness(
     num_workers: Optional[int] = NUM_WORKERS,
     more: Optional[List[Path]] = MORE,
 ) -> None:
-    from mixdiff.evaluate.features import Encoder
     from mixdiff.evaluate.results import print_table
     from mixdiff.evaluate.options import EncodeOptions
     from mixdiff.evaluate.robustness import (parse_corruptions, parse_severities,
                                              robustness_eval, selection_notes)
 
+    sources = _sources(runs, more, model, checkpoint, out, image_size, pixels, weights)
     try:
         options = EncodeOptions(batch_size, num_workers)
         spec = SUITES[suite.value]
         chosen, levels = parse_corruptions(corruptions), parse_severities(severities)
         images = spec.scan(root)
         results = []
-        if pixels and weights is not None:
-            raise MixDiffError(f"--pixels scores no weights: drop --weights {weights}")
-        for run in [*runs, *(more or [])]:
-            encoder = Encoder.pixels(run, device) if pixels else \
-                Encoder.from_run(run, weights, device)
-            warn_if_training(encoder)
+        for encoder in sources.encoders(weights, device):
+            run = encoder.run.root
             path, predictions, outcome = robustness_eval(encoder, spec, images, probe, chosen,
                                                          levels, options)
             for note in selection_notes(images, outcome.selection):

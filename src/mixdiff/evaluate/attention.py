@@ -145,16 +145,22 @@ class RunAttention:
     maps: list[AttentionMaps]
 
 
-def run_attention(run: str | Path, paths: list[str | Path], weights: str | None = None,
-                  device: str | None = None,
-                  threshold: float = DEFAULT_THRESHOLD) -> RunAttention:
-    """Load a run's ViT (DINO runs: the teacher unless `weights` says otherwise) and map where its
-    last block's class token looks in each image."""
+def encoder_attention(encoder: Encoder, paths: list[str | Path], name: str,
+                      threshold: float = DEFAULT_THRESHOLD) -> RunAttention:
+    """Where a ViT encoder's last block's class token looks in each image (`name`: its column's
+    title)."""
     check_threshold(threshold)
-    encoder = Encoder.from_run(run, weights, device)
-    vit = require_vit(encoder.backbone, str(run))
+    vit = require_vit(encoder.backbone, name)
     to_tensor = v2.PILToTensor()
     batch = torch.stack([encoder.transform(to_tensor(load_rgb(p))) for p in paths])
     maps = attention_maps(vit, batch.to(encoder.device), threshold)
-    return RunAttention(Path(run).name, encoder.weights, _unnormalise(batch, encoder.transform),
-                        maps)
+    return RunAttention(name, encoder.weights, _unnormalise(batch, encoder.transform), maps)
+
+
+def run_attention(run: str | Path, paths: list[str | Path], weights: str | None = None,
+                  device: str | None = None,
+                  threshold: float = DEFAULT_THRESHOLD) -> RunAttention:
+    """A run's ViT (DINO runs: the teacher unless `weights` says otherwise) over the images."""
+    check_threshold(threshold)
+    return encoder_attention(Encoder.from_run(run, weights, device), paths, Path(run).name,
+                             threshold)

@@ -262,9 +262,6 @@ def load_checkpoint_into(net: Network, path: str | Path, weights: str | None = N
     return loaded
 
 
-ENCODER_FILE = "encoder.json"  # what an external encoder's results folder says it holds
-
-
 @dataclass
 class ExternalEncoder:
     """A network with its weights, ready to encode: what `Encoder.from_model` wraps."""
@@ -320,10 +317,9 @@ def describe_encoder(run, found: ExternalEncoder) -> None:
     """Write RUN/encoder.json: the folder holds results of this encoder, not of a run. A folder
     that holds a run, or another encoder's results, is refused."""
     from mixdiff.io import atomic_write_text
-    from mixdiff.runs import CONFIG
 
-    path = run.root / ENCODER_FILE
-    if (run.root / CONFIG).is_file():
+    path = run.encoder_record
+    if run.config.is_file():
         raise RunDirError(f"{run.root} is a run folder of `mixdiff pretrain`: give --out a "
                           "folder of its own for the results of --model")
     record = found.record()

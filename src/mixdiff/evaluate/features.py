@@ -238,7 +238,7 @@ class Encoder:
                    3 * size * size, torch.device(resolve_device(device)), "student")
 
     @classmethod
-    def from_model(cls, model: str, out: str | Path, checkpoint: str | Path | None = None,
+    def from_model(cls, model: str, out: str | Path | None, checkpoint: str | Path | None = None,
                    weights: str | None = None, device: str | None = None,
                    image_size: int | None = None) -> "Encoder":
         """A timm or torchvision network (`timm/resnet50`, `torchvision/resnet50`) with the
@@ -249,8 +249,9 @@ class Encoder:
         from mixdiff.evaluate.external import describe_encoder, load_external
 
         found = load_external(model, checkpoint, weights, image_size)
-        run = RunDir(Path(out))
-        describe_encoder(run, found)
+        run = None if out is None else RunDir(Path(out))  # None: nothing to keep (attention)
+        if run is not None:
+            describe_encoder(run, found)
         resolved = torch.device(resolve_device(device))
         found.network.module.eval().requires_grad_(False).to(resolved)
         return cls(run, None, found.weights, found.checkpoint, found.identity, None, None,

@@ -15,10 +15,12 @@ from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir
 
 # what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`
 # without `init_from`: the seed's initial weights), or the raw pixels of the evaluation images
-# (results of `--pixels`). max_epochs=0 with init_from is the weights of the run it starts from:
-# trained, and a setting of its own (its init_from is part of it, see report.grouping).
-TRAINED, UNTRAINED = "trained", "untrained"
-KINDS = (TRAINED, UNTRAINED, PIXELS)
+# (results of `--pixels`), or anyone's encoder evaluated with `--model` (a folder with
+# encoder.json). max_epochs=0 with init_from is the weights of the run it starts from: trained,
+# and a setting of its own (its init_from is part of it, see report.grouping).
+TRAINED, UNTRAINED, EXTERNAL = "trained", "untrained", "external"
+KINDS = (TRAINED, UNTRAINED, PIXELS, EXTERNAL)
+REFERENCES = (UNTRAINED, PIXELS)  # what trained settings are measured against
 
 # Keys every result file of `mixdiff eval` holds (the evaluation contract); the report needs them
 # to say what each number is.
@@ -127,6 +129,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     recorded in `missing` so the report can say so and go on. Its results on raw pixels stay in
     `results` (`pixel_record` makes a record of their own from them)."""
     run = RunDir(Path(path))
+    if run.encoder_record.is_file() and not run.config.is_file():
+        return _external(run)
     config = OmegaConf.to_container(run.load_config(), resolve=False)
     no_epochs = (config.get("trainer") or {}).get("max_epochs") == 0
     untrained = no_epochs and not config.get("init_from")
@@ -157,6 +161,18 @@ def early_results(results: list[dict]) -> list[str]:
                          f"training: re-run `mixdiff eval {result['command']}` on the finished "
                          "run")
     return early
+
+
+def _external(run: RunDir) -> RunRecord:
+    """The results of an external encoder (`mixdiff eval ... --model`), named by the model: it
+    stands as a setting of its own (method `external`, its label as the data column)."""
+    encoder = _read_json(run.encoder_record)
+    label = str(encoder.get("label") or encoder.get("model") or run.root.name)
+    results = [_read_result(p) for p in run.eval_results()]
+    missing = [] if results else [f"no results in {run.root / 'eval'}"]
+    config = {"method": EXTERNAL, "data": {"mode": label},
+              "model": {"backbone": encoder.get("model")}}
+    return RunRecord(label, run, config, {}, [], results, missing, EXTERNAL)
 
 
 def pixel_record(record: RunRecord, name: str) -> RunRecord | None:

@@ -266,7 +266,7 @@ def baselines(setting: Setting, neighbours: list[Setting]) -> list[Setting]:
     """What a trained setting is measured against, among the settings evaluated on its dataset:
     the untrained encoder of its backbone, and (for a mode other than real) the real-data setting
     of its method that differs from it in the fewest config keys."""
-    if setting.reference:
+    if setting.kind != TRAINED:  # references, and external encoders (no seeds of their own)
         return []
     found = [s for s in neighbours if s.kind == UNTRAINED and _model_keys(s) == _model_keys(setting)]
     real = [s for s in neighbours if s.kind == TRAINED and s.mode == REAL_MODE

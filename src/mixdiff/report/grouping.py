@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixdiff.config import EXECUTION_KEYS, flatten
-from mixdiff.report.collect import TRAINED, UNTRAINED, RunRecord
+from mixdiff.report.collect import EXTERNAL, REFERENCES, TRAINED, UNTRAINED, RunRecord
 from mixdiff.runs import PIXELS
 from mixdiff.schema import identity
 
@@ -25,6 +25,8 @@ UNTRAINED_KEYS = ("model.", *EVALUATION_KEYS)
 
 def setting_key(record: RunRecord) -> tuple:
     flat = flatten(record.config)
+    if record.kind == EXTERNAL:  # one encoder, named by its model and weights
+        return (EXTERNAL, record.name)
     if record.kind != TRAINED:  # references: one per backbone (untrained) and dataset
         kept = UNTRAINED_KEYS if record.kind == UNTRAINED else EVALUATION_KEYS
         return (record.kind, record.train_dataset) + tuple(sorted(
@@ -57,7 +59,8 @@ class Setting:
 
     @property
     def reference(self) -> bool:
-        return self.kind != TRAINED
+        """untrained or pixels: what trained settings are measured against (grey in figures)."""
+        return self.kind in REFERENCES
 
     @property
     def seeds(self) -> list:
@@ -81,7 +84,7 @@ def _labels(groups: list[list[RunRecord]]) -> list[str]:
     """`method · mode` (references: `untrained`, `pixels`); then the training dataset, then the
     other keys that tell settings apart, where that is not enough."""
     flats = [flatten(g[0].config) for g in groups]
-    labels = [g[0].kind if g[0].kind != TRAINED else
+    labels = [g[0].name if g[0].kind == EXTERNAL else g[0].kind if g[0].kind != TRAINED else
               " · ".join(_short(f.get(k, "?")) for k in NAMING_KEYS) for g, f in zip(groups, flats)]
     for same in _collisions(labels):
         if len({groups[i][0].train_dataset for i in same}) > 1:
