@@ -276,20 +276,23 @@ def baselines(setting: Setting, neighbours: list[Setting]) -> list[Setting]:
     return found
 
 
+def _offline_row(rows: list[ResultRow], record, metric: str, home: str) -> ResultRow | None:
+    """The run's offline result on `metric` (linear or knn) on its home dataset, with its
+    default weights."""
+    weights = default_weights(record)
+    found = [r for r in rows if r.run == record.name and r.command == metric
+             and r.evaluation == "offline" and r.weights == weights and evaluated_on(r) == home]
+    return found[0] if found else None
+
+
 def _source(setting: Setting, rows: list[ResultRow], metric: str, home: str,
             shift_source: dict[str, str]) -> dict[int, str]:
     """seed -> the result file behind the metric's value for each run of the setting that has
     one (`shift`: the run's one shift set, from `shift_source`, where it averages only one)."""
     found: dict[int, str] = {}
     for record in setting.runs:
-        if metric == "shift":
-            source = shift_source.get(record.name)
-        else:
-            weights = default_weights(record)
-            sources = [r.source for r in rows if r.run == record.name and r.command == metric
-                       and r.evaluation == "offline" and r.weights == weights
-                       and evaluated_on(r) == home]
-            source = sources[0] if sources else None
+        row = None if metric == "shift" else _offline_row(rows, record, metric, home)
+        source = shift_source.get(record.name) if metric == "shift" else row and row.source
         if source is not None and record.seed is not None:
             found[record.seed] = source
     return found
@@ -301,14 +304,8 @@ def seed_values(setting: Setting, rows: list[ResultRow], metric: str, home: str,
     mean over the shift sets, from `shift_of`)."""
     values: dict[int, float] = {}
     for record in setting.runs:
-        if metric == "shift":
-            value = shift_of.get(record.name)
-        else:
-            weights = default_weights(record)
-            found = [r.value for r in rows if r.run == record.name and r.command == metric
-                     and r.evaluation == "offline" and r.weights == weights
-                     and evaluated_on(r) == home]
-            value = found[0] if found else None
+        row = None if metric == "shift" else _offline_row(rows, record, metric, home)
+        value = shift_of.get(record.name) if metric == "shift" else row and row.value
         if value is not None and record.seed is not None:
             values[record.seed] = value
     return values
