@@ -285,30 +285,34 @@ def _offline_row(rows: list[ResultRow], record, metric: str, home: str) -> Resul
     return found[0] if found else None
 
 
+def _by_seed(setting: Setting, rows: list[ResultRow], metric: str, home: str,
+             shift: dict, field: str) -> dict:
+    """seed -> the `field` ("value" or "source") of the metric's offline row for each run of the
+    setting that has one; `shift`: from `shift` by run name (the runs' mean over the shift sets,
+    or their one shift set's file)."""
+    found = {}
+    for record in setting.runs:
+        if metric == "shift":
+            got = shift.get(record.name)
+        else:
+            row = _offline_row(rows, record, metric, home)
+            got = row and getattr(row, field)
+        if got is not None and record.seed is not None:
+            found[record.seed] = got
+    return found
+
+
 def _source(setting: Setting, rows: list[ResultRow], metric: str, home: str,
             shift_source: dict[str, str]) -> dict[int, str]:
-    """seed -> the result file behind the metric's value for each run of the setting that has
-    one (`shift`: the run's one shift set, from `shift_source`, where it averages only one)."""
-    found: dict[int, str] = {}
-    for record in setting.runs:
-        row = None if metric == "shift" else _offline_row(rows, record, metric, home)
-        source = shift_source.get(record.name) if metric == "shift" else row and row.source
-        if source is not None and record.seed is not None:
-            found[record.seed] = source
-    return found
+    """seed -> the result file behind the metric's value (`shift`: the run's one shift set)."""
+    return _by_seed(setting, rows, metric, home, shift_source, "source")
 
 
 def seed_values(setting: Setting, rows: list[ResultRow], metric: str, home: str,
                 shift_of: dict[str, float]) -> dict[int, float]:
     """seed -> the metric's value for each run of the setting that has it (`shift`: the run's
     mean over the shift sets, from `shift_of`)."""
-    values: dict[int, float] = {}
-    for record in setting.runs:
-        row = None if metric == "shift" else _offline_row(rows, record, metric, home)
-        value = shift_of.get(record.name) if metric == "shift" else row and row.value
-        if value is not None and record.seed is not None:
-            values[record.seed] = value
-    return values
+    return _by_seed(setting, rows, metric, home, shift_of, "value")
 
 
 def seed_scores(sources: dict[int, str]) -> tuple[Scores | None, str | None]:
