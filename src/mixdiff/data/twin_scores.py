@@ -28,6 +28,15 @@ def write_scores(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(Path(path), text.getvalue())
 
 
+def is_scores_file(path: str | Path) -> bool:
+    """Whether `path` is a scores file `write_scores` wrote: its first line is their header."""
+    try:
+        with open(path, newline="") as handle:
+            return handle.readline().rstrip("\r\n") == ",".join(SCORE_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 @dataclass
 class TwinFilter:
     """Which twins a run uses: those scored at least `min_similarity` (None: any), and with
