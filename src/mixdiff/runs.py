@@ -272,6 +272,11 @@ def read_json_object(path: Path, fix: str = DAMAGED_FIX) -> dict:
     return found
 
 
+def read_result_file(path: Path) -> dict:
+    """A result file of `mixdiff eval` as a dict, or one line saying it is damaged."""
+    return read_json_object(path, "delete it, or re-run the `mixdiff eval` command that wrote it")
+
+
 def checked_result_name(name: str, what: str = RESULT_NAME) -> str:
     """A result's name (`--name`, or the dataset's): a file name, never a path out of the run
     folder, and not one that ends in a suffix of the files it names (FILE_SUFFIXES)."""

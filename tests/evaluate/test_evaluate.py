@@ -4,6 +4,7 @@ files, probes. Real tiny runs of `mixdiff pretrain`, real image trees on disk.""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 import shutil
 
@@ -478,3 +479,29 @@ def test_a_result_that_measured_something_else_is_not_replaced(eval_runs, tmp_pa
     other = _cli("linear", "--run", run, *trees, "--val", eval_runs["train"])
     assert other.exit_code == 2 and "measured something else" in " ".join(other.output.split())
     assert (run / "eval" / "linear" / "toy.probe.pt").read_bytes() == probe  # nothing written
+
+
+def test_a_result_of_the_same_val_tree_holding_other_images_is_not_replaced(eval_runs,
+                                                                              tmp_path):
+    """EV-valchg: the same `eval knn` after 2 images were deleted from --val silently replaced
+    the 12-image result with a 10-image one. Refused like another --val; --name keeps both."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, copy_function=os.link)
+    val = tmp_path / "toy" / "val"
+    shutil.copytree(eval_runs["val"], val)
+    trees = ["--train", eval_runs["train"], "--val", val, "--device", "cpu", "--num-workers", "0"]
+    for command in ("knn", "linear"):
+        assert _cli(command, "--run", run, *trees, "--name", "v").exit_code == 0
+    kept = {c: (run / "eval" / c / "v.json").read_bytes() for c in ("knn", "linear")}
+    for image in sorted(val.rglob("*.png"))[:2]:
+        image.unlink()
+    for command in ("knn", "linear"):
+        refused = _cli(command, "--run", run, *trees, "--name", "v")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, said
+        assert "the images scored: 18 (sha256" in said and "-> 16 (sha256" in said, said
+        assert "give --name NAME to keep both, or delete that result" in said
+        assert (run / "eval" / command / "v.json").read_bytes() == kept[command]
+    assert _cli("knn", "--run", run, *trees, "--name", "v16").exit_code == 0

@@ -119,8 +119,9 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
     name = result_name(train.name, encoder.weights, encoder.default_weights, name)
+    scored = val.content_sha256()
     refuse_another_measurement(encoder.run.eval_result("linear", name),
-                               {"train": train.root, "val": val.root})
+                               {"train": train.root, "val": val.root}, (len(val), scored))
     x_train, x_val = encoder.encode(train, options=options), encoder.encode(val, options=options)
     y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     fit_idx, held_idx = stratified_holdout(train.labels, settings.heldout_fraction, settings.seed)
@@ -149,7 +150,7 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                     "images, refit "
                     "on all of them, scored once on the val images",
         "online": False, "dataset": val.name, "split": val.split,
-        "classes": len(val.classes), "images": len(val), "images_sha256": val.content_sha256(),
+        "classes": len(val.classes), "images": len(val), "images_sha256": scored,
         **scores,
         "metric": "top1", "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(), "settings": run_settings,

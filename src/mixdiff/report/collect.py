@@ -3,14 +3,14 @@ result files of `mixdiff eval` (files only: no model, no torch)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mixdiff.errors import RunDirError
-from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir, read_json_object
+from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir, read_json_object, \
+    read_result_file
 
 # what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`
 # without `init_from`: the seed's initial weights), or the raw pixels of the evaluation images
@@ -78,13 +78,7 @@ class RunRecord:
 
 
 def _read_result(path: Path) -> dict:
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path}: not a readable result file ({exc}); delete it or re-run the "
-                          "`mixdiff eval` command that wrote it") from exc
-    if not isinstance(result, dict):
-        raise RunDirError(f"{path}: expected a JSON object of `mixdiff eval` results")
+    result = read_result_file(path)
     absent = [key for key in REQUIRED_RESULT_KEYS if key not in result]
     if absent:
         raise RunDirError(f"{path}: result file lacks {', '.join(absent)}; re-run the `mixdiff "
