@@ -147,3 +147,32 @@ def test_train_generator_never_replaces_weights_trained_otherwise(real, tmp_path
     with pytest.raises(ConfigError, match="no readable training.json"):
         train_generator(real, model, TINY, show_progress=False)
     assert file_sha256(weights) == trained
+
+
+def test_a_full_disk_while_saving_the_generator_leaves_no_half_written_model(real, tmp_path,
+                                                                             monkeypatch):
+    """FD11: a full disk during `train-generator` was a SafetensorError traceback, and left
+    unet/config.json behind, which the re-run then took for weights without a record (FD11c).
+    Now: one line naming the folder, which holds nothing of the model; the re-run trains."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from mixdiff.cli._app import path_problem
+
+    def full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"the first bytes")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    model = tmp_path / "ddpm"
+    with monkeypatch.context() as patched:
+        patched.setattr(safetensors.torch, "save_file", full)
+        with pytest.raises(OSError) as refused:
+            train_generator(real, model, TINY, show_progress=False)
+    assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(model)
+    assert path_problem(refused.value).startswith(f"{model}: the disk is full")
+    assert list(model.iterdir()) == []  # nothing of the model, and no temporary
+    train_generator(real, model, TINY, show_progress=False)  # not mistaken for trained weights
+    assert (model / "training.json").is_file() and (model / "unet").is_dir()
