@@ -29,7 +29,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
@@ -80,6 +80,40 @@ def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True
         return saved
     raise RunDirError(f"checkpoint {path} holds no `state_dict`: not a `mixdiff pretrain` "
                       f"checkpoint. {fix}")
+
+
+# what Lightning reads to resume a run, beside the weights (its own keys of a checkpoint)
+RESUME_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "optimizer_states", "loops")
+
+
+def resumable_checkpoint(path: str | Path) -> dict:
+    """A checkpoint a run can resume from: a Lightning checkpoint with its training state
+    (RESUME_KEYS), or one line saying what it lacks and what to do (read mapped: a check)."""
+    saved = read_checkpoint(path, mmap=True)
+    missing = [key for key in RESUME_KEYS if key not in saved]
+    if missing:
+        raise RunDirError(f"checkpoint {path} holds weights but not the training state a resume "
+                          f"needs (no {', '.join(missing)}): it is damaged, or not a checkpoint "
+                          f"of `mixdiff pretrain`. Remove it to train the run again from the "
+                          "start, or start another --out from its weights (init_from=...)")
+    return saved
+
+
+def state_mismatches(saved: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
+    """How the tensors of a saved state dict do not fit a model's (`own`), in words, one per
+    tensor: missing from the file, of another shape, or matching nothing in the model."""
+    found = [f"{key}: {tuple(saved[key].shape)} in the file, {tuple(tensor.shape)} in the model"
+             for key, tensor in own.items()
+             if key in saved and tuple(getattr(saved[key], "shape", ())) != tuple(tensor.shape)]
+    found += [f"{key}: not in the file" for key in own if key not in saved]
+    found += [f"{key}: in the file, not in the model" for key in saved if key not in own]
+    return found
+
+
+def listed(items: list[str], shown: int = 4) -> str:
+    """The first `shown` of `items`, and how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
 
 
 class Metric:

@@ -36,7 +36,7 @@ from mixdiff.errors import DatasetError, MixDiffError, RunDirError, TorchFileErr
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.lock import holder
 from mixdiff.models import build_backbone
-from mixdiff.runs import PIXELS, RunDir, read_checkpoint
+from mixdiff.runs import PIXELS, RunDir, listed, read_checkpoint, state_mismatches
 
 # weights a checkpoint can hold -> the prefix of their backbone in the Lightning state dict
 WEIGHT_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
@@ -217,8 +217,16 @@ class Encoder:
                               f"use --weights {' or '.join(available) or 'student'}")
         prefix = WEIGHT_PREFIXES[weights]
         backbone, dim = build_backbone(config.model, config.data.image_size)
-        backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                  if k.startswith(prefix)})
+        mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        misfits = state_mismatches(mine, backbone.state_dict())
+        if misfits:
+            raise RunDirError(f"checkpoint {checkpoint}: its {weights} weights do not fit the "
+                              f"run's model (model.backbone={config.model.backbone} in "
+                              f"{run.config.name}): {listed(misfits)}. It is damaged, or "
+                              "another run's: give the run its own (a damaged last.ckpt can be "
+                              "removed: `mixdiff pretrain` with the run's --out then trains it "
+                              "again from the start)")
+        backbone.load_state_dict(mine)
         resolved = torch.device(resolve_device(device))
         backbone.eval().requires_grad_(False).to(resolved)
         encoder = cls(run, config, weights, checkpoint, file_sha256(checkpoint),

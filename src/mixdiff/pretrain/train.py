@@ -36,7 +36,8 @@ from mixdiff.io import atomic_open, atomic_write_text, remove_stale_temporaries
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.pretrain.loggers import build_logger
 from mixdiff.pretrain.methods import METHODS
-from mixdiff.runs import RunDir, read_checkpoint
+from mixdiff.runs import RunDir, listed, read_checkpoint, resumable_checkpoint, \
+    state_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,17 @@ def refuse_other_data(run: RunDir, summary: dict) -> None:
                           "weights)")
 
 
+def refuse_unresumable(checkpoint: Path, model: L.LightningModule) -> None:
+    """The run's checkpoint holds what a resume needs, and weights that fit the model its config
+    builds: checked before anything is rewritten (Lightning's own errors are a KeyError or a
+    "size mismatch" traceback)."""
+    misfits = state_mismatches(resumable_checkpoint(checkpoint)["state_dict"], model.state_dict())
+    if misfits:
+        raise RunDirError(f"checkpoint {checkpoint}: its weights do not fit the model of the "
+                          f"run's config: {listed(misfits)}. It is damaged, or another run's: "
+                          "remove it to train the run again from the start")
+
+
 def writable_folder(folder: Path) -> None:
     """Make `folder`, and raise the operating system's error now if it cannot be written (the CLI
     makes it one line that names the folder)."""
@@ -204,8 +216,19 @@ def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
     if not any(k.startswith("backbone.") for k in usable):
         raise ConfigError(f"config key `init_from`: {checkpoint} has no backbone weights that fit "
                           f"model.backbone={model.cfg.model.backbone}")
+    # the backbone is what init_from starts from: all of it, or refused (a part of it would
+    # train from its random start beside the others, and no record would say so)
+    backbone = state_mismatches({k: v for k, v in state.items() if k.startswith("backbone.")},
+                                {k: v for k, v in own.items() if k.startswith("backbone.")})
+    if backbone:
+        raise ConfigError(f"config key `init_from`: {checkpoint}'s backbone does not fit "
+                          f"model.backbone={model.cfg.model.backbone} here: {listed(backbone)}; "
+                          "give a checkpoint of this backbone (its model settings too, e.g. "
+                          "model.small_stem)")
     model.load_state_dict(usable, strict=False)
-    log.info("init_from %s: loaded %d of %d tensors", checkpoint, len(usable), len(own))
+    afresh = [m for m in state_mismatches(state, own) if not m.endswith("not in the model")]
+    log.info("init_from %s: loaded %d of %d tensors%s", checkpoint, len(usable), len(own),
+             f"; not loaded, so starting afresh: {listed(afresh)}" if afresh else "")
 
 
 def show_progress_bar(cfg: DictConfig) -> bool:
@@ -298,6 +321,8 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     model = METHODS[cfg.method](OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes)
     if cfg.init_from and resume_from is None:
         load_initial_weights(model, cfg.init_from)
+    if resume_from is not None:
+        refuse_unresumable(resume_from, model)
     torch.set_float32_matmul_precision("high")
     trainer = build_trainer(cfg, run)
     # every input is good: only now does the run folder get written
