@@ -304,3 +304,23 @@ def test_verify_given_a_file_says_it_is_a_file(tmp_path):
     result = CliRunner().invoke(app, ["data", "verify", "--real", str(image)])
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"{image} is a file" in said and "not found" not in said
+
+
+def test_a_link_back_into_the_tree_is_refused_not_counted_again(tmp_path):
+    """S3: a class folder holding a link to its parent (a loop) made the class count 3x, and a
+    link to another class counted that class's images twice; a link to a folder outside the
+    tree is followed as before."""
+    real = make_tree(tmp_path / "real", 2)
+    elsewhere = make_tree(tmp_path / "elsewhere", 1, classes=("star",))
+    (real / "star").symlink_to(elsewhere / "star", target_is_directory=True)
+    assert len(ImageTree.scan(real)) == 3 * 2 + 1
+    loop = real / "circle" / "again"
+    loop.symlink_to(real / "circle", target_is_directory=True)
+    with pytest.raises(DatasetError, match=f"{loop} and {real / 'circle'} are the same folder"):
+        ImageTree.scan(real)
+    loop.unlink()
+    (real / "circle" / "other").symlink_to(real / "star", target_is_directory=True)
+    result = CliRunner().invoke(app, ["data", "verify", "--real", str(real)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "are the same folder" in said and "Traceback" not in said
+
