@@ -324,3 +324,15 @@ def test_a_link_back_into_the_tree_is_refused_not_counted_again(tmp_path):
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "are the same folder" in said and "Traceback" not in said
 
+
+def test_a_float_tiff_is_scaled_not_black_and_other_floats_are_refused(tmp_path):
+    """IMG-F: a 32-bit float TIFF of values 0..1 decoded as all black (PIL clips them)."""
+    values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "unit.tif")
+    pixels = np.asarray(load_rgb(tmp_path / "unit.tif"))
+    assert np.array_equal(pixels[..., 0], np.round(values * 255).astype(np.uint8))
+    Image.fromarray(values * 255).save(tmp_path / "bytes.tif")
+    with pytest.raises(UnreadableImageError, match=re.escape(
+            f"cannot read image {tmp_path / 'bytes.tif'}: a floating-point image with values "
+            "from 0 to 255")):
+        load_rgb(tmp_path / "bytes.tif")
