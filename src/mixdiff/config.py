@@ -49,7 +49,11 @@ class DataConfig:
     image_size: int = setting(224, least=1)  # training resolution (global crops)
     synthetic: list[str] = field(default_factory=list)  # one root per variant, mirroring `real`
     val: Optional[str] = None  # labelled tree for the online evaluation; None: hold-out of `real`
-    val_fraction: float = setting(0.05, **FRACTION)  # size of that seeded, stratified hold-out
+    # size of that seeded, stratified hold-out: at most half (more would train on less than it
+    # evaluates on; 1 left one image per class), at least one image of each class (so 0 is that)
+    val_fraction: float = setting(0.05, least=0.0, most=0.5, hint=(
+        "the share of each class of data.real held out for the online evaluation, at least one "
+        "image of each; for a larger one, give a tree of its own as data.val"))
     mode: str = setting("real", choices=MODE_NAMES)
     p_synthetic: float = setting(1.0, **FRACTION)  # mixdiff: probability the 2nd view is synthetic
     # extra: views of twins added to the real views as further positives, each from another root
