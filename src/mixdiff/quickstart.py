@@ -351,7 +351,6 @@ def refuse_another_run(run: RunDir, cfg, train: Path) -> None:
 
     from mixdiff.config import differing_keys
     from mixdiff.data.tree import fingerprint, fingerprint_changes
-    from mixdiff.pretrain.input.datamodule import FINGERPRINTS
     from mixdiff.pretrain.train import resolve_hardware
 
     if not (run.config.is_file() and run.last_checkpoint.is_file()):
@@ -361,8 +360,7 @@ def refuse_another_run(run: RunDir, cfg, train: Path) -> None:
                for key in differing_keys(saved, cfg)}
     if saved.trainer.max_epochs > cfg.trainer.max_epochs:
         changed["trainer.max_epochs"] = f"{saved.trainer.max_epochs} -> {cfg.trainer.max_epochs}"
-    before = (run.read_data_summary().get(FINGERPRINTS) or {}).get("data.real") \
-        if run.data_summary.is_file() else None
+    before = run.read_fingerprints().get("data.real")
     images = before and fingerprint_changes(before, fingerprint(train))
     if images:
         changed["the training images"] = images

@@ -58,6 +58,9 @@ RESULT_NAME = "the result name (--name)"
 # what a result name may not end in: the suffixes of the files it names (x.json would be
 # eval/knn/x.json.json, and its predictions a folder eval/knn/x.json/ beside the results)
 FILE_SUFFIXES = (".json", ".pt", ".npz", ".csv")
+# data.json's key of the fingerprints of the trees a run started on, by config key
+# (`mixdiff.data.tree.fingerprint`)
+FINGERPRINTS = "fingerprints"
 # what to do about a damaged file of a run, said where nothing more specific applies
 DAMAGED_FIX = "restore it (or delete it and make it again), or leave this run out"
 
@@ -261,14 +264,35 @@ class RunDir:
         """data.json, or one line saying it is damaged (not a JSON object) and `fix`."""
         return read_json_object(self.data_summary, fix)
 
+    def read_fingerprints(self, fix: str = DAMAGED_FIX) -> dict[str, dict]:
+        """data.json's fingerprints of the trees the run started on ({} where it keeps none: no
+        data.json, or an older mixdiff's); a damaged file or entry is one line naming it and
+        `fix`, never taken for "unknown"."""
+        from mixdiff.data.tree import is_fingerprint
+
+        if not self.data_summary.is_file():
+            return {}
+        found = self.read_data_summary(fix).get(FINGERPRINTS) or {}
+        if not isinstance(found, dict) or not all(map(is_fingerprint, found.values())):
+            raise RunDirError(f"{self.data_summary}: its `{FINGERPRINTS}` are not what `mixdiff "
+                              f"pretrain` writes (the file is damaged); {fix}")
+        return found
+
     def read_metrics(self, fix: str = "restore it, or leave this run out of the report"
                      ) -> list[dict[str, str]]:
         """metrics.csv's rows, each value checked to be a number (or empty): a damaged file is
         one line naming it and `fix`, not a half-written report or a resumed run that keeps its
         bad rows."""
         path = self.metrics
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RunDirError(f"{path} is not a CSV file of numbers ({exc}): the file is "
+                              f"damaged; {fix}") from None
+        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
+            raise RunDirError(f"{path} has no `epoch` column (the file is damaged): {fix}")
         for line, row in enumerate(rows, 2):
             for column, value in row.items():
                 try:

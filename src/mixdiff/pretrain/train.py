@@ -10,7 +10,6 @@ loses.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
@@ -30,13 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from mixdiff.pretrain.callbacks import EpochSummary, ProgressBar, RunCheckpoint
 from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.tree import fingerprint_changes
-from mixdiff.pretrain.input.datamodule import FINGERPRINTS, MixDiffDataModule
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text, remove_stale_temporaries
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.pretrain.loggers import build_logger
 from mixdiff.pretrain.methods import METHODS
-from mixdiff.runs import RunDir, listed, read_checkpoint, resumable_checkpoint, \
+from mixdiff.runs import FINGERPRINTS, RunDir, listed, read_checkpoint, resumable_checkpoint, \
     state_mismatches
 
 log = logging.getLogger(__name__)
@@ -165,16 +164,15 @@ def refuse_other_data(run: RunDir, summary: dict) -> None:
     """A resumed run trains on the images it started with (data.json's fingerprints of its
     trees): images added or removed since are refused, before anything is rewritten (a removed
     class would not even fit the saved model). A run whose data.json keeps no fingerprint (an
-    older mixdiff's) is unknown, not changed: said, and resumed."""
-    try:
-        saved = json.loads(run.data_summary.read_text()).get(FINGERPRINTS) or {}
-    except (OSError, ValueError, AttributeError):
-        saved = {}
+    older mixdiff's, or none left) is unknown, not changed: said, and resumed; a damaged one is
+    refused, not taken for unknown."""
+    saved = run.read_fingerprints("restore it, or remove it to resume without the check that "
+                                  "the run goes on with the images it started with")
     unknown = [key for key in summary[FINGERPRINTS] if key not in saved]
     if unknown:
-        log.warning("%s keeps no fingerprint of %s (written before mixdiff kept them): whether "
-                    "the run resumes on the images it started with is unknown", run.data_summary,
-                    ", ".join(unknown))
+        log.warning("%s keeps no fingerprint of %s (it is missing, or written before mixdiff "
+                    "kept them): whether the run resumes on the images it started with is "
+                    "unknown", run.data_summary, ", ".join(unknown))
     changes = [f"{key}: {change}" for key, now in summary[FINGERPRINTS].items()
                if key in saved and (change := fingerprint_changes(saved[key], now))]
     if changes:
@@ -317,6 +315,9 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     datamodule.setup()
     if resume_from is not None:
         refuse_other_data(run, datamodule.summary)
+        if run.metrics.is_file():  # its rows are kept: a damaged one would stay, or stop a save
+            run.read_metrics("restore it, or remove it: the resumed run then writes the rows of "
+                             "its next epochs only")
     datamodule.check_images(cfg.data.check_images, show_progress=show_progress_bar(cfg))
     model = METHODS[cfg.method](OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes)
     if cfg.init_from and resume_from is None:
