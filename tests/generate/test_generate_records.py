@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 import tiny_pipelines
 from conftest import make_tree
 from mixdiff.cli import app
-from mixdiff.errors import ConfigError, UnsafePathError
+from mixdiff.errors import ConfigError, DatasetError, UnsafePathError
 from mixdiff.generate.backends import model_fingerprint
 from mixdiff.generate.embedded import GeneratorTraining, train_generator
 from mixdiff.generate.runner import SettingsChangedError, generate
@@ -78,6 +79,26 @@ def test_a_manifest_path_out_of_out_is_refused_not_counted_done(real, ddpm, tmp_
     _edit_rows(out, back)
     with pytest.raises(UnsafePathError, match="leads outside"):
         generate(real, out, _settings(ddpm), show_progress=False)
+
+
+@pytest.mark.parametrize("change, error, said", [
+    (lambda row: row.update(source="../../elsewhere/a.png"), UnsafePathError,
+     "line 1: the row's `source`: the path '../../elsewhere/a.png' leads outside"),
+    (lambda row: row.update(source="/etc/passwd"), UnsafePathError,
+     "line 1: the row's `source`: the path '/etc/passwd' leads outside"),
+    (lambda row: row.pop("variant"), DatasetError,
+     "line 1: not a row of `mixdiff generate` (no valid variant)"),
+])
+def test_a_manifest_row_whose_source_leads_out_of_the_tree_is_refused(real, ddpm, tmp_path,
+                                                                      change, error, said):
+    """GM-src: a row's `source` (relative to the real tree) edited to lead out of it was
+    taken into the merged manifest; a row without its fields was a KeyError."""
+    out = tmp_path / "out"
+    generate(real, out, _settings(ddpm), show_progress=False)
+    _edit_rows(out, lambda rows: change(rows[0]))
+    with pytest.raises(error, match=re.escape(f"{_shard(out)}, {said}")) as refused:
+        generate(real, out, _settings(ddpm), show_progress=False)
+    assert "\n" not in str(refused.value)
 
 
 def test_a_manifest_row_naming_another_twin_does_not_make_its_own(real, ddpm, tmp_path):
