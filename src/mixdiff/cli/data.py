@@ -54,6 +54,9 @@ def data_prepare(
     if dataset is Dataset.fashion_mnist:
         for split, p in prepared.items():
             changes = [f"{p.written} written"]
+            if p.repaired:
+                changes.append(f"{p.repaired} rewritten (they did not hold their image: cut "
+                               "short, or another)")
             if p.removed:
                 changes.append(f"{p.removed} removed (left by an earlier prepare, not requested "
                                "now)")
