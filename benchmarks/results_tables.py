@@ -9,11 +9,16 @@ with the interval that counts the seeds' and the test images' noise, as the quic
 computes them; Holm's correction runs over every comparison of the main table (and, as a family
 of its own, over the per-corruption ones). Each comparison is a difference (it survives Holm),
 within ±margin (its whole interval), or undecided, with the minimum effect its seeds detect with
-80% power and the seeds that ±margin would take. Beside each setting: its time per training step
-relative to the real run of the same seed (median epoch seconds; noisy on a shared machine).
+80% power and the seeds that ±margin would take. The JSON also gives each setting's time per
+training step relative to the real run of the same seed (median epoch seconds: only as good as
+the machine was quiet while both trained, so the tables leave it out).
 
     python benchmarks/results_tables.py --out quickstart-out --json docs/results/tables.json \
-        --markdown docs/results/tables.md
+        --markdown docs/results/tables.md --keep docs/results/fashion-mnist
+
+--keep copies what the tables read of each run (its config, data.json, metrics.csv, and each
+result with its per-image predictions; no checkpoint) into KEEP/runs/, so that
+`--out KEEP` makes the same tables from the repository alone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import csv
 import json
 import re
+import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -32,10 +38,12 @@ from mixdiff.evaluate.predictions import predictions_of
 from mixdiff.quickstart import COMPARED, REAL, UNTRAINED, scored, untrained_name
 from mixdiff.report.compare import (EQUIVALENCE_MARGIN, Difference, correct_for_many,
                                     paired_difference)
-from mixdiff.runs import Metric, RunDir
+from mixdiff.evaluate.results import result_name
+from mixdiff.runs import PIXELS, Metric, RunDir
 
 RUN_NAME = re.compile(r"^(?P<method>[a-z_]+)-(?P<variant>.+)-s(?P<seed>\d+)$")
 WORDS = {"linear": "linear", "knn": "kNN", "shift": "6 corruptions"}
+FLOOR = "raw pixels"  # the quickstart scores them once, in the first seed's untrained run
 Runs = dict[tuple[str, str], dict[int, RunDir]]  # (method, variant) -> seed -> run
 
 
@@ -119,6 +127,12 @@ def means(runs: Runs, out: Path) -> dict:
     """Per setting (and the untrained encoders): seeds, mean value per metric, time ratio."""
     rows = {}
     seeds_used = sorted({s for by_seed in runs.values() for s in by_seed})
+    first = RunDir(out / "runs" / untrained_name(seeds_used[0]))
+    pixels = {m: first.eval_result(command, result_name(name, PIXELS, "student"))
+              for m, (command, name) in COMPARED.items()}
+    if all(path.is_file() for path in pixels.values()):
+        rows[FLOOR] = {"seeds": [], **{m: json.loads(path.read_text())["value"]
+                                       for m, path in pixels.items()}}
     rows[UNTRAINED] = {"seeds": seeds_used, **{m: statistics.fmean(
         scored(RunDir(out / "runs" / untrained_name(s)), m).value for s in seeds_used)
         for m in COMPARED}}
@@ -147,14 +161,13 @@ def markdown(rows: dict, found: list[dict], by_corruption: list[dict], margin: f
     gains = {(c["variant"], c["metric"]): c["d"] for c in found if c["baseline"] == UNTRAINED}
     versus = {(c["variant"], c["metric"]): c["d"] for c in found if c["baseline"] == REAL}
     lines = ["| encoder | seeds | " + " | ".join(WORDS[m] for m in COMPARED) + " | " +
-             " | ".join(f"{WORDS[m]} − untrained" for m in COMPARED) + " | time per step |",
-             "|---|---:|" + "---:|" * (2 * len(COMPARED) + 1)]
+             " | ".join(f"{WORDS[m]} − untrained" for m in COMPARED) + " |",
+             "|---|---:|" + "---:|" * (2 * len(COMPARED))]
     for variant, row in rows.items():
-        cells = [variant, str(len(row["seeds"])), *(f"{100 * row[m]:.1f}" for m in COMPARED)]
+        cells = [variant, str(len(row["seeds"]) or "–"),
+                 *(f"{100 * row[m]:.1f}" for m in COMPARED)]
         cells += [_cell(gains[variant, m], margin) if (variant, m) in gains else ""
                   for m in COMPARED]
-        ratio = row.get("time_per_step_vs_real")
-        cells.append(f"{ratio:.2f}x" if ratio else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| vs real, paired by seed | " + " | ".join(WORDS[m] for m in COMPARED) + " |",
               "|---|" + "---:|" * len(COMPARED)]
@@ -173,6 +186,24 @@ def markdown(rows: dict, found: list[dict], by_corruption: list[dict], margin: f
     return "\n".join(lines)
 
 
+KEPT = ("config.yaml", "data.json", "metrics.csv", "eval/**/*.json", "eval/**/predictions.npz")
+
+
+def keep(runs: Runs, out: Path, into: Path) -> int:
+    """Copy what the tables read of each run, and of the untrained references, into INTO/runs."""
+    names = {run.root.name for by_seed in runs.values() for run in by_seed.values()}
+    names |= {untrained_name(s) for by_seed in runs.values() for s in by_seed}
+    copied = 0
+    for name in sorted(names):
+        for pattern in KEPT:
+            for source in (out / "runs" / name).glob(pattern):
+                target = into / "runs" / name / source.relative_to(out / "runs" / name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+                copied += 1
+    return copied
+
+
 def _record(found: list[dict]) -> list[dict]:
     return [{**{k: v for k, v in c.items() if k != "d"}, **c["d"].record()} for c in found]
 
@@ -183,6 +214,7 @@ def main() -> None:
     parser.add_argument("--equivalence", type=float, default=EQUIVALENCE_MARGIN)
     parser.add_argument("--json", type=Path, help="also write every comparison here")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument("--keep", type=Path, help="copy the runs' files the tables read here")
     args = parser.parse_args()
     runs = find_runs(args.out)
     found = comparisons(runs, args.out, args.equivalence)
@@ -203,6 +235,8 @@ def main() -> None:
                                          "comparisons": _record(found),
                                          "by_corruption": _record(by_corruption)},
                                         indent=2) + "\n")
+    if args.keep:
+        print(f"kept {keep(runs, args.out, args.keep)} files in {args.keep / 'runs'}")
 
 
 if __name__ == "__main__":

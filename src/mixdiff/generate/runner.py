@@ -220,7 +220,6 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     the run goes on; the summary lists them."""
     real, out = Path(real), Path(out)
     settings = settings.resolved()
-    settings = replace(settings, model_sha256=model_fingerprint(settings.model))
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, not {limit}")
     shard = shard or shard_from_environment()
@@ -235,6 +234,9 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
 def _generate(tree: ImageTree, real: Path, out: Path, settings: GenerateSettings,
               shard: tuple[int, int], limit: int | None, overwrite: bool, show_progress: bool,
               backend: Backend | None) -> Summary:
+    # under the lock: another generate of this shard is said first, and the model folder (GBs
+    # for Stable Diffusion) is hashed once
+    settings = replace(settings, model_sha256=model_fingerprint(settings.model))
     check_settings(out, settings, overwrite)
     items = plan(tree.relpaths, settings, shard, limit)
     done = set() if overwrite else completed(out, settings.format,
