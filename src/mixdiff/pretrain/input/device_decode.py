@@ -14,8 +14,9 @@ The worker still decodes what the device should not: a JPEG so large that JPEG d
 shrink it (as the CPU path would: `mixdiff.data.decode`; only photos of several megapixels at
 224 px), which it ships at the reduced size, so the device never holds a full 12 MP photo and
 the crop boxes are the CPU path's; a file nvJPEG cannot take (not a JPEG; a CMYK or YCCK
-JPEG); and a JPEG whose EXIF orientation turns it (nvJPEG would not). Those travel as pixels and are cut the same way. A JPEG the device's decoder refuses all
-the same is decoded by the CPU, and the run's log counts them (`decode_jpegs`).
+JPEG); and a JPEG whose EXIF orientation turns it (nvJPEG would not). Those travel as pixels
+and are cut the same way. A JPEG the device's decoder refuses all the same is decoded by the
+CPU, and the run's log counts them (`decode_jpegs`).
 
 Resampling: roi_align with an adaptive sampling ratio averages ceil(box side / output side)
 bilinear samples per output pixel along each axis: a box filter when a crop shrinks (as OpenCV's
