@@ -70,6 +70,33 @@ def test_base_files_and_yaml(tmp_path):
     assert differing_keys(cfg, again) == []
 
 
+@pytest.mark.parametrize("base, said", [
+    ("data: {val_fraction: 2}\n", "config key `data.val_fraction` = 2.0 must lie in [0, 0.5]"),
+    ("method: byol\n", "config key `method` = 'byol' is not one of"),
+    ("data: {reel: x}\n", "config key `data.reel`: Key 'reel' not in 'DataConfig'"),
+    ("trainer: {max_epochs: many}\n", "config key `trainer.max_epochs`: Value 'many'"),
+])
+def test_a_bad_key_or_value_names_the_base_file_that_set_it(tmp_path, base, said):
+    """CFS: a `_base_` file's bad value or unknown key was said without a file name, as if the
+    file given had it; an override of the value is checked as the override."""
+    (tmp_path / "base.yaml").write_text(base)
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ndata: {real: /r}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "child.yaml")
+    assert str(refused.value).startswith(f"{tmp_path / 'base.yaml'} (the `_base_` of "
+                                         f"{tmp_path / 'child.yaml'}): {said}"), refused.value
+    if "val_fraction" in base:  # an override's value is what counts
+        assert load_config(tmp_path / "child.yaml", ["data.val_fraction=0.1"]).data.val_fraction \
+            == 0.1
+    (tmp_path / "child.yaml").write_text(base + "data: {real: /r}\n" if "data:" not in base
+                                         else base.replace("{", "{real: /r, "))
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'child.yaml'}: {said}")):
+        load_config(tmp_path / "child.yaml")
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, BASE + ["data.val_fraction=0.9"])
+    assert str(refused.value).startswith("config key `data.val_fraction` = 0.9 must lie in")
+
+
 def test_bad_yaml_names_the_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: {real: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):

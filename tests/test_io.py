@@ -149,3 +149,47 @@ def test_sigterm_removes_the_temporary_of_a_command(tmp_path, monkeypatch):
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert "stopped by SIGTERM" in result.output
     assert list((tmp_path / "out").iterdir()) == []
+
+
+class _SignalledWhileWriting:
+    """A file that receives SIGTERM once `after` bytes have gone through it: the signal's handler
+    raises inside the writer's call (torch.save's zip writer then fails on its own)."""
+
+    def __init__(self, handle, after: int):
+        self.handle, self.after, self.written = handle, after, 0
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > self.after:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises here
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def test_sigterm_inside_torch_save_is_a_stop_and_its_temporary_goes(eval_runs, tmp_path,
+                                                                     monkeypatch):
+    """EXK-pt: SIGTERM during `export --out x.pt` came out as torch's RuntimeError "unexpected
+    pos" (its zip writer fails when the stop raised inside it): a stop it is, said as one, and
+    neither the file nor its temporary is left."""
+    from typer.testing import CliRunner
+
+    from mixdiff.cli import app
+
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: save(obj, _SignalledWhileWriting(f, 4096)))
+
+    def outside_the_command(signum, frame):
+        raise AssertionError("SIGTERM reached the handler outside the command")
+
+    before = signal.signal(signal.SIGTERM, outside_the_command)
+    try:
+        result = CliRunner().invoke(app, ["export", "--run", str(eval_runs["simclr"]), "--out",
+                                          str(tmp_path / "x.pt")])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert result.exit_code == 128 + signal.SIGTERM, (result.output, result.exception)
+    assert "stopped by SIGTERM" in result.output and "unexpected pos" not in result.output
+    assert list(tmp_path.iterdir()) == []

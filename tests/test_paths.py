@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mixdiff.cli import app
+from mixdiff.config import load_saved_config
 from mixdiff.errors import UnsafePathError
 from mixdiff.paths import file_name, inside
 from mixdiff.runs import RunDir
@@ -72,3 +73,99 @@ def test_a_path_read_from_a_file_stays_in_its_folder(tmp_path):
                                                   f"{folder}") as refused:
             inside(folder, bad, "manifest row 3")
         assert "\n" not in str(refused.value)
+
+
+def _hard_linked_copy(run, to):
+    """A run of its own to change (hard links: the shared session run stays as it is)."""
+    import shutil
+
+    shutil.copytree(run, to, copy_function=os.link)
+    return to
+
+
+def _knn(run, eval_runs, *extra):
+    return runner.invoke(app, ["eval", "knn", "--run", str(run), "--train",
+                               str(eval_runs["train"]), "--val", str(eval_runs["val"]),
+                               "--device", "cpu", "--num-workers", "0", *extra])
+
+
+def _files(folder):
+    return sorted((p, p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+
+def _one_line(result) -> str:
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    return " ".join(result.output.split())
+
+
+def test_eval_of_a_run_whose_eval_folder_links_outside_is_refused(eval_runs, tmp_path):
+    """SL1: RUN/eval a link to a folder outside the run: `eval knn` wrote its result and
+    predictions there."""
+    import shutil
+
+    run = _hard_linked_copy(eval_runs["simclr"], tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "knn").mkdir(parents=True)
+    (elsewhere / "knn" / "keep.txt").write_text("someone's\n")
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    os.symlink(elsewhere, run / "eval")
+    before = _files(elsewhere)
+    said = _one_line(_knn(run, eval_runs, "--name", "probe"))
+    assert f"{run / 'eval'} is a link to {elsewhere}, outside the run folder {run}" in said
+    assert "Replace the link by a folder" in said
+    assert _files(elsewhere) == before  # nothing written outside
+
+
+def test_a_result_file_linked_outside_the_run_is_not_read(eval_runs, tmp_path):
+    """SL2: RUN/eval/knn/NAME.json a link to a text file outside: read as the run's result (a
+    JSONDecodeError traceback)."""
+    run = _hard_linked_copy(eval_runs["simclr"], tmp_path / "run")
+    (run / "eval" / "knn").mkdir(parents=True, exist_ok=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not a result\n")
+    os.symlink(victim, run / "eval" / "knn" / "notes.json")
+    said = _one_line(_knn(run, eval_runs, "--name", "notes"))
+    assert f"{run / 'eval' / 'knn' / 'notes.json'} is a link to {victim}" in said
+    assert victim.read_text() == "not a result\n"
+
+
+def test_a_resume_never_reads_or_replaces_a_checkpoint_outside_the_run(eval_runs, tmp_path):
+    """SL3: RUN/checkpoints a link outside: a resume read and replaced the last.ckpt there."""
+    from conftest import tiny_overrides
+
+    run = _hard_linked_copy(eval_runs["simclr"], tmp_path / "run")
+    outside = tmp_path / "victimck"
+    (run / "checkpoints").rename(outside)
+    os.symlink(outside, run / "checkpoints")
+    before = _files(outside)
+    config = load_saved_config(run / "config.yaml")
+    result = runner.invoke(app, ["pretrain", *tiny_overrides(
+        {"real": config.data.real, "syn0": config.data.synthetic[0],
+         "syn1": config.data.synthetic[1]}, **{"trainer.max_epochs": 2}), "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    assert f"{run / 'checkpoints'} is a link to {outside}" in " ".join(result.output.split())
+    assert _files(outside) == before
+
+
+def test_a_run_folder_that_is_itself_a_link_is_used_as_usual(eval_runs, tmp_path):
+    """The way to keep a run on another disk: link the run folder itself; what it holds stays
+    inside it, so its commands work through the link."""
+    real = _hard_linked_copy(eval_runs["simclr"], tmp_path / "disk" / "run")
+    os.symlink(real, tmp_path / "run")
+    result = _knn(tmp_path / "run", eval_runs, "--name", "through-link")
+    assert result.exit_code == 0, result.output
+    assert (real / "eval" / "knn" / "through-link.json").is_file()
+
+
+def test_a_result_name_with_a_file_suffix_is_refused_and_the_report_reads_only_files(
+        eval_runs, tmp_path):
+    """N-xjson: `--name x.json` made x.json.json and a folder eval/knn/x.json/ (its predictions)
+    that `mixdiff report` then read as a result and failed on."""
+    run = _hard_linked_copy(eval_runs["simclr"], tmp_path / "run")
+    for name in ("x.json", "probe.pt"):
+        result = _knn(run, eval_runs, "--name", name)
+        assert result.exit_code == 2 and result.output.startswith("error: --name"), \
+            result.output
+        assert f"give it without {name[name.index('.'):]}" in " ".join(result.output.split())
+    (run / "eval" / "knn" / "folder.json").mkdir(parents=True)  # as an older version made
+    assert not [p for p in RunDir(run).eval_results() if p.name == "folder.json"]

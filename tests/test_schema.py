@@ -69,6 +69,11 @@ INF, NAN = float("inf"), float("nan")
     ("optim.lr=-inf", "config key `optim.lr` = -inf must be a finite number"),
     ("optim.betas=[0.9,nan]", "config key `optim.betas` = [0.9, nan] must be a finite number"),
     ("trainer.seed=-1", "config key `trainer.seed` = -1 must lie in [0, 4294967295]"),
+    # NUM-vf: 1.0 held out all but one image of each class, and trained on those
+    ("data.val_fraction=1.0", "config key `data.val_fraction` = 1.0 must lie in [0, 0.5] (the "
+                              "share of each class of data.real held out for the online "
+                              "evaluation, at least one image of each; for a larger one, give a "
+                              "tree of its own as data.val)"),
     ("trainer.seed=4294967296", "config key `trainer.seed` = 4294967296 must lie in [0, "
                                 "4294967295]"),
 ])

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixdiff.errors import ConfigError
-from mixdiff.schema import check, differences, not_producing, rules, seed_setting, setting
+from mixdiff.schema import check, config_key, differences, not_producing, rules, seed_setting, \
+    setting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,11 @@ class DataConfig:
     image_size: int = setting(224, least=1)  # training resolution (global crops)
     synthetic: list[str] = field(default_factory=list)  # one root per variant, mirroring `real`
     val: Optional[str] = None  # labelled tree for the online evaluation; None: hold-out of `real`
-    val_fraction: float = setting(0.05, **FRACTION)  # size of that seeded, stratified hold-out
+    # size of that seeded, stratified hold-out: at most half (more would train on less than it
+    # evaluates on; 1 left one image per class), at least one image of each class (so 0 is that)
+    val_fraction: float = setting(0.05, least=0.0, most=0.5, hint=(
+        "the share of each class of data.real held out for the online evaluation, at least one "
+        "image of each; for a larger one, give a tree of its own as data.val"))
     mode: str = setting("real", choices=MODE_NAMES)
     p_synthetic: float = setting(1.0, **FRACTION)  # mixdiff: probability the 2nd view is synthetic
     # extra: views of twins added to the real views as further positives, each from another root
@@ -261,9 +266,10 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+def _read_yaml(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = ()) -> DictConfig:
     """Read a YAML config, merging the files its `_base_` key names (relative to it) underneath.
-    A file that is not a mapping of config sections is refused by name, without its content."""
+    A file that is not a mapping of config sections is refused by name, without its content.
+    `origins` gets, for each key set, the file whose value wins (a message names it)."""
     path = path.resolve()
     where = f"{path} (the `_base_` of {seen[-1]})" if seen else str(path)
     if path in seen:
@@ -296,18 +302,28 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged = OmegaConf.create()
     for base in bases:
-        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, seen + (path,)))
+        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, origins, seen + (path,)))
+    origins.update(dict.fromkeys(flatten(OmegaConf.to_container(node)), where))
     return OmegaConf.merge(merged, node)
 
 
-def _describe(exc: OmegaConfBaseException) -> str:
+def _describe(exc: OmegaConfBaseException, origins: dict[str, str] | None = None) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     message = str(exc).splitlines()[0]
-    return f"config key `{key}`: {message}" if key else message
+    said = f"config key `{key}`: {message}" if key else message
+    return _set_in(origins or {}, str(key), said)
 
 
-def _check_values(cfg: DictConfig) -> None:
-    check(flatten(cfg), MixDiffConfig)  # each key's own rule: allowed names, ranges
+def _set_in(origins: dict[str, str], key: str, message: str) -> str:
+    """`message` about `key`, after the name of the config file that set it, if one did (a
+    `_base_` file's key is not in the file the user gave)."""
+    return f"{origins[key]}: {message}" if key in origins else message
+
+
+def _check_values(cfg: DictConfig, origins: dict[str, str]) -> None:
+    # each key's own rule: allowed names, ranges
+    check(flatten(cfg), MixDiffConfig,
+          lambda key, *problem: _set_in(origins, key, config_key(key, *problem)))
     if not cfg.data.real:
         raise ConfigError("config key `data.real` is required: the image tree to pre-train on")
     if cfg.data.mode != "real" and not cfg.data.synthetic:
@@ -360,24 +376,41 @@ def _user_node(node: DictConfig, where: str) -> DictConfig:
     return node
 
 
+def _merged(given: list[tuple[DictConfig, dict[str, str]]]) -> DictConfig:
+    """The defaults with each node merged on in turn; a key a node cannot set is refused under
+    the name of the file that set it (its origins)."""
+    merged = OmegaConf.structured(MixDiffConfig)
+    for node, origins in given:
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe(exc, origins)) from None
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> DictConfig:
     """Defaults, then the chosen method's defaults (METHOD_DEFAULTS), then the YAML file at `path`,
     then dotlist `overrides`; validated."""
+    origins: dict[str, str] = {}  # key -> the config file that set it
+    given: list[tuple[DictConfig, dict[str, str]]] = []  # each node, and who set its keys
+    overridden: set[str] = set()  # keys an override sets: its value, not a file's, is checked
     try:
-        given = [_user_node(_read_yaml(Path(path)), str(path))] if path is not None else []
+        if path is not None:
+            given.append((_user_node(_read_yaml(Path(path), origins), str(path)), origins))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-            given.append(_user_node(OmegaConf.from_dotlist([item]), f"override {item!r}"))
-        schema = OmegaConf.merge(OmegaConf.structured(MixDiffConfig), *given)
-        method_defaults = METHOD_DEFAULTS.get(schema.method, {})
-        if method_defaults:  # beneath what was given: merged again on top of them
-            schema = OmegaConf.merge(OmegaConf.structured(MixDiffConfig), OmegaConf.from_dotlist(
-                [f"{key}={value}" for key, value in method_defaults.items()]), *given)
+            given.append((_user_node(OmegaConf.from_dotlist([item]), f"override {item!r}"), {}))
+            overridden.update(flatten(given[-1][0]))
     except OmegaConfBaseException as exc:
         raise ConfigError(_describe(exc)) from None
-    _check_values(schema)
+    schema = _merged(given)
+    method_defaults = METHOD_DEFAULTS.get(schema.method, {})
+    if method_defaults:  # beneath what was given: merged again on top of them
+        schema = _merged([(OmegaConf.from_dotlist(
+            [f"{key}={value}" for key, value in method_defaults.items()]), {}), *given])
+    _check_values(schema, {k: v for k, v in origins.items() if k not in overridden})
     OmegaConf.set_readonly(schema, True)
     return schema
 

@@ -57,14 +57,37 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
         full = no_space(exc)
         if full is not None:
             raise OSError(full.errno, os.strerror(full.errno), str(path)) from None
+        stop = _behind(exc, KeyboardInterrupt)
+        if stop is not None and stop is not exc:
+            # a stop (Ctrl-C, the CLI's SIGTERM) inside a writer that reports it as its own
+            # failure (torch.save: "unexpected pos"): a stop it is
+            raise stop from None
         raise
 
 
 def no_space(exc: BaseException | None) -> OSError | None:
-    """The OSError of a full disk behind `exc` (itself, its cause or its context), if any."""
+    """The OSError of a full disk behind `exc` (itself, its cause or its context), if any; also
+    where a library reports it in its own words, naming the operating system's error number as
+    Rust's standard library writes it (safetensors: "No space left on device (os error 28)")."""
+    full = _behind(exc, OSError, lambda found: found.errno in NO_SPACE)
+    if full is not None:
+        return full
+    said = _behind(exc, BaseException, lambda found: _OS_ERROR.search(str(found)) is not None)
+    if said is not None and int(_OS_ERROR.search(str(said))[1]) in NO_SPACE:
+        number = int(_OS_ERROR.search(str(said))[1])
+        return OSError(number, os.strerror(number))
+    return None
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _behind(exc: BaseException | None, kind: type, test=lambda found: True):
+    """The first exception of `kind` passing `test` in `exc`'s chain (itself, its cause or its
+    context, and theirs), if any."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        if isinstance(exc, kind) and test(exc):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

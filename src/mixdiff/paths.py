@@ -10,7 +10,7 @@ the folder it belongs to, symbolic links followed: a file edited (or received) w
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mixdiff.errors import UnsafePathError
 
@@ -33,13 +33,41 @@ def file_name(name: str, what: str = "--name") -> str:
                           "folder; give a name without '/', '\\' or '..' (e.g. my-dataset)")
 
 
+def leads_outside(folder: str | Path, path: str | Path) -> Path | None:
+    """Where `folder / path` leads when that is outside `folder` (links followed), else None."""
+    target = (Path(folder) / path).resolve()
+    return None if target.is_relative_to(Path(folder).resolve()) else target
+
+
+def first_link(folder: str | Path, path: str | Path) -> Path | None:
+    """The first symbolic link on the way from `folder` down to `folder / path`, if any."""
+    here = Path(folder)
+    for part in Path(path).parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
+
+
 def inside(folder: str | Path, path: str | Path, source: str) -> Path:
     """`folder / path`, provided it resolves inside `folder` (links followed); else one line
     naming `source` (the file and entry the path was read from)."""
     folder = Path(folder)
-    target = folder / path
-    if target.resolve().is_relative_to(folder.resolve()):
-        return target
+    target = leads_outside(folder, path)
+    if target is None:
+        return folder / path
     raise UnsafePathError(f"{source}: the path {str(path)!r} leads outside {folder} (to "
-                          f"{target.resolve()}); a path in this file must name a file inside "
+                          f"{target}); a path in this file must name a file inside "
                           "that folder. Remove the entry (or the file), or make it again")
+
+
+def relative_inside(path: str, source: str) -> str:
+    """`path` as read from one of our files, provided it is a relative path that stays inside the
+    folder it is relative to by its own words (no `..`, not absolute): for a path whose folder is
+    not at hand to resolve it in (a generation manifest's `source`, relative to the real tree)."""
+    parts = PurePosixPath(path.replace("\\", "/")).parts if isinstance(path, str) else ()
+    if parts and "\0" not in path and parts[0] != "/" and ".." not in parts:
+        return path
+    raise UnsafePathError(f"{source}: the path {path!r} leads outside the folder it is relative "
+                          "to; a path in this file must name a file inside that folder. Remove "
+                          "the entry (or the file), or make it again")

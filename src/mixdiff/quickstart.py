@@ -334,16 +334,57 @@ def _finished(run: RunDir, epochs: int) -> bool:
     return len(run.metrics.read_text().strip().splitlines()) - 1 >= epochs
 
 
+# the quickstart's option behind a config key of its runs (the others come with the preset)
+OPTION_OF = {"trainer.max_epochs": "--epochs", "data.real_fraction": "--real-fraction",
+             "augment.recipe": "--augment", "data.synthetic_weight": "--synthetic-weight",
+             "data.synthetic_min_similarity": "--filter"}
+
+
+def refuse_another_run(run: RunDir, cfg, train: Path) -> None:
+    """A run of this --out made with other settings, or on other training images (another
+    --per-class), is neither reused nor resumed with these, which would compare it with runs of
+    these settings as if it were one of them: one line saying which run, what differs and what
+    to do. More epochs than it was made for resume it (pretrain's `trainer.max_epochs`); fewer
+    would not undo the ones it has. A run that saved no checkpoint is pretrain's to start
+    afresh."""
+    from omegaconf import OmegaConf
+
+    from mixdiff.config import differing_keys
+    from mixdiff.data.tree import fingerprint, fingerprint_changes
+    from mixdiff.pretrain.train import resolve_hardware
+
+    if not (run.config.is_file() and run.last_checkpoint.is_file()):
+        return
+    saved, cfg = run.load_config(), resolve_hardware(cfg)
+    changed = {key: f"{OmegaConf.select(saved, key)!r} -> {OmegaConf.select(cfg, key)!r}"
+               for key in differing_keys(saved, cfg)}
+    if saved.trainer.max_epochs > cfg.trainer.max_epochs:
+        changed["trainer.max_epochs"] = f"{saved.trainer.max_epochs} -> {cfg.trainer.max_epochs}"
+    before = run.read_fingerprints().get("data.real")
+    images = before and fingerprint_changes(before, fingerprint(train))
+    if images:
+        changed["the training images"] = images
+    if changed:
+        options = sorted({"--per-class" if key == "the training images" else
+                          OPTION_OF.get(key, "the preset: --fast or not, --device")
+                          for key in changed})
+        raise MixDiffError(f"{run.root} was made with other settings than this call asks ("
+                           f"{'; '.join(f'{k}: {v}' for k, v in changed.items())}): use another "
+                           "--out for these settings, or the options it was made with "
+                           f"({', '.join(options)})")
+
+
 def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed: int,
               name: str, epochs: int) -> dict:
     from mixdiff.config import load_config
     from mixdiff.pretrain.train import pretrain
 
     run = paths.run(name)
+    cfg = load_config(preset_config(method), run_overrides(s, paths, method, mode, seed, epochs))
+    refuse_another_run(run, cfg, paths.train)
     if _finished(run, epochs):
         return {"reused": True}
-    pretrain(load_config(preset_config(method), run_overrides(s, paths, method, mode, seed,
-                                                              epochs)), run.root)
+    pretrain(cfg, run.root)
     return {"reused": False}
 
 
@@ -369,6 +410,7 @@ def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]
     from mixdiff.evaluate.features import labelled_sets
     from mixdiff.evaluate.knn import knn_eval
     from mixdiff.evaluate.linear import linear_eval
+    from mixdiff.evaluate.predictions import PREDICTIONS_FILE
     from mixdiff.evaluate.results import result_name
     from mixdiff.evaluate.robustness import SUITES, parse_corruptions, robustness_eval
 
@@ -387,6 +429,11 @@ def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]
                 s.severities, s.encode_options))):
         name = result_name(name, encoder.weights, encoder.default_weights)
         if not _current(encoder.run, command, name, encoder.checkpoint_sha256, scored):
+            # the quickstart's own result, of other images or an older checkpoint: replaced,
+            # where `mixdiff eval` would refuse a result of other images under its name
+            for stale in (encoder.run.eval_result(command, name),
+                          encoder.run.eval_artifact(command, name, PREDICTIONS_FILE)):
+                stale.unlink(missing_ok=True)
             evaluate()
             done.append(command)
     return done

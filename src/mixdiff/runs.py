@@ -15,21 +15,27 @@ RUN/
 An external encoder's results folder (`mixdiff eval ... --model NAME --out DIR`) is laid out the
 same, with DIR/encoder.json (what the encoder is) in place of config.yaml.
 
-Every path is defined here once; the other modules ask a `RunDir` for it.
+Every path is defined here once; the other modules ask a `RunDir` for it, and it is handed out
+only if it lies inside the run folder once links are followed: a run's own file or folder that is a
+link to elsewhere (RUN/eval -> /elsewhere) is refused in one line, never read or written. Its
+commands would otherwise write results, caches and checkpoints to a place the run does not hold
+(another run's folder, a user's files), and read what is there as the run's. The run folder itself
+may be a link (to keep it on another disk): what is inside it stays inside.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
 from mixdiff.config import load_saved_config
-from mixdiff.errors import RunDirError
-from mixdiff.paths import file_name
+from mixdiff.errors import RunDirError, UnsafePathError
+from mixdiff.paths import file_name, first_link, leads_outside
 
 CONFIG = "config.yaml"
 DATA_SUMMARY = "data.json"
@@ -49,6 +55,14 @@ OWN_FOLDERS = (CHECKPOINTS, LOGS, EVAL, FEATURE_CACHE.split("/")[0])
 # how messages name the <name> of eval/<command>/<name>.json (`mixdiff eval ... --name`, by
 # default the dataset's)
 RESULT_NAME = "the result name (--name)"
+# what a result name may not end in: the suffixes of the files it names (x.json would be
+# eval/knn/x.json.json, and its predictions a folder eval/knn/x.json/ beside the results)
+FILE_SUFFIXES = (".json", ".pt", ".npz", ".csv")
+# data.json's key of the fingerprints of the trees a run started on, by config key
+# (`mixdiff.data.tree.fingerprint`)
+FINGERPRINTS = "fingerprints"
+# what to do about a damaged file of a run, said where nothing more specific applies
+DAMAGED_FIX = "restore it (or delete it and make it again), or leave this run out"
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True,
@@ -69,6 +83,40 @@ def read_checkpoint(path: str | Path, mmap: bool = False, lightning: bool = True
         return saved
     raise RunDirError(f"checkpoint {path} holds no `state_dict`: not a `mixdiff pretrain` "
                       f"checkpoint. {fix}")
+
+
+# what Lightning reads to resume a run, beside the weights (its own keys of a checkpoint)
+RESUME_KEYS = ("pytorch-lightning_version", "epoch", "global_step", "optimizer_states", "loops")
+
+
+def resumable_checkpoint(path: str | Path) -> dict:
+    """A checkpoint a run can resume from: a Lightning checkpoint with its training state
+    (RESUME_KEYS), or one line saying what it lacks and what to do (read mapped: a check)."""
+    saved = read_checkpoint(path, mmap=True)
+    missing = [key for key in RESUME_KEYS if key not in saved]
+    if missing:
+        raise RunDirError(f"checkpoint {path} holds weights but not the training state a resume "
+                          f"needs (no {', '.join(missing)}): it is damaged, or not a checkpoint "
+                          f"of `mixdiff pretrain`. Remove it to train the run again from the "
+                          "start, or start another --out from its weights (init_from=...)")
+    return saved
+
+
+def state_mismatches(saved: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
+    """How the tensors of a saved state dict do not fit a model's (`own`), in words, one per
+    tensor: missing from the file, of another shape, or matching nothing in the model."""
+    found = [f"{key}: {tuple(saved[key].shape)} in the file, {tuple(tensor.shape)} in the model"
+             for key, tensor in own.items()
+             if key in saved and tuple(getattr(saved[key], "shape", ())) != tuple(tensor.shape)]
+    found += [f"{key}: not in the file" for key in own if key not in saved]
+    found += [f"{key}: in the file, not in the model" for key in saved if key not in own]
+    return found
+
+
+def listed(items: list[str], shown: int = 4) -> str:
+    """The first `shown` of `items`, and how many more there are."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
 
 
 class Metric:
@@ -99,56 +147,79 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    def own(self, *parts: str) -> Path:
+        """RUN/<parts>, provided it lies inside the run folder once links are followed (see the
+        module's text); else one line saying which link leads where, and what to do."""
+        path = self.root.joinpath(*parts)
+        target = leads_outside(self.root, path.relative_to(self.root))
+        if target is None:
+            return path
+        link = first_link(self.root, path.relative_to(self.root)) or path
+        raise UnsafePathError(
+            f"{link} is a link to {link.resolve()}, outside the run folder {self.root}: a run's "
+            "own files (config.yaml, data.json, metrics.csv, checkpoints/, logs/, eval/, cache/) "
+            "stay inside it, where its commands write and read them. Replace the link by a "
+            f"folder (or file) of its own, or to keep the run elsewhere, move the whole run "
+            f"folder there and link {self.root} itself")
+
     @property
     def config(self) -> Path:
-        return self.root / CONFIG
+        return self.own(CONFIG)
 
     @property
     def encoder_record(self) -> Path:
-        return self.root / ENCODER
+        return self.own(ENCODER)
 
     @property
     def data_summary(self) -> Path:
-        return self.root / DATA_SUMMARY
+        return self.own(DATA_SUMMARY)
 
     @property
     def metrics(self) -> Path:
-        return self.root / METRICS
+        return self.own(METRICS)
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
+        return self.own(CHECKPOINTS)
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.checkpoints / LAST_CHECKPOINT
+        return self.own(CHECKPOINTS, LAST_CHECKPOINT)
 
     @property
     def logs(self) -> Path:
-        return self.root / LOGS
+        return self.own(LOGS)
 
     def eval_result(self, command: str, name: str) -> Path:
         """Where `mixdiff eval <command>` writes its result for dataset or suite `name` (a file
         name: never a path out of the run folder)."""
-        return self.root / EVAL / command / f"{file_name(name, RESULT_NAME)}.json"
+        return self.own(EVAL, command, f"{checked_result_name(name)}.json")
 
     def probe(self, name: str) -> Path:
         """The linear probe `mixdiff eval linear` fitted on dataset `name`."""
-        return self.root / EVAL / "linear" / f"{file_name(name, RESULT_NAME)}.probe.pt"
+        return self.own(EVAL, "linear", f"{checked_result_name(name)}.probe.pt")
 
     def probes(self) -> list[Path]:
-        return sorted((self.root / EVAL / "linear").glob("*.probe.pt"))
+        return self._files(EVAL, "linear", "*.probe.pt")
 
     def eval_artifact(self, command: str, name: str, filename: str) -> Path:
         """A file an evaluation writes beside its result (e.g. a prediction file for a server):
         RUN/eval/<command>/<name>/<filename>, one folder down so it is never read as a result."""
-        return self.root / EVAL / command / file_name(name, RESULT_NAME) / filename
+        return self.own(EVAL, command, checked_result_name(name), filename)
 
     def eval_results(self) -> list[Path]:
-        return sorted((self.root / EVAL).glob("*/*.json"))
+        """The result files (files only: a folder of that name is not one)."""
+        return self._files(EVAL, "*/*.json")
 
     def feature_cache(self, key: str) -> Path:
-        return self.root / FEATURE_CACHE / f"{key}.pt"
+        return self.own(FEATURE_CACHE, f"{key}.pt")
+
+    def _files(self, *parts: str) -> list[Path]:
+        """The files matching the pattern `parts` under the run folder, each inside it."""
+        folder, pattern = self.own(*parts[:-1]), parts[-1]
+        found = sorted(folder.glob(pattern))
+        return [self.own(*path.relative_to(self.root).parts) for path in found
+                if path.is_file()]
 
     @classmethod
     def enclosing(cls, path: str | Path) -> "RunDir | None":
@@ -183,7 +254,58 @@ class RunDir:
         if not self.data_summary.is_file():
             raise RunDirError(f"{self.root} has no {DATA_SUMMARY}: not a finished start of "
                               "`mixdiff pretrain`")
-        return tuple(json.loads(self.data_summary.read_text())["classes"])
+        classes = self.read_data_summary().get("classes")
+        if not isinstance(classes, list):
+            raise RunDirError(f"{self.data_summary} has no list of `classes`: the file is "
+                              "damaged; restore it, or leave this run out")
+        return tuple(classes)
+
+    def read_data_summary(self, fix: str = DAMAGED_FIX) -> dict:
+        """data.json, or one line saying it is damaged (not a JSON object) and `fix`."""
+        return read_json_object(self.data_summary, fix)
+
+    def read_fingerprints(self, fix: str = DAMAGED_FIX) -> dict[str, dict]:
+        """data.json's fingerprints of the trees the run started on ({} where it keeps none: no
+        data.json, or an older mixdiff's); a damaged file or entry is one line naming it and
+        `fix`, never taken for "unknown"."""
+        from mixdiff.data.tree import is_fingerprint
+
+        if not self.data_summary.is_file():
+            return {}
+        found = self.read_data_summary(fix).get(FINGERPRINTS) or {}
+        if not isinstance(found, dict) or not all(map(is_fingerprint, found.values())):
+            raise RunDirError(f"{self.data_summary}: its `{FINGERPRINTS}` are not what `mixdiff "
+                              f"pretrain` writes (the file is damaged); {fix}")
+        return found
+
+    def read_metrics(self, fix: str = "restore it, or leave this run out of the report"
+                     ) -> list[dict[str, str]]:
+        """metrics.csv's rows, each value checked to be a number (or empty): a damaged file is
+        one line naming it and `fix`, not a half-written report or a resumed run that keeps its
+        bad rows."""
+        path = self.metrics
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise RunDirError(f"{path} is not a CSV file of numbers ({exc}): the file is "
+                              f"damaged; {fix}") from None
+        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
+            raise RunDirError(f"{path} has no `epoch` column (the file is damaged): {fix}")
+        for line, row in enumerate(rows, 2):
+            for column, value in row.items():
+                try:
+                    if column is None or value is None:
+                        raise ValueError
+                    if value != "":
+                        float(value)
+                    if column == "epoch":
+                        int(value)
+                except ValueError:
+                    raise RunDirError(f"{path}, line {line}: {value!r} in column {column!r} is "
+                                      f"not a number (the file is damaged): {fix}") from None
+        return rows
 
     def require_checkpoint(self) -> Path:
         """The run's last checkpoint, or an error saying how to make one."""
@@ -193,3 +315,33 @@ class RunDir:
                               "written after the first epoch; run (or resume) `mixdiff pretrain` "
                               f"with --out {self.root}")
         return self.last_checkpoint
+
+
+def read_json_object(path: Path, fix: str = DAMAGED_FIX) -> dict:
+    """A JSON object a command wrote in a run folder (data.json, encoder.json), or one line
+    saying the file is damaged, and `fix`."""
+    try:
+        found = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}): the file is damaged; {fix}"
+                          ) from None
+    if not isinstance(found, dict):
+        raise RunDirError(f"{path} holds no JSON object: the file is damaged; {fix}")
+    return found
+
+
+def read_result_file(path: Path) -> dict:
+    """A result file of `mixdiff eval` as a dict, or one line saying it is damaged."""
+    return read_json_object(path, "delete it, or re-run the `mixdiff eval` command that wrote it")
+
+
+def checked_result_name(name: str, what: str = RESULT_NAME) -> str:
+    """A result's name (`--name`, or the dataset's): a file name, never a path out of the run
+    folder, and not one that ends in a suffix of the files it names (FILE_SUFFIXES)."""
+    file_name(name, what)
+    if name.lower().endswith(FILE_SUFFIXES):
+        suffix = name[name.rindex("."):]
+        raise UnsafePathError(f"{what} {name!r} ends in {suffix}: it names the result, whose "
+                              "files get their own suffixes (NAME.json, NAME.probe.pt); give it "
+                              f"without {suffix}")
+    return name

@@ -4,12 +4,17 @@ never a traceback."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from mixdiff.cli import app
 from mixdiff.config import load_config
 from mixdiff.pretrain.train import pretrain
+from mixdiff.report.figures import pyplot
 
 from conftest import make_tree, tiny_overrides
 
@@ -64,3 +69,91 @@ def test_a_checkpoints_folder_that_cannot_be_made_stops_the_run_before_training(
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and str(run / "checkpoints") in said, said
     assert not (run / "metrics.csv").exists()  # no epoch was trained only to be lost
+
+
+def _snapshot(*folders):
+    return {p: p.read_bytes() for folder in folders for p in Path(folder).rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture
+def own_run(inputs, tmp_path):
+    """A run of this test's own (hard links: a rename or a new file never reaches the shared
+    one), and a folder of a user's files."""
+    run = tmp_path / "run"
+    shutil.copytree(inputs["run"], run, copy_function=os.link)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.csv").write_text("my,own\n1,2\n")
+    (user / "results.md").write_text("# Results\n\nmy own notes\n")
+    plot = pyplot()
+    fig, ax = plot.subplots()
+    ax.plot([0, 1])
+    fig.savefig(user / "picture.png")  # a PNG of the user's (matplotlib's, not mixdiff's)
+    plot.close(fig)
+    return run, user
+
+
+def _refusals(inputs, run, user):
+    data = inputs["data"]
+    verify = ["data", "verify", "--real", str(data["real"]), "--synthetic", str(data["syn0"]),
+              "--fidelity", str(run), "--scores"]
+    grid = ["data", "grid", "--real", str(data["real"]), "--synthetic", str(data["syn0"]),
+            "--out"]
+    image = str(next(Path(data["real"]).rglob("*.png")))
+    attention = ["attention", "--run", str(run), "--images", image, "--out"]
+    return {
+        "SCV1": (verify + [str(run / "metrics.csv")], "own files"),
+        "SCV2": (verify + [str(user / "notes.csv")],
+                 f"{user / 'notes.csv'} exists and was not written by an earlier `mixdiff data "
+                 "verify`"),
+        "GRID": (grid + [str(run / "data.json")], "own files"),
+        "GRID-user": (grid + [str(user / "picture.png")],
+                      "was not written by an earlier `mixdiff data grid`"),
+        "AT-out": (attention + [str(run / "data.json")], "own files"),
+        "AT-user": (attention + [str(user / "picture.png")],
+                    "was not written by an earlier `mixdiff attention`"),
+        "RPT-out": (["report", str(run), "--out", str(user)],
+                    f"{user / 'results.md'} exists and was not written by an earlier `mixdiff "
+                    "report`"),
+    }
+
+
+@pytest.mark.parametrize("case", ["SCV1", "SCV2", "GRID", "GRID-user", "AT-out", "AT-user",
+                                  "RPT-out"])
+def test_no_command_replaces_a_run_folders_own_file_or_a_users_file(inputs, own_run, case):
+    """`data verify --scores RUN/metrics.csv` replaced the run's metrics; `--scores notes.csv`,
+    `data grid --out RUN/data.json`, `attention --out RUN/data.json` and `report --out DIR` (over
+    DIR/results.md) replaced what another command or the user wrote. Refused before any work, in
+    one line; nothing changes."""
+    run, user = own_run
+    command, said = _refusals(inputs, run, user)[case]
+    before = _snapshot(run, user)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert said in " ".join(result.output.split()), result.output
+    assert _snapshot(run, user) == before
+
+
+def test_a_commands_own_earlier_output_is_replaced(inputs, tmp_path):
+    """What a command wrote, its next run may replace: the same grid, the same report folder, a
+    scores file (also a report folder whose figures predate their stamp, beside its
+    results.json)."""
+    from mixdiff.data.twin_scores import is_scores_file, write_scores
+    from mixdiff.report.build import earlier_report_file
+
+    data = inputs["data"]
+    grid = ["data", "grid", "--real", str(data["real"]), "--synthetic", str(data["syn0"]),
+            "--out", str(tmp_path / "grid.png")]
+    report = ["report", str(inputs["run"]), "--out", str(tmp_path / "report")]
+    for command in (grid, grid, report, report):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    scores = tmp_path / "scores.csv"
+    write_scores(scores, [])
+    assert is_scores_file(scores) and not is_scores_file(tmp_path / "report" / "results.csv")
+    unstamped = tmp_path / "report" / "curves.png"
+    unstamped.write_bytes((tmp_path / "grid.png").read_bytes())  # drawn by another command
+    assert earlier_report_file(unstamped)
+    assert not earlier_report_file(tmp_path / "grid.png")

@@ -106,6 +106,26 @@ def test_quickstart_runs_every_stage_then_reuses_them(tmp_path):
     assert stages["pretrain untrained-s0"]["reused"]  # the reference does not depend on it
     assert (out / "runs" / "simclr-mixdiff-s0" / "metrics.csv").read_text().count("\n") == 3
 
+    # another test set (--test-per-class): the same runs, each evaluated again on it (the
+    # quickstart replaces its own results, which `mixdiff eval` would refuse to)
+    longer = SMALLEST[:-1] + ["2"]
+    retest = CliRunner().invoke(app, ["quickstart", *longer, "--test-per-class", "3",
+                                      "--out", str(out)])
+    assert retest.exit_code == 0, retest.output
+    stages = json.loads((out / "quickstart.json").read_text())["stages"]
+    assert all(s["reused"] for s in stages if s["stage"].startswith("pretrain"))
+    assert all(s["evaluated"] for s in stages if s["stage"].startswith("evaluate"))
+    # fewer epochs than its runs were trained for (Q5), other training images (Q2): refused in
+    # one line, never mixed with the runs of these settings
+    for options, said in ((SMALLEST, "trainer.max_epochs: 2 -> 1"),
+                          (["--fast", "--per-class", "3", "--epochs", "2"],
+                           "the training images: 30 images where there were 40")):
+        refused = CliRunner().invoke(app, ["quickstart", *options, "--test-per-class", "3",
+                                           "--out", str(out)])
+        message = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and said in message, refused.output
+        assert "was made with other settings than this call asks" in message
+
 
 def test_quickstart_says_which_stage_failed(tmp_path, monkeypatch):
     for option, value in (("--strength", "1.5"), ("--real-fraction", "0")):

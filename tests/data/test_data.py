@@ -304,3 +304,81 @@ def test_verify_given_a_file_says_it_is_a_file(tmp_path):
     result = CliRunner().invoke(app, ["data", "verify", "--real", str(image)])
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"{image} is a file" in said and "not found" not in said
+
+
+def test_a_link_back_into_the_tree_is_refused_not_counted_again(tmp_path):
+    """S3: a class folder holding a link to its parent (a loop) made the class count 3x, and a
+    link to another class counted that class's images twice; a link to a folder outside the
+    tree is followed as before."""
+    real = make_tree(tmp_path / "real", 2)
+    elsewhere = make_tree(tmp_path / "elsewhere", 1, classes=("star",))
+    (real / "star").symlink_to(elsewhere / "star", target_is_directory=True)
+    assert len(ImageTree.scan(real)) == 3 * 2 + 1
+    loop = real / "circle" / "again"
+    loop.symlink_to(real / "circle", target_is_directory=True)
+    with pytest.raises(DatasetError, match=f"{loop} and {real / 'circle'} are the same folder"):
+        ImageTree.scan(real)
+    loop.unlink()
+    (real / "circle" / "other").symlink_to(real / "star", target_is_directory=True)
+    result = CliRunner().invoke(app, ["data", "verify", "--real", str(real)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "are the same folder" in said and "Traceback" not in said
+
+
+def test_a_float_tiff_is_scaled_not_black_and_other_floats_are_refused(tmp_path):
+    """IMG-F: a 32-bit float TIFF of values 0..1 decoded as all black (PIL clips them)."""
+    values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "unit.tif")
+    pixels = np.asarray(load_rgb(tmp_path / "unit.tif"))
+    assert np.array_equal(pixels[..., 0], np.round(values * 255).astype(np.uint8))
+    Image.fromarray(values * 255).save(tmp_path / "bytes.tif")
+    with pytest.raises(UnreadableImageError, match=re.escape(
+            f"cannot read image {tmp_path / 'bytes.tif'}: a floating-point image with values "
+            "from 0 to 255")):
+        load_rgb(tmp_path / "bytes.tif")
+
+
+def test_prepare_rewrites_what_an_earlier_prepare_left_wrong(tmp_path):
+    """PREP/Q11: a re-run kept any file under its name: one cut short by a killed copy, or
+    another image, stayed in the tree (and a link to elsewhere, or a dangling one, in
+    ImageNet-100's: the latter was a FileExistsError traceback)."""
+    from mixdiff.data import imagenet100
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    out = tmp_path / "fm"
+    args = ["data", "prepare", "fashion-mnist", "--source", str(src), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    cut, other = out / "train" / "Bag" / "00008.png", out / "train" / "Bag" / "00018.png"
+    cut.write_bytes(cut.read_bytes()[:40])
+    other.write_bytes((out / "train" / "Coat" / "00004.png").read_bytes())
+    again = runner.invoke(app, args)
+    assert f"{out / 'train'}: 20 images (0 written; 2 rewritten" in again.output, again.output
+    expected = fashion_mnist.read_idx(src / "train-images-idx3-ubyte.gz")
+    for path, i in ((cut, 8), (other, 18)):
+        assert np.array_equal(np.asarray(Image.open(path)), expected[i])
+    assert f"{out / 'test'}: 10 images (0 written)" in again.output
+
+    wnids = imagenet100.class_list()
+    for root in ("in1k", "moved"):
+        for split in ("train", "val"):
+            for wnid in wnids:
+                (tmp_path / root / split / wnid).mkdir(parents=True)
+    imagenet100.prepare(tmp_path / "in100", tmp_path / "in1k")
+    (tmp_path / "in100" / "train" / wnids[0]).unlink()
+    (tmp_path / "in100" / "train" / wnids[0]).symlink_to(tmp_path / "moved" / "train" / wnids[0])
+    (tmp_path / "in100" / "train" / wnids[1]).unlink()
+    (tmp_path / "in100" / "train" / wnids[1]).symlink_to(tmp_path / "gone")
+    imagenet100.prepare(tmp_path / "in100", tmp_path / "in1k")
+    for wnid in wnids[:2]:
+        assert (tmp_path / "in100" / "train" / wnid).resolve() == tmp_path / "in1k" / "train" / wnid
+    assert sorted(p.name for p in (tmp_path / "in100" / "train").iterdir()) == sorted(wnids)
+    (tmp_path / "in100" / "val" / wnids[2]).unlink()
+    (tmp_path / "in100" / "val" / wnids[2]).mkdir()  # a folder of someone's: never replaced
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'in100' / 'val' / wnids[2]} is not "
+                                           "the link to .* that prepare makes"):
+        imagenet100.prepare(tmp_path / "in100", tmp_path / "in1k")

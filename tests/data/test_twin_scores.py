@@ -57,3 +57,22 @@ def test_a_twin_outside_its_root_is_refused(tmp_path):
                                                   f"outside {root}") as refused:
             TwinFilter.read(path, 0.5, False)
         assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("similarity, kept, said", [
+    ("nan", 1, "similarity 'nan' is not a finite number"),
+    ("inf", 1, "similarity 'inf' is not a finite number"),
+    ("high", 1, "similarity 'high' is not a finite number"),
+    ("0.9", "yes", "class_kept 'yes' is neither 1 nor 0")])
+def test_a_row_that_is_not_a_score_is_named(tmp_path, monkeypatch, similarity, kept, said):
+    """SC4: a NaN similarity was taken, and NaN >= any threshold is False: the twin dropped by
+    accident, unseen (and with no threshold, kept)."""
+    monkeypatch.chdir(tmp_path)
+    path = _scores(tmp_path, [("a.jpg", 1, 0.9), ("b.jpg", kept, similarity)])
+    with pytest.raises(DatasetError, match=f"scores.csv, line 3: {said}; the file is damaged: "
+                                           "write it again with `mixdiff data verify"):
+        TwinFilter.read(path, 0.5, False)
+    path.write_text(path.read_text() + "c.jpg,r\n")  # cut short
+    path.write_text(path.read_text().replace(f"b.jpg,r,{tmp_path},{kept},{similarity}\n", ""))
+    with pytest.raises(DatasetError, match="scores.csv, line 3: a row cut short"):
+        TwinFilter.read(path, 0.5, False)

@@ -4,6 +4,7 @@ files, probes. Real tiny runs of `mixdiff pretrain`, real image trees on disk.""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 import shutil
 
@@ -126,6 +127,52 @@ def test_feature_cache_hits_and_invalidates(eval_runs, tmp_path):
     retrained.encode(images, options=EncodeOptions(num_workers=0))
     assert retrained_calls[0] == 1
     assert len(list((run / "cache" / "features").glob("*.pt"))) == 5
+
+
+def _damaged_caches(saved: dict) -> dict:
+    """DC2: features of another shape; DC2b: NaN features; DC2c: no features; DC2d: a bare
+    tensor; each as the probe's files held."""
+    return {"DC2": {**saved, "features": torch.randn(7, 3)},
+            "DC2b": {**saved, "features": torch.full_like(saved["features"], float("nan"))},
+            "DC2c": {k: v for k, v in saved.items() if k != "features"},
+            "DC2d": saved["features"]}
+
+
+@pytest.mark.parametrize("case", ["DC2", "DC2b", "DC2c", "DC2d", "DC3"])
+def test_a_feature_cache_that_is_not_what_is_asked_is_refused_in_one_line(eval_runs, tmp_path,
+                                                                          case):
+    """A cache of the wrong shape, without features, a bare tensor (tracebacks), of NaN
+    features (10% with no word), or the train and test caches swapped (a wrong kNN with no
+    word): each is checked against what it records and what is asked, and refused naming it."""
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, ignore=shutil.ignore_patterns("eval", "cache"))
+    train, val = labelled_sets(eval_runs["train"], eval_runs["val"])
+    encoder = Encoder.from_run(run)
+    options = EncodeOptions(num_workers=0)
+    files = {}
+    for images in (train, val):
+        encoder.encode(images, options=options)
+        files[images.split] = run / "cache" / "features" / f"{encoder.cache_key(images)}.pt"
+    cache = files["train"]
+    if case == "DC3":
+        swap = cache.with_suffix(".swap")
+        cache.rename(swap)
+        files["val"].rename(cache)
+        swap.rename(files["val"])
+        said = "holds the features of toy/val (key "
+    else:
+        torch.save(_damaged_caches(torch.load(cache))[case], cache)
+        said = {"DC2": "holds features of shape (7, 3) where (24, 512) are asked",
+                "DC2b": "holds features that are not finite numbers",
+                "DC2c": "holds no `features` tensor", "DC2d": "holds no `features` tensor"}[case]
+    with pytest.raises(MixDiffError) as refused:
+        encoder.encode(train, options=options)
+    assert f"feature cache {cache} {said}" in str(refused.value), refused.value
+    assert "delete it: the features are computed again" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    result = _cli("knn", "--run", run, "--train", eval_runs["train"], "--val", eval_runs["val"],
+                  "--device", "cpu", "--num-workers", "0")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_encoding_in_loader_workers_matches_and_names_a_broken_image(eval_runs, tmp_path):
@@ -478,3 +525,29 @@ def test_a_result_that_measured_something_else_is_not_replaced(eval_runs, tmp_pa
     other = _cli("linear", "--run", run, *trees, "--val", eval_runs["train"])
     assert other.exit_code == 2 and "measured something else" in " ".join(other.output.split())
     assert (run / "eval" / "linear" / "toy.probe.pt").read_bytes() == probe  # nothing written
+
+
+def test_a_result_of_the_same_val_tree_holding_other_images_is_not_replaced(eval_runs,
+                                                                              tmp_path):
+    """EV-valchg: the same `eval knn` after 2 images were deleted from --val silently replaced
+    the 12-image result with a 10-image one. Refused like another --val; --name keeps both."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, copy_function=os.link)
+    val = tmp_path / "toy" / "val"
+    shutil.copytree(eval_runs["val"], val)
+    trees = ["--train", eval_runs["train"], "--val", val, "--device", "cpu", "--num-workers", "0"]
+    for command in ("knn", "linear"):
+        assert _cli(command, "--run", run, *trees, "--name", "v").exit_code == 0
+    kept = {c: (run / "eval" / c / "v.json").read_bytes() for c in ("knn", "linear")}
+    for image in sorted(val.rglob("*.png"))[:2]:
+        image.unlink()
+    for command in ("knn", "linear"):
+        refused = _cli(command, "--run", run, *trees, "--name", "v")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, said
+        assert "the images scored: 18 (sha256" in said and "-> 16 (sha256" in said, said
+        assert "give --name NAME to keep both, or delete that result" in said
+        assert (run / "eval" / command / "v.json").read_bytes() == kept[command]
+    assert _cli("knn", "--run", run, *trees, "--name", "v16").exit_code == 0

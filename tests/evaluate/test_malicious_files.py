@@ -47,3 +47,30 @@ def test_a_malicious_feature_cache_or_probe_runs_nothing(eval_runs, tiny_data, t
                                  "--synthetic", str(tiny_data["syn0"]), "--fidelity", str(run),
                                  "--device", "cpu"])
     _refused(result, [probe], marker, "linear probe")
+
+
+def test_a_linear_probe_of_another_structure_is_one_line(eval_runs, tiny_data, tmp_path):
+    """DP2: a probe file of another structure (a dict without `classes`, tensors of other
+    shapes, a bare tensor) was a KeyError 'classes' traceback in `eval robustness` and
+    `data verify --fidelity`."""
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, copy_function=os.link)
+    fitted = runner.invoke(app, ["eval", "linear", "--run", str(run), "--train",
+                                 str(tiny_data["real"]), "--val", str(tiny_data["val"]),
+                                 "--name", "tiny", "--device", "cpu", "--num-workers", "0"])
+    assert fitted.exit_code == 0, fitted.output
+    probe = run / "eval" / "linear" / "tiny.probe.pt"
+    state = torch.load(probe)
+    for damaged, said in (({"weight": torch.zeros(3, 4)}, "(no bias, mean, std, classes"),
+                          ({**state, "bias": torch.zeros(7)},
+                           "(for 3 classes of 512 features, tensors of other shapes: bias (7,))"),
+                          (torch.zeros(3), "(it holds a Tensor, not a dict)")):
+        probe.unlink()  # a new file: never written through the hard link's other names
+        torch.save(damaged, probe)
+        result = runner.invoke(app, ["data", "verify", "--real", str(tiny_data["real"]),
+                                     "--synthetic", str(tiny_data["syn0"]), "--fidelity",
+                                     str(run), "--device", "cpu"])
+        error = result.output[result.output.index("error: "):]
+        assert result.exit_code == 2 and len(error.strip().splitlines()) == 1, result.output
+        assert f"linear probe {probe} is not a probe of `mixdiff eval linear` {said}" in \
+            " ".join(error.split()), error

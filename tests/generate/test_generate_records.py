@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 import tiny_pipelines
 from conftest import make_tree
 from mixdiff.cli import app
-from mixdiff.errors import ConfigError, UnsafePathError
+from mixdiff.errors import ConfigError, DatasetError, UnsafePathError
 from mixdiff.generate.backends import model_fingerprint
 from mixdiff.generate.embedded import GeneratorTraining, train_generator
 from mixdiff.generate.runner import SettingsChangedError, generate
@@ -78,6 +79,26 @@ def test_a_manifest_path_out_of_out_is_refused_not_counted_done(real, ddpm, tmp_
     _edit_rows(out, back)
     with pytest.raises(UnsafePathError, match="leads outside"):
         generate(real, out, _settings(ddpm), show_progress=False)
+
+
+@pytest.mark.parametrize("change, error, said", [
+    (lambda row: row.update(source="../../elsewhere/a.png"), UnsafePathError,
+     "line 1: the row's `source`: the path '../../elsewhere/a.png' leads outside"),
+    (lambda row: row.update(source="/etc/passwd"), UnsafePathError,
+     "line 1: the row's `source`: the path '/etc/passwd' leads outside"),
+    (lambda row: row.pop("variant"), DatasetError,
+     "line 1: not a row of `mixdiff generate` (no valid variant)"),
+])
+def test_a_manifest_row_whose_source_leads_out_of_the_tree_is_refused(real, ddpm, tmp_path,
+                                                                      change, error, said):
+    """GM-src: a row's `source` (relative to the real tree) edited to lead out of it was
+    taken into the merged manifest; a row without its fields was a KeyError."""
+    out = tmp_path / "out"
+    generate(real, out, _settings(ddpm), show_progress=False)
+    _edit_rows(out, lambda rows: change(rows[0]))
+    with pytest.raises(error, match=re.escape(f"{_shard(out)}, {said}")) as refused:
+        generate(real, out, _settings(ddpm), show_progress=False)
+    assert "\n" not in str(refused.value)
 
 
 def test_a_manifest_row_naming_another_twin_does_not_make_its_own(real, ddpm, tmp_path):
@@ -147,3 +168,32 @@ def test_train_generator_never_replaces_weights_trained_otherwise(real, tmp_path
     with pytest.raises(ConfigError, match="no readable training.json"):
         train_generator(real, model, TINY, show_progress=False)
     assert file_sha256(weights) == trained
+
+
+def test_a_full_disk_while_saving_the_generator_leaves_no_half_written_model(real, tmp_path,
+                                                                             monkeypatch):
+    """FD11: a full disk during `train-generator` was a SafetensorError traceback, and left
+    unet/config.json behind, which the re-run then took for weights without a record (FD11c).
+    Now: one line naming the folder, which holds nothing of the model; the re-run trains."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from mixdiff.cli._app import path_problem
+
+    def full(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"the first bytes")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    model = tmp_path / "ddpm"
+    with monkeypatch.context() as patched:
+        patched.setattr(safetensors.torch, "save_file", full)
+        with pytest.raises(OSError) as refused:
+            train_generator(real, model, TINY, show_progress=False)
+    assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(model)
+    assert path_problem(refused.value).startswith(f"{model}: the disk is full")
+    assert list(model.iterdir()) == []  # nothing of the model, and no temporary
+    train_generator(real, model, TINY, show_progress=False)  # not mistaken for trained weights
+    assert (model / "training.json").is_file() and (model / "unet").is_dir()

@@ -4,6 +4,7 @@ names the file and says what is wrong with it; never a traceback."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 
@@ -31,16 +32,18 @@ DAMAGE = {
     "empty": (lambda good: b"", "is empty"),
     "truncated": (lambda good: good[: len(good) // 2], "is cut short"),
     "text": (lambda good: b"this is not a checkpoint\n", "is not a PyTorch checkpoint"),
-    "a tensor": (None, "holds no `state_dict`"),
+    "a tensor": (lambda good: torch.zeros(3), "holds no `state_dict`"),
+    # CK2: a dict of torch's, but no weights (a resume said KeyError 'pytorch-lightning_version')
+    "no state_dict": (lambda good: {"epoch": 0, "global_step": 2}, "holds no `state_dict`"),
 }
 
 
 def _damaged(kind: str, good: bytes, path):
-    make, _ = DAMAGE[kind]
-    if make is None:
-        torch.save(torch.zeros(3), path)
+    made = DAMAGE[kind][0](good)
+    if isinstance(made, bytes):
+        path.write_bytes(made)
     else:
-        path.write_bytes(make(good))
+        torch.save(made, path)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,75 @@ def test_a_damaged_checkpoint_is_one_line_everywhere(kind, trained, tmp_path):
     with pytest.raises(ConfigError, match=f"`init_from`: checkpoint .* {expected}"):
         pretrain(load_config(None, overrides + [f"init_from={run.last_checkpoint}"]),
                  tmp_path / "other")
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_the_model_is_one_line_everywhere(trained,
+                                                                                tmp_path):
+    """CK3: a checkpoint tensor of another shape was torch's "size mismatch" traceback in eval
+    and export (and a resume), and `init_from` said "loaded 129 of 130 tensors" and trained.
+    CK2-res: a checkpoint with weights but no training state was a KeyError on resume."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained["run"].root, run.root)
+    saved = torch.load(run.last_checkpoint, weights_only=True)
+    saved["state_dict"]["backbone.conv1.weight"] = torch.zeros(7, 7, 3, 3)
+    torch.save(saved, run.last_checkpoint)
+    said = "backbone.conv1.weight: (7, 7, 3, 3) in the file, (64, 3, 3, 3) in the model"
+    for command in (["eval", "knn", "--run", str(run.root), "--train", str(trained["val"]),
+                     "--val", str(trained["val"]), "--device", "cpu", "--num-workers", "0"],
+                    ["export", "--run", str(run.root), "--out", str(tmp_path / "b.safetensors")]):
+        result = runner.invoke(app, command)
+        error = result.output[result.output.index("error: "):]  # after a warning
+        message = " ".join(error.split())
+        assert result.exit_code == 2 and len(error.strip().splitlines()) == 1, message
+        assert f"checkpoint {run.last_checkpoint}: its student weights do not fit the run's " \
+            "model" in message and said.removeprefix("backbone.") in message, message
+    overrides = trained["overrides"]
+    with pytest.raises(RunDirError, match=f"its weights do not fit .*{re.escape(said)}"):
+        pretrain(load_config(None, overrides + ["trainer.max_epochs=2"]), run.root)
+    other = tmp_path / "other"
+    with pytest.raises(ConfigError,
+                       match=f"`init_from`: .*'s backbone does not fit .*{re.escape(said)}"):
+        pretrain(load_config(None, overrides + [f"init_from={run.last_checkpoint}"]), other)
+    assert not other.exists()
+
+    del saved["optimizer_states"]  # fitting weights, no training state
+    saved["state_dict"]["backbone.conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(saved, run.last_checkpoint)
+    with pytest.raises(RunDirError, match="not the training state a resume needs \\(no "
+                                          "optimizer_states\\)"):
+        pretrain(load_config(None, overrides + ["trainer.max_epochs=2"]), run.root)
+
+
+def test_init_from_names_the_tensors_it_does_not_load(trained, tmp_path):
+    """A checkpoint whose backbone fits and whose head does not: the head starts afresh, and the
+    log line names each tensor not loaded and why."""
+    import logging
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    source = tmp_path / "source.ckpt"
+    saved = torch.load(trained["run"].last_checkpoint, weights_only=True)
+    head = next(k for k in saved["state_dict"] if k.startswith("projector.") and
+                k.endswith("weight"))
+    saved["state_dict"][head] = torch.zeros(5, 5)
+    torch.save(saved, source)
+    logger, lines = logging.getLogger("mixdiff"), Lines()
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(lines)
+    try:
+        pretrain(load_config(None, trained["overrides"] + [f"init_from={source}"]),
+                 tmp_path / "other")
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    line = next(line for line in lines.lines if "init_from" in line)
+    assert f"not loaded, so starting afresh: {head}: (5, 5) in the file" in line, line
 
 
 def _pickled_globals(checkpoint) -> set[str]:

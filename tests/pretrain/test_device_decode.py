@@ -265,3 +265,29 @@ def test_canvases_split_at_the_byte_budget_cut_the_same_views(photo_tree, monkey
     assert all(len(bucket) == 1 for bucket in device_decode.size_buckets(images))
     split = _device_views(dm, samples)
     assert all(torch.equal(a, b) for a, b in zip(whole, split))
+
+
+def test_a_jpegs_exif_orientation_is_applied_by_every_reader(tmp_path):
+    """A photo stored sideways with an EXIF orientation is read upright: by the CPU decode (at
+    full size and in draft mode) and by the device path, which ships it as pixels (nvJPEG does
+    not turn it)."""
+    import numpy as np
+    from PIL import ExifTags
+
+    from mixdiff.data.decode import ViewNeed
+    from mixdiff.data.tree import load_rgb
+
+    stored = np.zeros((200, 400, 3), np.uint8)
+    stored[:, :200] = 255  # the left half white
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown turned 90 degrees clockwise: the left on top
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    for image in (load_rgb(path), load_rgb_for(path, [ViewNeed(16, None)])):
+        pixels = np.asarray(image)
+        assert pixels.shape[0] == 2 * pixels.shape[1], pixels.shape  # tall, as shown
+        half = pixels.shape[0] // 2
+        assert pixels[:half].mean() > 200 and pixels[half:].mean() < 50
+    shipped = device_decode.ImageFile.read(path)
+    assert not shipped.encoded and (shipped.height, shipped.width) == (400, 200)
+    assert shipped.payload[:, :200].float().mean() > 200

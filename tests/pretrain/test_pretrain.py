@@ -148,6 +148,30 @@ def test_a_resume_refuses_images_added_or_removed_since_the_run_started(tiny_dat
     assert "fingerprints" in json.loads((out / "data.json").read_text())  # kept from now on
 
 
+@pytest.mark.parametrize("name, damage, said", [
+    ("data.json", b"{not json", "data.json is not valid JSON"),
+    ("data.json", b'{"fingerprints": {"data.real": {"images": "many"}}}',
+     "data.json: its `fingerprints` are not what `mixdiff pretrain` writes"),
+    ("metrics.csv", b"\xff\xfe\x00garbage", "metrics.csv is not a CSV file of numbers"),
+    ("metrics.csv", b"garbage\n", "metrics.csv has no `epoch` column"),
+    ("metrics.csv", b"epoch,step\n0,lots\n", "metrics.csv, line 2: 'lots' in column 'step'"),
+])
+def test_a_resume_refuses_a_damaged_data_json_or_metrics_csv(tiny_data, tmp_path, name, damage,
+                                                             said):
+    """DD2: a damaged data.json was taken for a run of unknown fingerprint, and resumed on any
+    images; DM-res: a damaged metrics.csv was kept under the new rows (or stopped the run with a
+    traceback at its first epoch's end). Both are one line naming the file, nothing rewritten."""
+    out = _run(tiny_data, tmp_path / "run")
+    (out / name).write_bytes(damage)
+    files = ("data.json", "config.yaml", "metrics.csv", "checkpoints/last.ckpt")
+    kept = {file: (out / file).read_bytes() for file in files}
+    with pytest.raises(RunDirError, match=re.escape(said)) as refused:
+        _run(tiny_data, out, **{"trainer.max_epochs": 2})
+    assert str(out / name) in str(refused.value) and "\n" not in str(refused.value)
+    assert "restore it, or remove it" in str(refused.value)
+    assert {file: (out / file).read_bytes() for file in files} == kept
+
+
 def test_init_from_copies_weights(tiny_data, tmp_path):
     first = _run(tiny_data, tmp_path / "a", **{"data.mode": "synthetic"})
     ckpt = first / "checkpoints" / "last.ckpt"

@@ -36,7 +36,9 @@ def attention(
     concentrated head (lowest entropy) and DINO's thresholded mask, side by side."""
     from mixdiff.evaluate.attention import encoder_attention, run_attention
     from mixdiff.evaluate.features import Encoder
-    from mixdiff.report.attention_grid import plot_attention
+    from mixdiff.outputs import refuse_replacing
+    from mixdiff.report.attention_grid import ATTENTION_COMMAND, plot_attention
+    from mixdiff.report.figures import drawn_by
 
     more_runs, more_images = sort_more(more)
     runs, images = [*runs, *more_runs], [*images, *more_images]
@@ -46,6 +48,8 @@ def attention(
             raise MixDiffError("give --run RUN (a ViT run folder) or --model timm/NAME")
         if checkpoint is not None and model is None:
             raise MixDiffError("--checkpoint goes with --model (a run brings its own weights)")
+        refuse_replacing(out, f"--out {out}", ATTENTION_COMMAND,
+                         lambda p: drawn_by(p) == ATTENTION_COMMAND)
         maps = [run_attention(run, images, weights, device, threshold) for run in runs]
         if model is not None:
             encoder = Encoder.from_model(model, None, checkpoint, weights, device)

@@ -54,6 +54,9 @@ def data_prepare(
     if dataset is Dataset.fashion_mnist:
         for split, p in prepared.items():
             changes = [f"{p.written} written"]
+            if p.repaired:
+                changes.append(f"{p.repaired} rewritten (they did not hold their image: cut "
+                               "short, or another)")
             if p.removed:
                 changes.append(f"{p.removed} removed (left by an earlier prepare, not requested "
                                "now)")
@@ -96,6 +99,12 @@ def data_verify(
         if scores_file is not None and fidelity_run is None:
             raise ConfigError("--scores needs --fidelity RUN: the run whose features and probe "
                               "score the twins")
+        if scores_file is not None:
+            from mixdiff.data.twin_scores import is_scores_file
+            from mixdiff.outputs import refuse_replacing
+
+            refuse_replacing(scores_file, f"--scores {scores_file}", "data verify",
+                             is_scores_file)
         report = verify(real, synthetic, decode=not no_decode, show_progress=not as_json)
         if fidelity_run is not None:
             from mixdiff.data.twin_scores import write_scores
@@ -157,9 +166,12 @@ def data_grid(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Plot real images beside their synthetic twins."""
-    from mixdiff.report.grid import pairs_grid
+    from mixdiff.outputs import refuse_replacing
+    from mixdiff.report.figures import drawn_by
+    from mixdiff.report.grid import GRID_COMMAND, pairs_grid
 
     try:
+        refuse_replacing(out, f"--out {out}", GRID_COMMAND, lambda p: drawn_by(p) == GRID_COMMAND)
         console.print(f"wrote {pairs_grid(real, synthetic, out, rows, seed)}")
     except MixDiffError as exc:
         fail(exc)

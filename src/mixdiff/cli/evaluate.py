@@ -16,7 +16,7 @@ from mixdiff.evaluate.features import WEIGHT_PREFIXES
 from mixdiff.evaluate.options import EncodeOptions, KnnOptions
 from mixdiff.evaluate.transfer import TRANSFER_DATASETS
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE
-from mixdiff.paths import file_name
+from mixdiff.runs import checked_result_name
 
 eval_app = typer.Typer(help="Evaluate pre-trained runs offline: kNN, linear probe, robustness "
                        "suites, transfer. Each writes RUN/eval/<command>/<dataset>.json and "
@@ -57,9 +57,10 @@ VAL = typer.Option(..., "--val", help="The tree scored, with the same classes; t
 
 
 def _file_name(name: str | None) -> str | None:
-    """--name, refused before any work unless it is a plain file name (never a path)."""
+    """--name, refused before any work unless it is a plain file name (never a path, nor one
+    ending in a result file's suffix)."""
     try:
-        return name if name is None else file_name(name)
+        return name if name is None else checked_result_name(name, "--name")
     except MixDiffError as exc:
         fail(exc)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from mixdiff.errors import UnreadableImageError
 
@@ -56,6 +56,10 @@ def draft_request(width: int, height: int, needs: Sequence[ViewNeed]) -> tuple[i
     return math.ceil(width / factor), math.ceil(height / factor)
 
 
+class UnsupportedPixels(ValueError):
+    """An image that decodes, but whose values mixdiff cannot map to 8-bit RGB unguessed."""
+
+
 @contextmanager
 def naming_errors(path: str | Path) -> Iterator[None]:
     """Reading an image inside this block: any failure becomes an error naming the file."""
@@ -63,6 +67,8 @@ def naming_errors(path: str | Path) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise UnreadableImageError(path, "file not found") from None
+    except UnsupportedPixels as exc:
+        raise UnreadableImageError(path, str(exc)) from None
     except Exception as exc:  # PIL raises many types for corrupt or truncated data
         raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from None
 
@@ -75,7 +81,20 @@ def load_rgb_for(path: str | Path, needs: Sequence[ViewNeed] | None) -> Image.Im
         if request is not None:
             image.draft("RGB", request)  # JPEG only: other formats ignore it
         image.load()
-        return to_rgb(image)
+        return to_rgb(upright(image))
+
+
+def is_rotated(image: Image.Image) -> bool:
+    """Whether the file's EXIF orientation asks for its pixels to be turned or mirrored (a phone's
+    portrait photo is stored sideways with this tag; every viewer shows it upright)."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1) not in (1, None)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (in place: no copy)."""
+    if is_rotated(image):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 16-bit PNG/TIFF
@@ -83,8 +102,18 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 1
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB at 8 bits per channel. PIL's own `convert("RGB")` clips 16-bit grey values at 255, so
-    a 16-bit PNG would come out almost white: its values are scaled to 8 bits instead."""
-    if image.mode in SIXTEEN_BIT_MODES:
+    a 16-bit PNG would come out almost white: its values are scaled to 8 bits instead. Likewise a
+    floating-point image (a 32-bit float TIFF): PIL clips its 0..1 to black; it is scaled by 255,
+    and one with other values is refused (what its white is cannot be known)."""
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise UnsupportedPixels(
+                f"a floating-point image with values from {values.min():g} to {values.max():g}: "
+                "read as 0 (black) to 1 (white), so they must lie in [0, 1]; save it as an "
+                "8-bit image (or scaled to [0, 1])")
+        image = Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
+    elif image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.uint32)
         image = Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), mode="L")
     return image.convert("RGB")

@@ -35,6 +35,7 @@ class PreparedSplit:
 
     images: int  # image files under OUT/<split> now (counted on disk)
     written: int  # new files
+    repaired: int  # files already there that did not hold their image (cut short, other), rewritten
     removed: int  # files of an earlier prepare that are not in the requested set
     foreign: int  # image files this command did not write (never touched)
 
@@ -64,6 +65,16 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
+def holds(path: Path, pixels: np.ndarray) -> bool:
+    """Whether the file at `path` decodes to exactly `pixels` (a re-run keeps only such files:
+    one cut short by a killed copy, or another image under the name, is written again)."""
+    try:
+        with Image.open(path) as image:
+            return image.mode == "L" and np.array_equal(np.asarray(image), pixels)
+    except Exception:  # PIL raises many types for files that are not (whole) images
+        return False
+
+
 def read_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = SPLITS[split]
     images = read_idx(_find(source, f"{prefix}-images-idx3-ubyte"))
@@ -77,7 +88,8 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
             show_progress: bool = True, test_per_class: int | None = None
             ) -> dict[str, PreparedSplit]:
     """Make `out/{train,test}/<class>/<index>.png` exactly the requested set: files already there
-    are kept (a re-run resumes), and files of an earlier prepare that are not in the set (e.g. it
+    that hold their image are kept (a re-run resumes), those that do not are written again, and
+    files of an earlier prepare that are not in the set (e.g. it
     kept more per class) are removed. Files of any other name are never touched.
 
     `per_class` keeps the first N images of each class (for quick experiments), in both splits
@@ -103,15 +115,17 @@ def prepare(out: str | Path, source: str | Path = DEBIAN_DIR, per_class: int | N
                         and path.is_file():
                     path.unlink()
                     removed += 1
-        written = 0
+        written = repaired = 0
         for i in track(keep, description=f"fashion-mnist {split}", transient=True,
                        console=console, disable=not (show_progress and console.is_terminal)):
             target = out / split / CLASSES[labels[i]] / image_name(i)
-            if not target.exists():
-                with atomic_open(target, "wb") as handle:
-                    Image.fromarray(images[i], mode="L").save(handle, format="PNG")
-                written += 1
+            if target.exists() and holds(target, images[i]):
+                continue
+            repaired += target.exists()
+            written += not target.exists()
+            with atomic_open(target, "wb") as handle:
+                Image.fromarray(images[i], mode="L").save(handle, format="PNG")
         on_disk = list_images(out / split)
-        prepared[split] = PreparedSplit(images=len(on_disk), written=written, removed=removed,
-                                        foreign=len(on_disk) - len(keep))
+        prepared[split] = PreparedSplit(images=len(on_disk), written=written, repaired=repaired,
+                                        removed=removed, foreign=len(on_disk) - len(keep))
     return prepared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +18,9 @@ def prepare(out: str | Path, imagenet_root: str | Path) -> dict[str, int]:
     """Link `imagenet_root/{train,val}/<wnid>` into `out/{train,val}/<wnid>` for the 100 classes.
 
     Nothing is copied; the result is an ordinary image tree. Returns the class folders per split.
+    A link already there is kept only if it leads to its class folder of this root: one to
+    elsewhere (another root, a folder since moved) is made again, and anything else under its
+    name (a folder, a file) is refused, never replaced.
     """
     out, root = Path(out), Path(imagenet_root)
     wnids = class_list()
@@ -29,8 +33,15 @@ def prepare(out: str | Path, imagenet_root: str | Path) -> dict[str, int]:
                                "the validation images sorted into class folders)")
         (out / split).mkdir(parents=True, exist_ok=True)
         for wnid in wnids:
-            link = out / split / wnid
-            if not link.exists():
-                link.symlink_to((root / split / wnid).resolve(), target_is_directory=True)
+            link, target = out / split / wnid, (root / split / wnid).resolve()
+            if link.is_symlink() and link.resolve() == target:
+                continue
+            if link.exists() and not link.is_symlink():
+                raise DatasetError(f"{link} is not the link to {target} that prepare makes: move "
+                                   "it out of the way (or give another --out)")
+            made = link.with_name(f".{wnid}.link")  # then renamed over the old: never neither
+            made.unlink(missing_ok=True)
+            made.symlink_to(target, target_is_directory=True)
+            os.replace(made, link)
         counts[split] = len(wnids)
     return counts

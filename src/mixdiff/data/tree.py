@@ -47,8 +47,18 @@ def list_images(root: str | Path) -> list[str]:
         raise DatasetError(f"cannot read the folder {error.filename}: {error.strerror}; make it "
                            "readable (or remove it) so that no class or image is left out")
 
+    # links are followed (a class folder may live on another disk), but a link back to a folder
+    # of the tree (its parent: a loop; another class) would count its images twice or more
+    walked: dict[tuple[int, int], str] = {}
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        info = os.stat(dirpath)
+        identity = (info.st_dev, info.st_ino)
+        if identity in walked:
+            raise DatasetError(f"{dirpath} and {walked[identity]} are the same folder (one is a "
+                               "symbolic link to the other, or to a folder above it): its images "
+                               "would be counted twice; remove the link (or copy the folder)")
+        walked[identity] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(root)
         found.extend((rel / f).as_posix() for f in filenames if is_image(f) and not f.startswith("."))
@@ -136,6 +146,17 @@ def fingerprint(root: str | Path, relpaths: Sequence[str] | None = None) -> dict
                for name, lines in sorted(groups.items())}
     return {"images": len(relpaths), "sha256": _digest(
         f"{name}\0{group['sha256']}\n" for name, group in classes.items()), "classes": classes}
+
+
+def is_fingerprint(found) -> bool:
+    """Whether `found` (read back from a file) has the shape `fingerprint` gives, so that
+    `fingerprint_changes` can compare it."""
+    def counted(entry) -> bool:
+        return isinstance(entry, dict) and isinstance(entry.get("images"), int) and \
+            isinstance(entry.get("sha256"), str)
+
+    return counted(found) and isinstance(found.get("classes"), dict) and \
+        all(map(counted, found["classes"].values()))
 
 
 def images_sha256(names: Sequence[str], files: Sequence[str] | None = None,

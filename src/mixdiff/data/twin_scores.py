@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,38 @@ def write_scores(path: str | Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(path), text.getvalue())
+
+
+def is_scores_file(path: str | Path) -> bool:
+    """Whether `path` is a scores file `write_scores` wrote: its first line is their header."""
+    try:
+        with open(path, newline="") as handle:
+            return handle.readline().rstrip("\r\n") == ",".join(SCORE_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+WRITE = "`mixdiff data verify --fidelity RUN --scores FILE.csv`"  # the command that writes one
+# what to do about a row of a scores file that is not a score
+REWRITE = f"the file is damaged: write it again with {WRITE}"
+
+
+def _similarity(value: str | None, where: str) -> float:
+    """A row's similarity: a finite number (NaN passes no `>=` and would keep or drop a twin by
+    accident, unseen)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise DatasetError(f"{where}: similarity {value!r} is not a finite number; {REWRITE}")
+    return number
+
+
+def _class_kept(value: str | None, where: str) -> bool:
+    if value not in ("0", "1"):
+        raise DatasetError(f"{where}: class_kept {value!r} is neither 1 nor 0; {REWRITE}")
+    return value == "1"
 
 
 @dataclass
@@ -50,19 +83,19 @@ class TwinFilter:
                            if c not in (reader.fieldnames or [])]
                 if missing:
                     raise DatasetError(f"{path}: not a twin scores file (no column "
-                                       f"{', '.join(missing)}); write one with `mixdiff data "
-                                       "verify --fidelity RUN --scores FILE.csv`")
-                # a twin is scored only as a file of its synthetic root (links followed)
-                scores = {inside(row["root"], Path(row["twin"]).absolute(),
-                                 f"{path}, line {line}").resolve():
-                          (row["class_kept"] == "1", float(row["similarity"]))
-                          for line, row in enumerate(reader, start=2)}
+                                       f"{', '.join(missing)}); write one with {WRITE}")
+                scores = {}
+                for line, row in enumerate(reader, start=2):
+                    where = f"{path}, line {line}"
+                    if row["twin"] is None or row["root"] is None:
+                        raise DatasetError(f"{where}: a row cut short; {REWRITE}")
+                    # a twin is scored only as a file of its synthetic root (links followed)
+                    twin = inside(row["root"], Path(row["twin"]).absolute(), where).resolve()
+                    scores[twin] = (_class_kept(row["class_kept"], where),
+                                    _similarity(row["similarity"], where))
         except FileNotFoundError:
             raise DatasetError(f"config key `data.synthetic_scores`: {path} not found; write "
-                               "it with `mixdiff data verify --fidelity RUN --scores FILE.csv`"
-                               ) from None
-        except ValueError as exc:
-            raise DatasetError(f"{path}: a row that is not a score ({exc})") from None
+                               f"it with {WRITE}") from None
         return cls(scores, str(path), min_similarity, require_class_kept)
 
     def keeps(self, twin: str) -> bool:

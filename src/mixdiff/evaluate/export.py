@@ -25,7 +25,7 @@ from mixdiff.errors import MixDiffError
 from mixdiff.evaluate.features import Encoder
 from mixdiff.io import atomic_open, atomic_write_text
 from mixdiff.models.backbones import BACKBONES
-from mixdiff.runs import RunDir
+from mixdiff.outputs import refuse_replacing
 
 FILE_LOADERS = {  # --out suffix -> the line that reads it back
     ".safetensors": "from safetensors.torch import load_file\nstate = load_file({file!r})",
@@ -83,25 +83,6 @@ def _earlier_export(out: Path, recipe: Path) -> bool:
     return isinstance(saved, dict) and RECIPE_KEYS <= saved.keys() and saved["file"] == out.name
 
 
-def refuse_replacing_another_file(out: Path, recipe: Path) -> None:
-    """An export writes its two files only where they replace nothing but an earlier export: not
-    over a file another command wrote (a run's data.json, a result...), and not among a run
-    folder's own files, which its commands read back (`RunDir.owns`). Checked before any work."""
-    for target in (out, recipe):
-        run = RunDir.enclosing(target)
-        if run is not None and run.owns(target):
-            raise MixDiffError(
-                f"--out {out}: {target} would be among the run folder {run.root}'s own files "
-                "(config.yaml, data.json, metrics.csv, checkpoints/, logs/, eval/, cache/), "
-                f"which other commands write and read; give another --out (e.g. "
-                f"{run.root / 'backbone.safetensors'})")
-    if (out.exists() or recipe.exists()) and not _earlier_export(out, recipe):
-        existing = recipe if recipe.exists() else out
-        raise MixDiffError(f"--out {out}: {existing} exists and was not written by an earlier "
-                           "`mixdiff export` to this --out, so it is not replaced; give another "
-                           "--out, or delete it first")
-
-
 def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
                     weights: str | None = None) -> tuple[Path, Path]:
     """Write the backbone to `out` and its loading recipe to `out` with suffix .json."""
@@ -110,7 +91,9 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
         raise MixDiffError(f"--out {out}: use a file name ending in "
                            f"{', '.join(FILE_LOADERS)} (the suffix picks the format)")
     manifest = out.with_suffix(".json")
-    refuse_replacing_another_file(out, manifest)
+    for target in (out, manifest):  # replacing nothing but an earlier export to this --out
+        refuse_replacing(target, f"--out {out}", "export",
+                         lambda _: _earlier_export(out, manifest))
     encoder = Encoder.from_run(run, weights, "cpu")
     fmt = fmt or ("torchvision" if encoder.config.model.backbone.startswith("resnet") else "timm")
     if fmt not in ("torchvision", "timm"):

@@ -32,15 +32,16 @@ from mixdiff.data.tree import ImageTree, images_sha256, load_rgb
 from mixdiff.devices import resolve_device
 from mixdiff.evaluate.external import ExternalEncoder
 from mixdiff.evaluate.options import EncodeOptions
-from mixdiff.errors import DatasetError, MixDiffError, RunDirError
+from mixdiff.errors import DatasetError, MixDiffError, RunDirError, TorchFileError
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.lock import holder
 from mixdiff.models import build_backbone
-from mixdiff.runs import PIXELS, RunDir, read_checkpoint
+from mixdiff.runs import PIXELS, RunDir, listed, read_checkpoint, state_mismatches
 
 # weights a checkpoint can hold -> the prefix of their backbone in the Lightning state dict
 WEIGHT_PREFIXES = {"student": "backbone.", "teacher": "teacher_backbone."}
-CACHE_FORMAT = 1  # bump when the cached file's layout or the encoding itself changes
+# bump when the cached file's layout or the encoding itself changes (2: the file records its key)
+CACHE_FORMAT = 2
 MAX_WORKERS = 8
 
 PreTransform = Callable[[PIL.Image.Image, int], PIL.Image.Image]
@@ -216,8 +217,16 @@ class Encoder:
                               f"use --weights {' or '.join(available) or 'student'}")
         prefix = WEIGHT_PREFIXES[weights]
         backbone, dim = build_backbone(config.model, config.data.image_size)
-        backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                  if k.startswith(prefix)})
+        mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        misfits = state_mismatches(mine, backbone.state_dict())
+        if misfits:
+            raise RunDirError(f"checkpoint {checkpoint}: its {weights} weights do not fit the "
+                              f"run's model (model.backbone={config.model.backbone} in "
+                              f"{run.config.name}): {listed(misfits)}. It is damaged, or "
+                              "another run's: give the run its own (a damaged last.ckpt can be "
+                              "removed: `mixdiff pretrain` with the run's --out then trains it "
+                              "again from the start)")
+        backbone.load_state_dict(mine)
         resolved = torch.device(resolve_device(device))
         backbone.eval().requires_grad_(False).to(resolved)
         encoder = cls(run, config, weights, checkpoint, file_sha256(checkpoint),
@@ -317,20 +326,50 @@ class Encoder:
             raise DatasetError(f"{images.name}/{images.split}: no images to encode")
         if pre_transform is not None and not tag:
             raise ValueError("a pre_transform needs a tag: it is part of the cache key")
-        cache = self.run.feature_cache(self.cache_key(images, tag))
+        key = self.cache_key(images, tag)
+        cache = self.run.feature_cache(key)
         if cache.is_file():
-            from mixdiff.torch_files import load_torch_file
-
-            return load_torch_file(cache, "feature cache", "Delete it: the features are "
-                                   "computed again")["features"].float()
+            return self._cached(cache, images, key)
         features = self._encode(images, pre_transform, options)
+        if not torch.isfinite(features).all():  # never cached: it would be refused when read
+            raise RunDirError(f"{self.backbone_name} ({self.weights}) gives features that are "
+                              f"not finite numbers (NaN or inf) on {images.name}/{images.split}: "
+                              f"its weights ({self.checkpoint or 'the network'}) are broken; "
+                              "evaluate another checkpoint")
         # stored in the dtype the backbone produced (bf16 on a GPU): lossless, and a second call
         # returns exactly what the first did
         with atomic_open(cache, "wb") as handle:
             torch.save({"features": features, "dataset": images.name, "split": images.split,
                         "weights": self.weights, "checkpoint": self.checkpoint_sha256,
-                        "tag": tag}, handle)
+                        "tag": tag, "key": key}, handle)
         return features.float()
+
+    def _cached(self, cache: Path, images: ImageSet, key: str) -> torch.Tensor:
+        """The features a cache file holds, after checking that they are what is asked: the key
+        it records (of everything the features depend on: `cache_key`), and features of the
+        right shape that are all finite. A damaged or swapped file is one line naming it, never
+        a wrong number. (Its dataset and split are labels: one set of images may be encoded
+        under several, and shares one file.)"""
+        from mixdiff.torch_files import load_torch_file
+
+        fix = "delete it: the features are computed again"
+        saved = load_torch_file(cache, "feature cache", fix[0].upper() + fix[1:])
+        features = saved.get("features") if isinstance(saved, dict) else None
+        if not isinstance(features, torch.Tensor):
+            problem = "holds no `features` tensor: not a feature cache of mixdiff"
+        elif saved.get("key") != key:
+            problem = (f"holds the features of {saved.get('dataset')}/{saved.get('split')} (key "
+                       f"{str(saved.get('key'))[:12]}), not of {images.name}/{images.split} "
+                       f"(key {key[:12]})")
+        elif features.shape != (len(images), self.feature_dim):
+            problem = (f"holds features of shape {tuple(features.shape)} where "
+                       f"({len(images)}, {self.feature_dim}) are asked")
+        elif not torch.isfinite(features).all():
+            problem = "holds features that are not finite numbers (NaN or inf)"
+        else:
+            return features.float()
+        raise TorchFileError(f"feature cache {cache} {problem}: it is damaged, or another "
+                             f"file's; {fix}")
 
     @torch.inference_mode()
     def _encode(self, images: ImageSet, pre_transform: PreTransform | None,

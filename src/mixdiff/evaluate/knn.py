@@ -26,7 +26,9 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
         raise ValueError(f"k must be positive, got {ks}")
     name = result_name(train.name, encoder.weights, encoder.default_weights, name)
     measured = {"k": list(ks), "temperature": temperature, "train": train.root, "val": val.root}
-    refuse_another_measurement(encoder.run.eval_result("knn", name), measured)
+    scored = val.content_sha256()
+    refuse_another_measurement(encoder.run.eval_result("knn", name), measured,
+                               (len(val), scored))
     bank, queries = encoder.encode(train, options=options), encoder.encode(val, options=options)
     votes = weighted_knn_votes(bank.to(encoder.device), torch.from_numpy(train.labels), queries,
                                len(train.classes), ks, temperature)
@@ -41,7 +43,8 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
         "protocol": f"offline weighted kNN (cosine, k={ks[0]}, T={temperature}) on frozen "
                     "features; bank = the training images, scored on the val images",
         "online": False, "dataset": val.name, "split": val.split, "classes": len(val.classes),
-        "images": len(val), "images_sha256": val.content_sha256(), **headline, "metric": "top1", "value": headline["top1"],
+        "images": len(val), "images_sha256": scored, **headline, "metric": "top1",
+        "value": headline["top1"],
         "weights": encoder.weights, "checkpoint": encoder.checkpoint_record(),
         "settings": {**measured, "bank_images": len(train), **encoder.settings()},
         "details": {"per_k": per_k},

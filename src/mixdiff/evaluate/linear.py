@@ -4,13 +4,13 @@ once on a val tree, and saved in the run with its class list for the robustness 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mixdiff.errors import RunDirError
+from mixdiff.errors import RunDirError, TorchFileError
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.predictions import CLEAN, Predictions
@@ -54,11 +54,37 @@ class LinearProbe:
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearProbe":
+        """The probe saved at `path`, or one line naming the file when it holds no such probe
+        (other keys, tensors of other shapes)."""
         from mixdiff.torch_files import load_torch_file
 
-        state = load_torch_file(path, "linear probe", "Delete it and fit it again with "
-                                "`mixdiff eval linear`")
+        fix = "Delete it and fit it again with `mixdiff eval linear`"
+        state = load_torch_file(path, "linear probe", fix)
+        problem = _probe_problem(state)
+        if problem:
+            raise TorchFileError(f"linear probe {path} is not a probe of `mixdiff eval linear` "
+                                 f"({problem}). {fix}")
         return cls(**{**state, "classes": tuple(state["classes"]), "name": probe_name(Path(path))})
+
+
+def _probe_problem(state: object) -> str | None:
+    """What keeps a saved object from being a LinearProbe's state, if anything."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    missing = [f.name for f in fields(LinearProbe) if f.name != "name" and f.name not in state]
+    if missing:
+        return f"no {', '.join(missing)}"
+    tensors = {k: state[k] for k in ("weight", "bias", "mean", "std")}
+    if not all(isinstance(t, Tensor) for t in tensors.values()):
+        return "weight, bias, mean and std must be tensors"
+    classes, dim = len(state["classes"]) if isinstance(state["classes"], (list, tuple)) else -1, \
+        tensors["weight"].shape[-1]
+    shapes = {"weight": (classes, dim), "bias": (classes,), "mean": (dim,), "std": (dim,)}
+    wrong = [f"{k} {tuple(t.shape)}" for k, t in tensors.items() if tuple(t.shape) != shapes[k]]
+    if wrong:
+        return (f"for {classes} classes of {dim} features, tensors of other shapes: "
+                f"{', '.join(wrong)}")
+    return None
 
 
 def probe_name(path: Path) -> str:
@@ -119,8 +145,9 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
     name = result_name(train.name, encoder.weights, encoder.default_weights, name)
+    scored = val.content_sha256()
     refuse_another_measurement(encoder.run.eval_result("linear", name),
-                               {"train": train.root, "val": val.root})
+                               {"train": train.root, "val": val.root}, (len(val), scored))
     x_train, x_val = encoder.encode(train, options=options), encoder.encode(val, options=options)
     y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     fit_idx, held_idx = stratified_holdout(train.labels, settings.heldout_fraction, settings.seed)
@@ -149,7 +176,7 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                     "images, refit "
                     "on all of them, scored once on the val images",
         "online": False, "dataset": val.name, "split": val.split,
-        "classes": len(val.classes), "images": len(val), "images_sha256": val.content_sha256(),
+        "classes": len(val.classes), "images": len(val), "images_sha256": scored,
         **scores,
         "metric": "top1", "value": scores["top1"], "weights": encoder.weights,
         "checkpoint": encoder.checkpoint_record(), "settings": run_settings,

@@ -17,7 +17,7 @@ import mixdiff
 from mixdiff.errors import RunDirError
 from mixdiff.evaluate.predictions import PREDICTIONS_FILE, Predictions, write_predictions
 from mixdiff.io import atomic_write_text
-from mixdiff.runs import RunDir
+from mixdiff.runs import RunDir, read_result_file
 
 # every result file holds at least these keys (see the evaluation contract); `images_sha256`
 # (evaluate.predictions.images_sha256) fingerprints the images scored, so pairings are checked
@@ -71,19 +71,26 @@ def result_name(dataset: str, weights: str, default_weights: str, name: str | No
     return dataset if weights == default_weights else f"{dataset}-{weights}"
 
 
-def refuse_another_measurement(path: Path, measured: dict) -> None:
-    """A result is not replaced by one that measured something else (other images, another k):
-    the report would show the new number as the old one's. The same measurement of a run that
+def refuse_another_measurement(path: Path, measured: dict,
+                               scored: tuple[int, str] | None = None) -> None:
+    """A result is not replaced by one that measured something else (another --val or --k, or
+    the same --val holding other images now: `scored` is (how many, their `images_sha256`)): the
+    report would show the new number as the old one's. The same measurement of a run that
     trained since replaces it. Called before any work, so that nothing is written."""
     if not path.is_file():
         return
-    before = read_result(path).get("settings", {})
+    result = read_result(path)
+    before = result.get("settings", {})
     changed = [f"{key}: {before[key]} -> {value}" for key, value in measured.items()
                if key in before and before[key] != value]
+    if not changed and scored is not None and result.get("images_sha256") not in (None, scored[1]):
+        changed.append(f"the images scored: {result.get('images', '?')} (sha256 "
+                       f"{str(result['images_sha256'])[:12]}) -> {scored[0]} (sha256 "
+                       f"{scored[1][:12]})")
     if changed:
         raise RunDirError(f"{path} holds a result that measured something else ("
-                          f"{'; '.join(changed)}): give --name NAME to keep both, or move that "
-                          "file away")
+                          f"{'; '.join(changed)}): give --name NAME to keep both, or delete "
+                          "that result")
 
 
 def write_result(run: RunDir, command: str, name: str, result: dict,
@@ -110,7 +117,7 @@ def write_result(run: RunDir, command: str, name: str, result: dict,
 
 
 def read_result(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return read_result_file(Path(path))
 
 
 def print_table(results: list[dict], console: Console | None = None) -> None:

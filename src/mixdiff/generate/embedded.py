@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from torchvision.transforms import v2
 from mixdiff.data.tree import ImageTree, load_rgb
 from mixdiff.errors import ConfigError, UnreadableImageError
 from mixdiff.generate.quiet import quiet_libraries
-from mixdiff.io import atomic_write_text
+from mixdiff.io import atomic_write_text, no_space
 from mixdiff.schedules import warmup_cosine
 from mixdiff.schema import (check, cli_option, differences, identity, not_producing,
                             seed_setting, setting)
@@ -185,15 +188,37 @@ def _train(data: str | Path, out: Path, cfg: GeneratorTraining, show_progress: b
                 progress.update(task, advance=1, description=f"DDPM loss {loss.item():.4f}")
                 if step == cfg.steps:
                     break
-    # shipped with DDIM (same noise schedule): deterministic SDEdit in a few dozen steps
-    DDPMPipeline(unet=ema.module.cpu().to(torch.float16),
-                 scheduler=DDIMScheduler.from_config(scheduler.config)).save_pretrained(
-        out, safe_serialization=True)
     record = {"data": str(Path(data).resolve()), "images": len(tree), "settings": asdict(cfg),
               "seconds": round(time.perf_counter() - start, 1),
               "final_loss_mean_last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5),
               "loss_first_200": round(sum(losses[:200]) / len(losses[:200]), 5),
               "device": device.type, "torch": torch.__version__}
-    # written last: a folder whose weights have no record was not finished (and is not replaced)
-    atomic_write_text(out / TRAINING_RECORD, json.dumps(record, indent=2) + "\n")
+    # shipped with DDIM (same noise schedule): deterministic SDEdit in a few dozen steps
+    save_model(DDPMPipeline(unet=ema.module.cpu().to(torch.float16),
+                            scheduler=DDIMScheduler.from_config(scheduler.config)), record, out)
     return record
+
+
+def save_model(pipeline, record: dict, out: Path) -> None:
+    """The pipeline's folders and files, then its record, written into a hidden folder inside
+    `out` and only then moved into place, the record last: a full disk or a stop while saving
+    leaves `out` as it was, never a half-written model that a re-run would take for trained
+    weights (a folder whose weights have no record was not finished, and is not replaced). A
+    full disk is one line naming `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".saving.", suffix=".tmp"))
+    try:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        atomic_write_text(staging / TRAINING_RECORD, json.dumps(record, indent=2) + "\n")
+        for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == TRAINING_RECORD):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():  # a part of an unfinished save
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    except BaseException as exc:
+        full = no_space(exc)  # safetensors says so in its own words (SafetensorError)
+        if full is not None:
+            raise OSError(full.errno, os.strerror(full.errno), str(out)) from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

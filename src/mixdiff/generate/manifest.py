@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mixdiff.errors import DatasetError
 from mixdiff.io import atomic_open
+from mixdiff.paths import relative_inside
 
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifests"
@@ -42,15 +44,34 @@ def remove_other_shard_counts(out: Path, count: int) -> None:
             path.unlink(missing_ok=True)
 
 
+# the fields every row has, and their types (`WorkItem.row`); a written one has its file's too
+ROW_FIELDS = {"source": str, "variant": int, "status": str}
+WRITTEN_FIELDS = {"path": str, "bytes": int}
+
+
 def read_rows(path: Path) -> Iterator[dict]:
+    """The rows of one shard file, each checked to be a row `generate` writes whose `source` is
+    a path inside the real tree (a row edited to `../elsewhere.jpg`, or of another shape, is one
+    line naming the file and line, not a KeyError or a path out of the tree)."""
     if not path.exists():
         return
     with open(path) as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:  # the partial last line of a killed run
                 continue
+            where = f"{path}, line {number}"
+            fields = {**ROW_FIELDS, **WRITTEN_FIELDS} if isinstance(row, dict) and \
+                row.get("status") == "ok" else ROW_FIELDS
+            wrong = [name for name, kind in fields.items() if not isinstance(row, dict) or
+                     not isinstance(row.get(name), kind) or isinstance(row.get(name), bool)]
+            if wrong:
+                raise DatasetError(f"{where}: not a row of `mixdiff generate` (no valid "
+                                   f"{', '.join(wrong)}): the file is damaged; remove the line "
+                                   "(its output is then made again), or run with --overwrite")
+            relative_inside(row["source"], f"{where}: the row's `source`")
+            yield row
 
 
 def all_rows(out: Path) -> Iterator[dict]:

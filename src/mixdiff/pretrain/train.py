@@ -10,7 +10,6 @@ loses.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import sys
@@ -30,13 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from mixdiff.pretrain.callbacks import EpochSummary, ProgressBar, RunCheckpoint
 from mixdiff.config import differing_keys, to_yaml
 from mixdiff.data.tree import fingerprint_changes
-from mixdiff.pretrain.input.datamodule import FINGERPRINTS, MixDiffDataModule
+from mixdiff.pretrain.input.datamodule import MixDiffDataModule
 from mixdiff.errors import ConfigError, NonFiniteLossError, RunDirError, UnreadableImageError
 from mixdiff.io import atomic_open, atomic_write_text, remove_stale_temporaries
 from mixdiff.lock import exclusive, launched_rank_zero
 from mixdiff.pretrain.loggers import build_logger
 from mixdiff.pretrain.methods import METHODS
-from mixdiff.runs import RunDir, read_checkpoint
+from mixdiff.runs import FINGERPRINTS, RunDir, listed, read_checkpoint, resumable_checkpoint, \
+    state_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +164,15 @@ def refuse_other_data(run: RunDir, summary: dict) -> None:
     """A resumed run trains on the images it started with (data.json's fingerprints of its
     trees): images added or removed since are refused, before anything is rewritten (a removed
     class would not even fit the saved model). A run whose data.json keeps no fingerprint (an
-    older mixdiff's) is unknown, not changed: said, and resumed."""
-    try:
-        saved = json.loads(run.data_summary.read_text()).get(FINGERPRINTS) or {}
-    except (OSError, ValueError, AttributeError):
-        saved = {}
+    older mixdiff's, or none left) is unknown, not changed: said, and resumed; a damaged one is
+    refused, not taken for unknown."""
+    saved = run.read_fingerprints("restore it, or remove it to resume without the check that "
+                                  "the run goes on with the images it started with")
     unknown = [key for key in summary[FINGERPRINTS] if key not in saved]
     if unknown:
-        log.warning("%s keeps no fingerprint of %s (written before mixdiff kept them): whether "
-                    "the run resumes on the images it started with is unknown", run.data_summary,
-                    ", ".join(unknown))
+        log.warning("%s keeps no fingerprint of %s (it is missing, or written before mixdiff "
+                    "kept them): whether the run resumes on the images it started with is "
+                    "unknown", run.data_summary, ", ".join(unknown))
     changes = [f"{key}: {change}" for key, now in summary[FINGERPRINTS].items()
                if key in saved and (change := fingerprint_changes(saved[key], now))]
     if changes:
@@ -181,6 +180,17 @@ def refuse_other_data(run: RunDir, summary: dict) -> None:
                           f"{'; '.join(changes)}). Restore them to resume it, or train on these "
                           f"in another --out (init_from={run.last_checkpoint} starts from its "
                           "weights)")
+
+
+def refuse_unresumable(checkpoint: Path, model: L.LightningModule) -> None:
+    """The run's checkpoint holds what a resume needs, and weights that fit the model its config
+    builds: checked before anything is rewritten (Lightning's own errors are a KeyError or a
+    "size mismatch" traceback)."""
+    misfits = state_mismatches(resumable_checkpoint(checkpoint)["state_dict"], model.state_dict())
+    if misfits:
+        raise RunDirError(f"checkpoint {checkpoint}: its weights do not fit the model of the "
+                          f"run's config: {listed(misfits)}. It is damaged, or another run's: "
+                          "remove it to train the run again from the start")
 
 
 def writable_folder(folder: Path) -> None:
@@ -204,8 +214,19 @@ def load_initial_weights(model: L.LightningModule, checkpoint: str) -> None:
     if not any(k.startswith("backbone.") for k in usable):
         raise ConfigError(f"config key `init_from`: {checkpoint} has no backbone weights that fit "
                           f"model.backbone={model.cfg.model.backbone}")
+    # the backbone is what init_from starts from: all of it, or refused (a part of it would
+    # train from its random start beside the others, and no record would say so)
+    backbone = state_mismatches({k: v for k, v in state.items() if k.startswith("backbone.")},
+                                {k: v for k, v in own.items() if k.startswith("backbone.")})
+    if backbone:
+        raise ConfigError(f"config key `init_from`: {checkpoint}'s backbone does not fit "
+                          f"model.backbone={model.cfg.model.backbone} here: {listed(backbone)}; "
+                          "give a checkpoint of this backbone (its model settings too, e.g. "
+                          "model.small_stem)")
     model.load_state_dict(usable, strict=False)
-    log.info("init_from %s: loaded %d of %d tensors", checkpoint, len(usable), len(own))
+    afresh = [m for m in state_mismatches(state, own) if not m.endswith("not in the model")]
+    log.info("init_from %s: loaded %d of %d tensors%s", checkpoint, len(usable), len(own),
+             f"; not loaded, so starting afresh: {listed(afresh)}" if afresh else "")
 
 
 def show_progress_bar(cfg: DictConfig) -> bool:
@@ -294,10 +315,15 @@ def _pretrain(cfg: DictConfig, run: RunDir) -> Path:
     datamodule.setup()
     if resume_from is not None:
         refuse_other_data(run, datamodule.summary)
+        if run.metrics.is_file():  # its rows are kept: a damaged one would stay, or stop a save
+            run.read_metrics("restore it, or remove it: the resumed run then writes the rows of "
+                             "its next epochs only")
     datamodule.check_images(cfg.data.check_images, show_progress=show_progress_bar(cfg))
     model = METHODS[cfg.method](OmegaConf.to_container(cfg, resolve=True), datamodule.num_classes)
     if cfg.init_from and resume_from is None:
         load_initial_weights(model, cfg.init_from)
+    if resume_from is not None:
+        refuse_unresumable(resume_from, model)
     torch.set_float32_matmul_precision("high")
     trainer = build_trainer(cfg, run)
     # every input is good: only now does the run folder get written

@@ -12,6 +12,7 @@ from mixdiff.evaluate.attention import RunAttention
 from mixdiff.report.figures import pyplot, save
 
 CELL = 2.1  # inches per image
+ATTENTION_COMMAND = "attention"
 
 
 def mask_outline(mask: np.ndarray, size: tuple[int, int]) -> list[list[tuple[float, float]]]:
@@ -75,4 +76,4 @@ def plot_attention(runs: list[RunAttention], names: list[str], out: str | Path) 
                  f"colours from its minimum, dark, to its maximum, bright)\ninside its mask (cyan: the fewest patches "
                  f"holding {threshold:.0%} of its attention, as DINO); outside, the image is "
                  "dimmed", fontsize=9)
-    return save(fig, out)
+    return save(fig, out, ATTENTION_COMMAND)

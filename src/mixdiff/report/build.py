@@ -3,14 +3,18 @@ be drawn (a run without results, no synthetic roots) is skipped and said, never 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mixdiff.errors import ConfigError, MixDiffError
 from mixdiff.io import atomic_write_text
 from mixdiff.report.collect import load_runs
 from mixdiff.report.compare import EQUIVALENCE_MARGIN, setting_comparisons
+from mixdiff.outputs import refuse_replacing
 from mixdiff.report.curves import plot_curves
+from mixdiff.report.figures import drawn_by
 from mixdiff.report.grid import pairs_grid
 from mixdiff.report.id_ood import Point, id_vs_ood_points
 from mixdiff.report.markdown import render
@@ -22,6 +26,40 @@ from mixdiff.report.grouping import group_settings
 
 RESULTS_MD, RESULTS_CSV, RESULTS_JSON = "results.md", "results.csv", "results.json"
 ID_VS_OOD, RADAR, CURVES, PAIRS = "id_vs_ood.png", "radar.png", "curves.png", "pairs.png"
+FIGURES = (ID_VS_OOD, RADAR, CURVES, PAIRS)
+COMMAND = "report"
+JSON_KEYS = {"spread", "runs", "settings", "rows"}  # what every results.json holds
+MD_OPENING = re.compile(r"# Results\n\n\d+ run\(s\) in \d+ setting\(s\)\. Accuracies in %\.")
+
+
+def _head(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(size)
+    except OSError:
+        return ""
+
+
+def _earlier_json(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(document, dict) and JSON_KEYS <= document.keys()
+
+
+def earlier_report_file(path: Path) -> bool:
+    """Whether `path` is a file an earlier `mixdiff report` wrote (recognised by its content; a
+    figure by its stamp, or, drawn before figures were stamped, by the report's results.json
+    beside it), which the next report to that folder may replace."""
+    if path.name == RESULTS_MD:
+        return bool(MD_OPENING.match(_head(path)))
+    if path.name == RESULTS_CSV:
+        return _head(path).split("\n", 1)[0].rstrip("\r") == ",".join(
+            f.name for f in fields(ResultRow))
+    if path.name == RESULTS_JSON:
+        return _earlier_json(path)
+    return drawn_by(path) == COMMAND or _earlier_json(path.parent / RESULTS_JSON)
 
 
 @dataclass
@@ -46,7 +84,8 @@ def _pairs(settings, out: Path, report: Report, rows: int) -> None:
         report.notes.append(f"{PAIRS} shows the twins of {real} only; also used: "
                             f"{', '.join(list(roots)[1:])}")
     try:
-        report.files.append(pairs_grid(real, synthetic, out / PAIRS, rows=rows))
+        report.files.append(pairs_grid(real, synthetic, out / PAIRS, rows=rows,
+                                       command=COMMAND))
     except MixDiffError as exc:  # images moved or paths relative to another folder
         report.notes.append(f"{PAIRS} not written: {exc} (paths in config.yaml are read relative "
                             "to the current folder)")
@@ -72,6 +111,8 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
     if spread not in SPREADS:
         raise ConfigError(f"--spread {spread!r}: choose one of {', '.join(SPREADS)}")
     out = Path(out)
+    for name in (RESULTS_MD, RESULTS_CSV, RESULTS_JSON, *FIGURES):  # before any work
+        refuse_replacing(out / name, f"--out {out}", COMMAND, earlier_report_file)
     report = Report()
     records = load_runs(runs)
     report.notes += [f"{r.name}: {m}" for r in records for m in (*r.missing, *r.early)]

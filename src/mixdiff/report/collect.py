@@ -3,15 +3,14 @@ result files of `mixdiff eval` (files only: no model, no torch)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mixdiff.errors import RunDirError
-from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir
+from mixdiff.runs import DATA_SUMMARY, METRICS, PIXELS, RunDir, read_json_object, \
+    read_result_file
 
 # what a record is: a pre-trained encoder, the untrained reference (`trainer.max_epochs=0`
 # without `init_from`: the seed's initial weights), or the raw pixels of the evaluation images
@@ -79,13 +78,7 @@ class RunRecord:
 
 
 def _read_result(path: Path) -> dict:
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path}: not a readable result file ({exc}); delete it or re-run the "
-                          "`mixdiff eval` command that wrote it") from exc
-    if not isinstance(result, dict):
-        raise RunDirError(f"{path}: expected a JSON object of `mixdiff eval` results")
+    result = read_result_file(path)
     absent = [key for key in REQUIRED_RESULT_KEYS if key not in result]
     if absent:
         raise RunDirError(f"{path}: result file lacks {', '.join(absent)}; re-run the `mixdiff "
@@ -95,33 +88,6 @@ def _read_result(path: Path) -> dict:
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise RunDirError(f"{path}: `{key}` = {value} is not a fraction in [0, 1]")
     return {**result, "source": str(path)}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is not valid JSON ({exc}): the file is damaged; restore it "
-                          "(or delete it and make it again), or leave this run out") from None
-
-
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    """metrics.csv's rows, each value checked to be a number (or empty) before any file of the
-    report is written: a damaged file is one line naming it, not a half-written report."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for line, row in enumerate(rows, 2):
-        for column, value in row.items():
-            try:
-                if column is None or value is None:
-                    raise ValueError
-                if value != "":
-                    float(value)
-            except ValueError:
-                raise RunDirError(f"{path}, line {line}: {value!r} in column {column!r} is not a "
-                                  "number (the file is damaged): restore it, or leave this run "
-                                  "out of the report") from None
-    return rows
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunRecord:
@@ -135,10 +101,10 @@ def load_run(path: str | Path, name: str | None = None) -> RunRecord:
     no_epochs = (config.get("trainer") or {}).get("max_epochs") == 0
     untrained = no_epochs and not config.get("init_from")
     missing = []
-    data = _read_json(run.data_summary) if run.data_summary.is_file() else {}
+    data = run.read_data_summary() if run.data_summary.is_file() else {}
     if not data:
         missing.append(f"no {DATA_SUMMARY} (class count and val set of the online metrics unknown)")
-    metrics = _read_metrics(run.metrics) if run.metrics.is_file() else []
+    metrics = run.read_metrics() if run.metrics.is_file() else []
     if not metrics and not no_epochs:  # a run of max_epochs=0 has no epochs by design
         missing.append(f"no {METRICS} rows (no training curves, no online metrics)")
     results = [_read_result(p) for p in run.eval_results()]
@@ -166,7 +132,7 @@ def early_results(results: list[dict]) -> list[str]:
 def _external(run: RunDir) -> RunRecord:
     """The results of an external encoder (`mixdiff eval ... --model`), named by the model: it
     stands as a setting of its own (method `external`, its label as the data column)."""
-    encoder = _read_json(run.encoder_record)
+    encoder = read_json_object(run.encoder_record)
     label = str(encoder.get("label") or encoder.get("model") or run.root.name)
     results = [_read_result(p) for p in run.eval_results()]
     missing = [] if results else [f"no results in {run.root / 'eval'}"]

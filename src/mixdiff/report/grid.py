@@ -11,10 +11,14 @@ from mixdiff.errors import MissingSyntheticError
 from mixdiff.report.figures import pyplot, save
 
 
+GRID_COMMAND = "data grid"
+
+
 def pairs_grid(real: str | Path, synthetic: list[str | Path], out: str | Path, rows: int = 8,
-               seed: int = 0) -> Path:
+               seed: int = 0, command: str = GRID_COMMAND) -> Path:
     """Save a PNG: column 0 the real image, then one column per synthetic root. Rows are a seeded
-    pick among the images that have a twin in every root, spread over the classes."""
+    pick among the images that have a twin in every root, spread over the classes. `command`:
+    the mixdiff command it is drawn for (`data grid`, or `report`'s pairs.png)."""
     plt = pyplot()
     tree = ImageTree.scan(real)
     matches = [match_twins(tree.relpaths, root).matched for root in synthetic]
@@ -46,4 +50,4 @@ def pairs_grid(real: str | Path, synthetic: list[str | Path], out: str | Path, r
                 ax.set_title("real" if c == 0 else Path(synthetic[c - 1]).name, fontsize=9)
             if c == 0 and tree.labelled:
                 ax.set_ylabel(tree.classes[tree.labels[i]], fontsize=7)
-    return save(fig, out)
+    return save(fig, out, command)

@@ -30,6 +30,7 @@ from mixdiff.data.twin_scores import TwinFilter
 from mixdiff.pretrain.input.views import build_views, extra_compute, twin_positions
 from mixdiff.errors import DatasetError, UnreadableImageError
 from mixdiff.io import atomic_write_text
+from mixdiff.runs import FINGERPRINTS
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def data_warnings(data: DictConfig) -> list[str]:
     return notes
 
 
-# data.json's key of the trees' fingerprints (data.tree.fingerprint), by config key
-FINGERPRINTS = "fingerprints"
 
 
 class MixDiffDataModule(L.LightningDataModule):

@@ -13,9 +13,10 @@ ops (`mixdiff.pretrain.input.batch_augment`).
 The worker still decodes what the device should not: a JPEG so large that JPEG draft mode may
 shrink it (as the CPU path would: `mixdiff.data.decode`; only photos of several megapixels at
 224 px), which it ships at the reduced size, so the device never holds a full 12 MP photo and
-the crop boxes are the CPU path's; and a file nvJPEG cannot take (not a JPEG; a CMYK or YCCK
-JPEG). Those travel as pixels and are cut the same way. A JPEG the device's decoder refuses all
-the same is decoded by the CPU, and the run's log counts them (`decode_jpegs`).
+the crop boxes are the CPU path's; a file nvJPEG cannot take (not a JPEG; a CMYK or YCCK
+JPEG); and a JPEG whose EXIF orientation turns it (nvJPEG would not). Those travel as pixels
+and are cut the same way. A JPEG the device's decoder refuses all the same is decoded by the
+CPU, and the run's log counts them (`decode_jpegs`).
 
 Resampling: roi_align with an adaptive sampling ratio averages ceil(box side / output side)
 bilinear samples per output pixel along each axis: a box filter when a crop shrinks (as OpenCV's
@@ -46,7 +47,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from mixdiff.data.decode import ViewNeed, draft_request, load_rgb_for, naming_errors
+from mixdiff.data.decode import ViewNeed, draft_request, is_rotated, load_rgb_for, naming_errors
 from mixdiff.pretrain.input.input_stream import to_device
 from mixdiff.errors import UnreadableImageError
 
@@ -79,8 +80,9 @@ class ImageFile:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as image:  # parses the header only
                 width, height = image.size
+                # nvJPEG ignores torchvision's apply_exif_orientation: a turned JPEG is decoded here
                 if image.format == "JPEG" and image.mode in DEVICE_JPEG_MODES and not (
-                        needs and draft_request(width, height, needs)):
+                        needs and draft_request(width, height, needs)) and not is_rotated(image):
                     return cls(str(path), torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                True, height, width)
         pixels = _to_tensor(load_rgb_for(path, needs))
