@@ -49,6 +49,24 @@ def first_link(folder: str | Path, path: str | Path) -> Path | None:
     return None
 
 
+def kept_inside(folder: str | Path, parts: tuple[str, ...], kind: str, holds: str) -> Path:
+    """`folder / parts` (a file or folder a command writes and reads there), provided it lies
+    inside `folder` once links are followed; else one line naming the link on the way, where it
+    leads and what to do (`kind`: what `folder` is, e.g. "run folder"; `holds`: what its own
+    files are). `folder` itself may be a link: what is inside it stays inside."""
+    path = Path(folder).joinpath(*parts)
+    relative = path.relative_to(folder)
+    target = leads_outside(folder, relative)
+    if target is None:
+        return path
+    link = first_link(folder, relative) or path
+    raise UnsafePathError(
+        f"{link} is a link to {link.resolve()}, outside the {kind} {folder}: {holds} stay inside "
+        "it, where its commands write and read them. Replace the link by a folder (or file) of "
+        f"its own, or to keep the {kind} elsewhere, move the whole {kind} there and link "
+        f"{folder} itself")
+
+
 def inside(folder: str | Path, path: str | Path, source: str) -> Path:
     """`folder / path`, provided it resolves inside `folder` (links followed); else one line
     naming `source` (the file and entry the path was read from)."""

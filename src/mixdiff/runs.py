@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from mixdiff.config import load_saved_config
 from mixdiff.errors import RunDirError, UnsafePathError
-from mixdiff.paths import file_name, first_link, leads_outside
+from mixdiff.paths import file_name, kept_inside
 
 CONFIG = "config.yaml"
 DATA_SUMMARY = "data.json"
@@ -150,17 +150,8 @@ class RunDir:
     def own(self, *parts: str) -> Path:
         """RUN/<parts>, provided it lies inside the run folder once links are followed (see the
         module's text); else one line saying which link leads where, and what to do."""
-        path = self.root.joinpath(*parts)
-        target = leads_outside(self.root, path.relative_to(self.root))
-        if target is None:
-            return path
-        link = first_link(self.root, path.relative_to(self.root)) or path
-        raise UnsafePathError(
-            f"{link} is a link to {link.resolve()}, outside the run folder {self.root}: a run's "
-            "own files (config.yaml, data.json, metrics.csv, checkpoints/, logs/, eval/, cache/) "
-            "stay inside it, where its commands write and read them. Replace the link by a "
-            f"folder (or file) of its own, or to keep the run elsewhere, move the whole run "
-            f"folder there and link {self.root} itself")
+        return kept_inside(self.root, parts, "run folder", "a run's own files (config.yaml, "
+                           "data.json, metrics.csv, checkpoints/, logs/, eval/, cache/)")
 
     @property
     def config(self) -> Path:

@@ -197,3 +197,43 @@ def test_a_full_disk_while_saving_the_generator_leaves_no_half_written_model(rea
     assert list(model.iterdir()) == []  # nothing of the model, and no temporary
     train_generator(real, model, TINY, show_progress=False)  # not mistaken for trained weights
     assert (model / "training.json").is_file() and (model / "unet").is_dir()
+
+
+def _contents(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("linked", ["v0", "v0/circle", "manifests"])
+def test_a_folder_of_out_linked_elsewhere_is_refused_before_writing(real, ddpm, tmp_path,
+                                                                    linked):
+    """OUT/v0, a class folder OUT/v0/circle or OUT/manifests a link to a user's folder
+    elsewhere: the twins (or manifest rows) were written through it, over the user's files. Now
+    one line naming the link and where it leads, nothing written there (nor in OUT); OUT itself
+    a link is fine."""
+    out, elsewhere = tmp_path / "out", tmp_path / "photos"
+    for name in ("img00.jpg", "circle/img00.jpg", "shard-0-of-1.jsonl"):
+        (elsewhere / name).parent.mkdir(parents=True, exist_ok=True)
+        (elsewhere / name).write_text("the user's\n")
+    before = _contents(elsewhere)
+    (out / linked).parent.mkdir(parents=True)
+    os.symlink(elsewhere, out / linked)
+    with pytest.raises(UnsafePathError) as refused:
+        generate(real, out, _settings(ddpm), show_progress=False)
+    said = str(refused.value)
+    assert "\n" not in said
+    assert said.startswith(f"{out / linked} is a link to {elsewhere}, outside the output folder "
+                           f"{out}") and "Replace the link by a folder" in said
+    assert _contents(elsewhere) == before
+    assert sorted(p.name for p in out.iterdir()) == [linked.split("/")[0]]
+    result = runner.invoke(app, ["generate", "--real", str(real), "--out", str(out),
+                                 "--generator", "sdedit", "--model", str(ddpm), "--steps", "2"])
+    assert result.exit_code == 2 and "is a link to" in result.output, result.output
+    assert _contents(elsewhere) == before
+
+    (out / linked).unlink()
+    moved = tmp_path / "disk" / "out"
+    moved.parent.mkdir()
+    os.symlink(moved, tmp_path / "linked-out")  # OUT itself a link: written where it leads
+    moved.mkdir()
+    done = generate(real, tmp_path / "linked-out", _settings(ddpm), show_progress=False)
+    assert done.written == 3 and (moved / "manifest.jsonl").is_file()

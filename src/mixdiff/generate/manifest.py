@@ -25,6 +25,7 @@ from mixdiff.paths import relative_inside
 
 MANIFEST = "manifest.jsonl"
 SHARDS = "manifests"
+MERGE_LOCK = ".manifest.lock"  # serialises the merges of ranks that finish together
 _SHARD_NAME = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")  # what shard_path() names
 
 
@@ -94,7 +95,7 @@ def latest(rows: Iterable[dict]) -> dict[tuple[str, int], dict]:
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Serialise merges of ranks that finish together, so the last merge sees every shard."""
-    with open(out / ".manifest.lock", "w") as lock:
+    with open(out / MERGE_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

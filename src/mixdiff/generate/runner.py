@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 from PIL import Image
@@ -37,8 +37,8 @@ from mixdiff.generate.backends import Backend, build_backend, model_fingerprint
 from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
 from mixdiff.io import atomic_open, atomic_write_text, file_sha256
-from mixdiff.lock import exclusive
-from mixdiff.paths import inside
+from mixdiff.lock import exclusive, lock_name
+from mixdiff.paths import inside, kept_inside
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,28 @@ def refuse_overlap(real: Path, out: Path) -> None:
                           "that does not hold the real tree")
 
 
+def refuse_links_out(out: Path, tree: ImageTree, variants: int, shard: tuple[int, int]) -> None:
+    """Every folder and file generate writes under OUT (v<k>/ and the folders of its twins,
+    manifests/ and this shard's file, generate.yaml, the manifest and the lock files) must lie
+    inside OUT once links are followed: OUT/v0 or OUT/manifests linked to a folder elsewhere
+    would have the twins and rows written over a user's files there. One check per folder, not
+    per twin: a twin that is itself a link is replaced by a file of its own (`atomic_open`
+    renames over the link), its target left as it was. OUT itself may be a link."""
+    folders = {PurePosixPath(twin_key(rel)).parent for rel in tree.relpaths}
+    written = [(f"v{k}", *folder.parts) for k in range(variants) for folder in sorted(folders)]
+    written += [manifest.shard_path(out, *shard).relative_to(out).parts, (SETTINGS_FILE,),
+                (manifest.MANIFEST,), (manifest.MERGE_LOCK,), (lock_name(shard_part(shard)),)]
+    for parts in written:
+        kept_inside(out, parts, "output folder", "the files `mixdiff generate` writes there "
+                    "(v<k>/, manifests/, manifest.jsonl, generate.yaml)")
+
+
+def shard_part(shard: tuple[int, int]) -> str:
+    """The name of a shard's lock: the ranks of one run write side by side, two runs of a shard
+    may not."""
+    return f"shard-{shard[0]}-of-{shard[1]}"
+
+
 def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
              shard: tuple[int, int] | None = None, limit: int | None = None,
              overwrite: bool = False, show_progress: bool = True,
@@ -225,8 +247,8 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     shard = shard or shard_from_environment()
     refuse_overlap(real, out)
     tree = ImageTree.scan(real)
-    # a lock per shard: the ranks of one run write side by side, two runs of a shard may not
-    with exclusive(out, "mixdiff generate", part=f"shard-{shard[0]}-of-{shard[1]}"):
+    refuse_links_out(out, tree, settings.variants, shard)
+    with exclusive(out, "mixdiff generate", part=shard_part(shard)):
         return _generate(tree, real, out, settings, shard, limit, overwrite, show_progress,
                          backend)
 
