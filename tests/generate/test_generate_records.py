@@ -22,6 +22,7 @@ from mixdiff.generate.embedded import GeneratorTraining, train_generator
 from mixdiff.generate.runner import SettingsChangedError, generate
 from mixdiff.generate.settings import GenerateSettings
 from mixdiff.io import file_sha256
+from mixdiff.outputs import ReplacingError
 
 runner = CliRunner()
 TINY = GeneratorTraining(resolution=16, block_out_channels=(8, 16), steps=3, batch_size=4,
@@ -237,3 +238,25 @@ def test_a_folder_of_out_linked_elsewhere_is_refused_before_writing(real, ddpm, 
     moved.mkdir()
     done = generate(real, tmp_path / "linked-out", _settings(ddpm), show_progress=False)
     assert done.written == 3 and (moved / "manifest.jsonl").is_file()
+
+
+def test_a_fresh_out_holding_files_under_v_k_is_refused(real, ddpm, tmp_path):
+    """LOST: `generate --out` a folder that no generate wrote (no generate.yaml, no manifest)
+    but that holds a user's file at a twin's path (OUT/v0/circle/img00.jpg): silently replaced.
+    Now refused before any work, --overwrite too, naming the file; files beside v<k>/ are no
+    twin's and are fine."""
+    out = tmp_path / "out"
+    (out / "v0" / "circle").mkdir(parents=True)
+    theirs = out / "v0" / "circle" / "img00.jpg"
+    theirs.write_text("the user's\n")
+    for overwrite in (False, True):
+        with pytest.raises(ReplacingError) as refused:
+            generate(real, out, _settings(ddpm), overwrite=overwrite, show_progress=False)
+        said = str(refused.value)
+        assert "\n" not in said and f"--out {out} holds {theirs}, which no `mixdiff generate` " \
+            "wrote" in said and "give another --out, or move them" in said
+    assert theirs.read_text() == "the user's\n"
+    assert sorted(p.name for p in out.iterdir()) == ["v0"]  # no lock, record or manifest
+    theirs.unlink()
+    (out / "notes.txt").write_text("beside the twins\n")
+    assert generate(real, out, _settings(ddpm), show_progress=False).written == 3

@@ -38,11 +38,13 @@ from mixdiff.generate.quiet import quiet_libraries
 from mixdiff.generate.settings import FORMATS, GenerateSettings, changed_settings, image_seed
 from mixdiff.io import atomic_open, atomic_write_text, file_sha256
 from mixdiff.lock import exclusive, lock_name
+from mixdiff.outputs import ReplacingError
 from mixdiff.paths import inside, kept_inside
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "generate.yaml"
+VARIANT_FOLDER = re.compile(r"v\d+")  # OUT/v<k>: where the twins of variant k go
 
 
 def output_path(source: str, variant: int, fmt: str) -> str:
@@ -206,7 +208,7 @@ def refuse_overlap(real: Path, out: Path) -> None:
     if out == real or out.is_relative_to(real):
         raise ConfigError(f"--out {out} lies inside --real {real}: the twins (OUT/v<k>/...) "
                           "would become a class of the real tree; give an --out outside it")
-    if real.is_relative_to(out) and re.fullmatch(r"v\d+", real.relative_to(out).parts[0]):
+    if real.is_relative_to(out) and VARIANT_FOLDER.fullmatch(real.relative_to(out).parts[0]):
         raise ConfigError(f"--real {real} lies inside --out {out}, where the twins are written "
                           "(OUT/v<k>/...): they would replace the real images; give an --out "
                           "that does not hold the real tree")
@@ -226,6 +228,25 @@ def refuse_links_out(out: Path, tree: ImageTree, variants: int, shard: tuple[int
     for parts in written:
         kept_inside(out, parts, "output folder", "the files `mixdiff generate` writes there "
                     "(v<k>/, manifests/, manifest.jsonl, generate.yaml)")
+
+
+def refuse_foreign_files(out: Path) -> None:
+    """An OUT that no generate has written (no generate.yaml, no manifest: both are written
+    before the first twin) but that holds files under v<k>/ holds someone else's files, which
+    the twins would replace where their names meet. Refused, --overwrite too: it starts afresh
+    only over generate's own outputs. Walks only such an OUT, and stops at its first file."""
+    if (out / SETTINGS_FILE).exists() or manifest.shard_files(out):
+        return
+    for variant in sorted(out.glob("v*")):
+        if not VARIANT_FOLDER.fullmatch(variant.name):
+            continue
+        for folder, _, files in os.walk(variant):
+            if files:
+                raise ReplacingError(
+                    f"--out {out} holds {Path(folder) / files[0]}, which no `mixdiff generate` "
+                    f"wrote ({out} has no {SETTINGS_FILE} nor manifest), and the twins written "
+                    f"to {variant} would replace such files; give another --out, or move them "
+                    "out of it")
 
 
 def shard_part(shard: tuple[int, int]) -> str:
@@ -248,6 +269,7 @@ def generate(real: str | Path, out: str | Path, settings: GenerateSettings,
     refuse_overlap(real, out)
     tree = ImageTree.scan(real)
     refuse_links_out(out, tree, settings.variants, shard)
+    refuse_foreign_files(out)
     with exclusive(out, "mixdiff generate", part=shard_part(shard)):
         return _generate(tree, real, out, settings, shard, limit, overwrite, show_progress,
                          backend)
