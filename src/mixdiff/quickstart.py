@@ -389,10 +389,11 @@ def _pretrain(s: QuickstartSettings, paths: Paths, method: str, mode: str, seed:
 
 
 def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str | None,
-             images_sha256: str) -> bool:
+             images_sha256: str, trained: dict | None) -> bool:
     """Whether the run already has this result, made from the checkpoint with this hash on the
-    images with this fingerprint, with its per-image predictions beside it."""
-    from mixdiff.evaluate.results import read_result
+    images with this fingerprint (and, where it records them, the training images `trained`),
+    with its per-image predictions beside it."""
+    from mixdiff.evaluate.results import read_result, train_images_changed
 
     path = run.eval_result(command, name)
     if not path.is_file():
@@ -401,7 +402,7 @@ def _current(run: RunDir, command: str, name: str, checkpoint_sha256: str | None
     sidecar = result.get("predictions")
     return result["checkpoint"]["sha256"] == checkpoint_sha256 and \
         result.get("images_sha256") == images_sha256 and bool(sidecar) and \
-        (path.parent / sidecar).is_file()
+        (path.parent / sidecar).is_file() and not train_images_changed(result, trained)
 
 
 def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]:
@@ -415,7 +416,7 @@ def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]
     from mixdiff.evaluate.robustness import SUITES, parse_corruptions, robustness_eval
 
     train, test = labelled_sets(paths.train, paths.test, DATASET)
-    scored = test.content_sha256()
+    scored, trained = test.content_sha256(), train.tree_fingerprint()
     suite = SUITES[SHIFT_SUITE]
     probe = result_name(DATASET, encoder.weights, encoder.default_weights)  # linear's result
     done = []
@@ -428,7 +429,7 @@ def _evaluate_encoder(s: QuickstartSettings, paths: Paths, encoder) -> list[str]
                 s.corruptions or parse_corruptions(None),  # none named: all of them
                 s.severities, s.encode_options))):
         name = result_name(name, encoder.weights, encoder.default_weights)
-        if not _current(encoder.run, command, name, encoder.checkpoint_sha256, scored):
+        if not _current(encoder.run, command, name, encoder.checkpoint_sha256, scored, trained):
             # the quickstart's own result, of other images or an older checkpoint: replaced,
             # where `mixdiff eval` would refuse a result of other images under its name
             for stale in (encoder.run.eval_result(command, name),

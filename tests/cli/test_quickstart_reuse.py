@@ -56,3 +56,27 @@ def test_a_run_trained_on_other_images_is_refused_not_reused(run, tiny_data, tmp
     message = " ".join(str(refused.value).split())
     assert "the training images: 15 images where there were 18" in message
     assert "(--per-class)" in message
+
+
+def test_a_result_of_other_training_images_is_not_current(tmp_path):
+    """A quickstart result whose recorded training images differ from the tree's now is
+    evaluated again, not reused (`mixdiff eval` would refuse to replace it); one from before
+    they were recorded is taken as it is."""
+    from mixdiff.quickstart import _current
+
+    run = RunDir(tmp_path / "run")
+    train = make_tree(tmp_path / "train", per_class=1)
+    before = fingerprint(train)
+    result = run.eval_result("knn", "toy")
+    result.parent.mkdir(parents=True)
+    (result.parent / "toy").mkdir()
+    (result.parent / "toy" / "predictions.npz").write_bytes(b"")
+    record = {"checkpoint": {"sha256": None}, "images_sha256": "abc",
+              "predictions": "toy/predictions.npz", "settings": {"train_fingerprint": before}}
+    result.write_text(json.dumps(record))
+    assert _current(run, "knn", "toy", None, "abc", before)
+    make_tree(train, per_class=2)  # an image more in every class
+    assert not _current(run, "knn", "toy", None, "abc", fingerprint(train))
+    del record["settings"]["train_fingerprint"]
+    result.write_text(json.dumps(record))
+    assert _current(run, "knn", "toy", None, "abc", fingerprint(train))

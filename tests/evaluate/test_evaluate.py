@@ -551,3 +551,35 @@ def test_a_result_of_the_same_val_tree_holding_other_images_is_not_replaced(eval
         assert "give --name NAME to keep both, or delete that result" in said
         assert (run / "eval" / command / "v.json").read_bytes() == kept[command]
     assert _cli("knn", "--run", run, *trees, "--name", "v16").exit_code == 0
+
+
+def test_a_result_of_the_same_train_tree_holding_other_images_is_not_replaced(eval_runs,
+                                                                                tmp_path):
+    """EV-trainchg: the same `eval knn` / `eval linear` after an image was added to --train
+    silently replaced the result (bank_images 24 -> 25). Refused like a changed --val, naming
+    what changed; --name keeps both; the same images again replace it."""
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run, copy_function=os.link)
+    train = tmp_path / "toy" / "train"
+    shutil.copytree(eval_runs["train"], train)
+    trees = ["--train", train, "--val", eval_runs["val"], "--device", "cpu", "--num-workers", "0"]
+    for command in ("knn", "linear"):
+        assert _cli(command, "--run", run, *trees, "--name", "t").exit_code == 0
+    kept = {c: (run / "eval" / c / "t.json").read_bytes() for c in ("knn", "linear")}
+    first = sorted(train.rglob("*.png"))[0]
+    Image.open(first).save(first.with_name("added.png"))
+    for command in ("knn", "linear"):
+        refused = _cli(command, "--run", run, *trees, "--name", "t")
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, said
+        assert "the training images: 25 images where there were 24; 1 image(s) added in " \
+            f"{first.parent.name}" in said, said
+        assert "give --name NAME to keep both, or delete that result" in said
+        assert (run / "eval" / command / "t.json").read_bytes() == kept[command]
+    assert _cli("knn", "--run", run, *trees, "--name", "t25").exit_code == 0
+    first.with_name("added.png").unlink()
+    assert _cli("knn", "--run", run, *trees, "--name", "t").exit_code == 0

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixdiff.data.eval_transform import eval_view
-from mixdiff.data.tree import ImageTree, images_sha256, load_rgb
+from mixdiff.data.tree import ImageTree, fingerprint, images_sha256, load_rgb
 from mixdiff.devices import resolve_device
 from mixdiff.evaluate.external import ExternalEncoder
 from mixdiff.evaluate.options import EncodeOptions
@@ -94,6 +94,14 @@ class ImageSet:
         if self.reader is not None:
             return images_sha256(self.relative_names(), source_files=self.source_files)
         return images_sha256(self.relative_names(), self.paths)
+
+    def tree_fingerprint(self) -> dict | None:
+        """The cheap fingerprint of the tree the set was read from (`data.tree.fingerprint`:
+        names and sizes, no pixel read), as a result records its training images; None for
+        items read from container files."""
+        if self.reader is not None or self.root is None:
+            return None
+        return fingerprint(self.root, self.relative_names())
 
     def fingerprint(self) -> str:
         """sha256 of the item names and the size and mtime of every file they are read from."""

@@ -11,8 +11,8 @@ import torch
 from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.predictions import Predictions, knn_condition
-from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
-                                      write_result)
+from mixdiff.evaluate.results import (TRAIN_FINGERPRINT, accuracies, refuse_another_measurement,
+                                      result_name, write_result)
 from mixdiff.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, weighted_knn_votes
 
 
@@ -26,9 +26,9 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
         raise ValueError(f"k must be positive, got {ks}")
     name = result_name(train.name, encoder.weights, encoder.default_weights, name)
     measured = {"k": list(ks), "temperature": temperature, "train": train.root, "val": val.root}
-    scored = val.content_sha256()
+    scored, trained = val.content_sha256(), train.tree_fingerprint()
     refuse_another_measurement(encoder.run.eval_result("knn", name), measured,
-                               (len(val), scored))
+                               (len(val), scored), trained)
     bank, queries = encoder.encode(train, options=options), encoder.encode(val, options=options)
     votes = weighted_knn_votes(bank.to(encoder.device), torch.from_numpy(train.labels), queries,
                                len(train.classes), ks, temperature)
@@ -46,7 +46,8 @@ def knn_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | None 
         "images": len(val), "images_sha256": scored, **headline, "metric": "top1",
         "value": headline["top1"],
         "weights": encoder.weights, "checkpoint": encoder.checkpoint_record(),
-        "settings": {**measured, "bank_images": len(train), **encoder.settings()},
+        "settings": {**measured, "bank_images": len(train), TRAIN_FINGERPRINT: trained,
+                     **encoder.settings()},
         "details": {"per_k": per_k},
     }
     return write_result(encoder.run, "knn", name, result, predictions)

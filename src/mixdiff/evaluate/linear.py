@@ -15,8 +15,8 @@ from mixdiff.evaluate.features import Encoder, ImageSet
 from mixdiff.evaluate.options import EncodeOptions
 from mixdiff.evaluate.predictions import CLEAN, Predictions
 from mixdiff.evaluate.logistic import LogisticSettings, select_and_fit, stratified_holdout
-from mixdiff.evaluate.results import (accuracies, refuse_another_measurement, result_name,
-                                      write_result)
+from mixdiff.evaluate.results import (TRAIN_FINGERPRINT, accuracies, refuse_another_measurement,
+                                      result_name, write_result)
 from mixdiff.io import atomic_open, file_sha256
 from mixdiff.runs import PIXELS, RunDir
 
@@ -145,9 +145,9 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
     """Fit the probe on `train`, score it once on `val`; save the probe and the result in the run.
     Returns the result file."""
     name = result_name(train.name, encoder.weights, encoder.default_weights, name)
-    scored = val.content_sha256()
+    scored, trained = val.content_sha256(), train.tree_fingerprint()
     refuse_another_measurement(encoder.run.eval_result("linear", name),
-                               {"train": train.root, "val": val.root}, (len(val), scored))
+                               {"train": train.root, "val": val.root}, (len(val), scored), trained)
     x_train, x_val = encoder.encode(train, options=options), encoder.encode(val, options=options)
     y_train, y_val = torch.from_numpy(train.labels), torch.from_numpy(val.labels)
     fit_idx, held_idx = stratified_holdout(train.labels, settings.heldout_fraction, settings.seed)
@@ -161,6 +161,7 @@ def linear_eval(encoder: Encoder, train: ImageSet, val: ImageSet, name: str | No
                                      {CLEAN: logits.argmax(1).cpu().numpy()})
     weight_decay = fitted.sweep.best_weight_decay
     run_settings = {"train": train.root, "val": val.root, "train_images": len(train),
+                    TRAIN_FINGERPRINT: trained,
                     "heldout_images": len(held_idx), **encoder.settings(),
                     "logistic": settings.record()}
     probe = LinearProbe(classifier.weight, classifier.bias, classifier.mean, classifier.std,

@@ -14,6 +14,7 @@ from rich.table import Table
 from torch import Tensor
 
 import mixdiff
+from mixdiff.data.tree import fingerprint_changes, is_fingerprint
 from mixdiff.errors import RunDirError
 from mixdiff.evaluate.predictions import PREDICTIONS_FILE, Predictions, write_predictions
 from mixdiff.io import atomic_write_text
@@ -71,12 +72,30 @@ def result_name(dataset: str, weights: str, default_weights: str, name: str | No
     return dataset if weights == default_weights else f"{dataset}-{weights}"
 
 
+# a result's settings record the training images' fingerprint (data.tree.fingerprint: names and
+# sizes, cheap for ImageNet) under this key, so another measurement on the same --train path
+# holding other images now is told apart
+TRAIN_FINGERPRINT = "train_fingerprint"
+
+
+def train_images_changed(result: dict, trained: dict | None) -> str | None:
+    """How the training images (`trained`: their fingerprint now) differ from those `result`
+    recorded, in words; None where they do not, or where either is unknown (a result written
+    before mixdiff recorded them)."""
+    before = result.get("settings", {}).get(TRAIN_FINGERPRINT)
+    if trained is None or not is_fingerprint(before):
+        return None
+    return fingerprint_changes(before, trained)
+
+
 def refuse_another_measurement(path: Path, measured: dict,
-                               scored: tuple[int, str] | None = None) -> None:
+                               scored: tuple[int, str] | None = None,
+                               trained: dict | None = None) -> None:
     """A result is not replaced by one that measured something else (another --val or --k, or
-    the same --val holding other images now: `scored` is (how many, their `images_sha256`)): the
-    report would show the new number as the old one's. The same measurement of a run that
-    trained since replaces it. Called before any work, so that nothing is written."""
+    the same --val holding other images now: `scored` is (how many, their `images_sha256`); or
+    the same --train holding other images now: `trained` is their fingerprint): the report would
+    show the new number as the old one's. The same measurement of a run that trained since
+    replaces it. Called before any work, so that nothing is written."""
     if not path.is_file():
         return
     result = read_result(path)
@@ -87,6 +106,9 @@ def refuse_another_measurement(path: Path, measured: dict,
         changed.append(f"the images scored: {result.get('images', '?')} (sha256 "
                        f"{str(result['images_sha256'])[:12]}) -> {scored[0]} (sha256 "
                        f"{scored[1][:12]})")
+    images = None if changed else train_images_changed(result, trained)
+    if images:
+        changed.append(f"the training images: {images}")
     if changed:
         raise RunDirError(f"{path} holds a result that measured something else ("
                           f"{'; '.join(changed)}): give --name NAME to keep both, or delete "
