@@ -3,7 +3,8 @@
 replaces one of a run folder's own files, which the run's other commands write and read back
 (`RunDir.owns`: config.yaml, data.json, metrics.csv, checkpoints/, logs/, eval/, cache/), and it
 replaces an existing file only when that file is recognisably the same command's earlier output
-(a second run of it). A user's file, or another command's, is refused before any work.
+(a second run of it). A user's file, or another command's, is refused before any work. A figure
+is never written inside an image folder the command reads (`refuse_inside_images`).
 """
 
 from __future__ import annotations
@@ -38,3 +39,16 @@ def refuse_replacing(target: str | Path, given: str, command: str,
         raise ReplacingError(f"{given}: {target} exists and was not written by an earlier "
                              f"`mixdiff {command}`, so it is not replaced; give another "
                              f"{given.split()[0]}, or delete it first")
+
+
+def refuse_inside_images(target: str | Path, given: str, folders: dict[str, Path]) -> None:
+    """Refuse to write `target` inside an image folder the command reads (`folders`: how each is
+    named to the user, e.g. "--real data/real", -> the folder): a figure there is an image of
+    that tree, which every later scan of it (training included) would read as one of its own."""
+    where = Path(target).resolve()
+    for named, folder in folders.items():
+        if where.is_relative_to(Path(folder).resolve()):
+            raise ReplacingError(f"{given}: {target} lies inside {named}, an image folder this "
+                                 "command reads, where the figure would be taken for one of its "
+                                 "images (by training too); give another "
+                                 f"{given.split()[0]} (outside it)")

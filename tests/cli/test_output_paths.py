@@ -157,3 +157,28 @@ def test_a_commands_own_earlier_output_is_replaced(inputs, tmp_path):
     unstamped.write_bytes((tmp_path / "grid.png").read_bytes())  # drawn by another command
     assert earlier_report_file(unstamped)
     assert not earlier_report_file(tmp_path / "grid.png")
+
+
+def test_a_figure_is_never_written_into_an_image_tree_the_command_reads(inputs, tmp_path):
+    """`data grid --out REAL/circle/new.png` (or into a --synthetic root, or `attention --out`
+    beside an --images file, in its class folder) wrote the figure into the tree, where every
+    later scan (training included) took it for one of its images. Refused in one line, nothing
+    written."""
+    real = make_tree(tmp_path / "real", per_class=1)
+    syn = make_tree(tmp_path / "syn", per_class=1, ext=".jpg", seed=1)
+    image = real / "circle" / "img00.png"
+    grid = ["data", "grid", "--real", str(real), "--synthetic", str(syn), "--out"]
+    attention = ["attention", "--run", str(inputs["run"]), "--images", str(image), "--out"]
+    before = _snapshot(real, syn)
+    for command, out, named in (
+            (grid, real / "circle" / "new.png", f"--real {real}"),
+            (grid, syn / "square" / "new.png", f"--synthetic {syn}"),
+            (attention, real / "circle" / "attention.png", f"the folder of --images {image}")):
+        result = runner.invoke(app, [*command, str(out)])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, said
+        assert f"--out {out}: {out} lies inside {named}, an image folder this command reads" \
+            in said and "give another --out (outside it)" in said, said
+        assert _snapshot(real, syn) == before
+    beside = runner.invoke(app, [*grid, str(tmp_path / "grid.png")])
+    assert beside.exit_code == 0, beside.output

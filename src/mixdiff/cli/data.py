@@ -166,11 +166,13 @@ def data_grid(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Plot real images beside their synthetic twins."""
-    from mixdiff.outputs import refuse_replacing
+    from mixdiff.outputs import refuse_inside_images, refuse_replacing
     from mixdiff.report.figures import drawn_by
     from mixdiff.report.grid import GRID_COMMAND, pairs_grid
 
     try:
+        refuse_inside_images(out, f"--out {out}", {f"--real {real}": real, **{
+            f"--synthetic {root}": root for root in synthetic}})
         refuse_replacing(out, f"--out {out}", GRID_COMMAND, lambda p: drawn_by(p) == GRID_COMMAND)
         console.print(f"wrote {pairs_grid(real, synthetic, out, rows, seed)}")
     except MixDiffError as exc:
