@@ -126,3 +126,28 @@ def test_export_never_replaces_a_file_another_command_wrote(eval_runs, tmp_path)
         result = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(beside)])
         assert result.exit_code == 0, result.output
     assert json.loads(beside.with_suffix(".json").read_text())["file"] == beside.name
+
+
+def test_export_of_a_run_still_training_is_warned_about_and_recorded(eval_runs, tmp_path):
+    """`export` of a run that `mixdiff pretrain` still trains said nothing (eval warns): now the
+    same warning, of which epoch, and the recipe records it (source.checkpoint.unfinished);
+    once the run is done, nothing is said."""
+    from mixdiff.lock import exclusive
+
+    run = tmp_path / "run"
+    shutil.copytree(eval_runs["simclr"], run)  # a copy: the lock below writes in it
+    out = tmp_path / "model.safetensors"
+    with exclusive(run, "mixdiff pretrain"):  # as the training process holds it
+        early = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    said = " ".join(early.output.split())
+    assert early.exit_code == 0, early.output
+    assert f"warning: {run} is still being trained (`mixdiff pretrain` (pid" in said
+    assert "the exported backbone is of epoch 1 of 1 and will be out of date" in said
+    assert "source.checkpoint.unfinished" in said
+    unfinished = json.loads(out.with_suffix(".json").read_text())["source"]["checkpoint"][
+        "unfinished"]
+    assert (unfinished["epoch"], unfinished["max_epochs"]) == (1, 1)
+    done = CliRunner().invoke(app, ["export", "--run", str(run), "--out", str(out)])
+    assert done.exit_code == 0 and "still being trained" not in done.output
+    assert "unfinished" not in json.loads(out.with_suffix(".json").read_text())["source"][
+        "checkpoint"]

@@ -106,15 +106,16 @@ def _sources(runs, more, model, checkpoint, out, image_size, pixels, weights) ->
     return sources
 
 
-def warn_if_training(encoder) -> None:
-    """A run still being trained gives an early result: said here, and recorded in the result
-    (its checkpoint's `unfinished`), which `mixdiff report` marks."""
+def warn_if_training(encoder, made: str = "this result",
+                     recorded: str = "`mixdiff report` marks it") -> None:
+    """A run still being trained gives an early result (or export: `made`): said here, and
+    recorded in what is written (its checkpoint's `unfinished`: `recorded` says where)."""
     unfinished = encoder.unfinished()
     if unfinished:
         console.print(f"[bold yellow]warning:[/] {encoder.run.root} is still being trained "
-                      f"({unfinished['trained_by']}): this result is of epoch "
+                      f"({unfinished['trained_by']}): {made} is of epoch "
                       f"{unfinished['epoch']} of {unfinished['max_epochs']} and will be out of "
-                      "date when the run goes on (`mixdiff report` marks it)", highlight=False)
+                      f"date when the run goes on ({recorded})", highlight=False)
 
 
 @dataclass(frozen=True)

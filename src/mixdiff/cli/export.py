@@ -24,10 +24,15 @@ def export(
     """Export a run's backbone as a plain state dict that torchvision / timm load with
     `load_state_dict` (strict) and no MixDiff import; the .json beside it holds the exact loading
     code and the preprocessing (resize, crop, mean, std)."""
+    from mixdiff.cli.evaluate import warn_if_training
     from mixdiff.evaluate.export import export_backbone
 
+    def loaded(encoder) -> None:
+        warn_if_training(encoder, "the exported backbone",
+                         "its recipe records it: source.checkpoint.unfinished")
+
     try:
-        weights_file, recipe = export_backbone(run, out, fmt, weights)
+        weights_file, recipe = export_backbone(run, out, fmt, weights, loaded)
     except MixDiffError as exc:
         fail(exc)
     console.print(f"wrote {weights_file} and {recipe} (how to load it)", highlight=False)

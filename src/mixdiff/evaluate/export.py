@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import safetensors.torch
 import torch
@@ -84,8 +85,11 @@ def _earlier_export(out: Path, recipe: Path) -> bool:
 
 
 def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
-                    weights: str | None = None) -> tuple[Path, Path]:
-    """Write the backbone to `out` and its loading recipe to `out` with suffix .json."""
+                    weights: str | None = None,
+                    loaded: Callable[[Encoder], None] | None = None) -> tuple[Path, Path]:
+    """Write the backbone to `out` and its loading recipe to `out` with suffix .json. `loaded`
+    is called with the run's encoder before anything is written (the CLI warns there of a run
+    still being trained, whose checkpoint the recipe records as `unfinished`)."""
     out = Path(out)
     if out.suffix not in FILE_LOADERS:
         raise MixDiffError(f"--out {out}: use a file name ending in "
@@ -95,6 +99,8 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str | None = None,
         refuse_replacing(target, f"--out {out}", "export",
                          lambda _: _earlier_export(out, manifest))
     encoder = Encoder.from_run(run, weights, "cpu")
+    if loaded is not None:
+        loaded(encoder)
     fmt = fmt or ("torchvision" if encoder.config.model.backbone.startswith("resnet") else "timm")
     if fmt not in ("torchvision", "timm"):
         raise MixDiffError(f"--format {fmt!r}: choose torchvision or timm")
