@@ -138,6 +138,18 @@ class Metric:
     ONLINE = (PROBE_VAL_TOP1, PROBE_VAL_LOSS, KNN_VAL_TOP1)  # only in epochs that evaluate
 
 
+def is_fingerprint(found) -> bool:
+    """Whether `found` (read back from a file) has the shape `mixdiff.data.tree.fingerprint`
+    gives, so that `fingerprint_changes` can compare it (here, in the floor: data.json and the
+    results are read by the floor's readers before any stage compares them)."""
+    def counted(entry) -> bool:
+        return isinstance(entry, dict) and isinstance(entry.get("images"), int) and \
+            isinstance(entry.get("sha256"), str)
+
+    return counted(found) and isinstance(found.get("classes"), dict) and \
+        all(map(counted, found["classes"].values()))
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run folder of `mixdiff pretrain`."""
@@ -259,8 +271,6 @@ class RunDir:
         """data.json's fingerprints of the trees the run started on ({} where it keeps none: no
         data.json, or an older mixdiff's); a damaged file or entry is one line naming it and
         `fix`, never taken for "unknown"."""
-        from mixdiff.data.tree import is_fingerprint
-
         if not self.data_summary.is_file():
             return {}
         found = self.read_data_summary(fix).get(FINGERPRINTS) or {}

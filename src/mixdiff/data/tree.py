@@ -148,17 +148,6 @@ def fingerprint(root: str | Path, relpaths: Sequence[str] | None = None) -> dict
         f"{name}\0{group['sha256']}\n" for name, group in classes.items()), "classes": classes}
 
 
-def is_fingerprint(found) -> bool:
-    """Whether `found` (read back from a file) has the shape `fingerprint` gives, so that
-    `fingerprint_changes` can compare it."""
-    def counted(entry) -> bool:
-        return isinstance(entry, dict) and isinstance(entry.get("images"), int) and \
-            isinstance(entry.get("sha256"), str)
-
-    return counted(found) and isinstance(found.get("classes"), dict) and \
-        all(map(counted, found["classes"].values()))
-
-
 def images_sha256(names: Sequence[str], files: Sequence[str] | None = None,
                   source_files: Sequence[str] = ()) -> str:
     """The exact fingerprint of a set of images, for what an evaluation scored (a result's

@@ -14,11 +14,11 @@ from rich.table import Table
 from torch import Tensor
 
 import mixdiff
-from mixdiff.data.tree import fingerprint_changes, is_fingerprint
+from mixdiff.data.tree import fingerprint_changes
 from mixdiff.errors import RunDirError
 from mixdiff.evaluate.predictions import PREDICTIONS_FILE, Predictions, write_predictions
 from mixdiff.io import atomic_write_text
-from mixdiff.runs import RunDir, read_result_file
+from mixdiff.runs import RunDir, is_fingerprint, read_result_file
 
 # every result file holds at least these keys (see the evaluation contract); `images_sha256`
 # (evaluate.predictions.images_sha256) fingerprints the images scored, so pairings are checked
