@@ -258,5 +258,11 @@ def test_a_fresh_out_holding_files_under_v_k_is_refused(real, ddpm, tmp_path):
     assert theirs.read_text() == "the user's\n"
     assert sorted(p.name for p in out.iterdir()) == ["v0"]  # no lock, record or manifest
     theirs.unlink()
+    mine = out / "manifest.jsonl"  # a user's file of generate's merged manifest's name
+    mine.write_text('{"mine": 1}\n')
+    with pytest.raises(ReplacingError, match="manifest.jsonl, which no `mixdiff generate` wrote"):
+        generate(real, out, _settings(ddpm), show_progress=False)
+    assert mine.read_text() == '{"mine": 1}\n'
+    mine.unlink()
     (out / "notes.txt").write_text("beside the twins\n")
     assert generate(real, out, _settings(ddpm), show_progress=False).written == 3

@@ -36,6 +36,7 @@ def attention(
     concentrated head (lowest entropy) and DINO's thresholded mask, side by side."""
     from mixdiff.evaluate.attention import encoder_attention, run_attention
     from mixdiff.evaluate.features import Encoder
+    from mixdiff.data.tree import is_image
     from mixdiff.outputs import refuse_inside_images, refuse_replacing
     from mixdiff.report.attention_grid import ATTENTION_COMMAND, plot_attention
     from mixdiff.report.figures import drawn_by
@@ -48,9 +49,12 @@ def attention(
             raise MixDiffError("give --run RUN (a ViT run folder) or --model timm/NAME")
         if checkpoint is not None and model is None:
             raise MixDiffError("--checkpoint goes with --model (a run brings its own weights)")
-        # an image's folder is its class folder (the figure names each image by both)
-        refuse_inside_images(out, f"--out {out}", {f"the folder of --images {image}":
-                                                   image.parent for image in images})
+        # an image's folder is its class folder (the figure names each image by both), and a
+        # folder that holds images (another class of the same tree) is one too
+        folders = {f"the folder of --images {image}": image.parent for image in images}
+        if out.parent.is_dir() and any(is_image(p.name) for p in out.parent.iterdir()):
+            folders[f"{out.parent} (a folder of images)"] = out.parent
+        refuse_inside_images(out, f"--out {out}", folders)
         refuse_replacing(out, f"--out {out}", ATTENTION_COMMAND,
                          lambda p: drawn_by(p) == ATTENTION_COMMAND)
         maps = [run_attention(run, images, weights, device, threshold) for run in runs]

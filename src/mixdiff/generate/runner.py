@@ -232,11 +232,17 @@ def refuse_links_out(out: Path, tree: ImageTree, variants: int, shard: tuple[int
 
 def refuse_foreign_files(out: Path) -> None:
     """An OUT that no generate has written (no generate.yaml, no manifest: both are written
-    before the first twin) but that holds files under v<k>/ holds someone else's files, which
-    the twins would replace where their names meet. Refused, --overwrite too: it starts afresh
-    only over generate's own outputs. Walks only such an OUT, and stops at its first file."""
+    before the first twin) but that holds files under v<k>/, or a manifest.jsonl, holds someone
+    else's files, which the twins (or the merged manifest) would replace. Refused, --overwrite
+    too: it starts afresh only over generate's own outputs. Walks only such an OUT, and stops at
+    its first file."""
     if (out / SETTINGS_FILE).exists() or manifest.shard_files(out):
         return
+    if (out / manifest.MANIFEST).exists():
+        raise ReplacingError(
+            f"--out {out} holds {out / manifest.MANIFEST}, which no `mixdiff generate` wrote "
+            f"({out} has no {SETTINGS_FILE} nor shard manifests), and generate would replace it "
+            "with its own; give another --out, or move it out of it")
     for variant in sorted(out.glob("v*")):
         if not VARIANT_FOLDER.fullmatch(variant.name):
             continue
