@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mixdiff.errors import ConfigError, MixDiffError
-from mixdiff.io import atomic_write_text
+from mixdiff.io import atomic_write_text, file_sha256
 from mixdiff.report.collect import load_runs
 from mixdiff.report.compare import EQUIVALENCE_MARGIN, setting_comparisons
 from mixdiff.outputs import refuse_replacing
@@ -29,6 +29,7 @@ ID_VS_OOD, RADAR, CURVES, PAIRS = "id_vs_ood.png", "radar.png", "curves.png", "p
 FIGURES = (ID_VS_OOD, RADAR, CURVES, PAIRS)
 COMMAND = "report"
 JSON_KEYS = {"spread", "runs", "settings", "rows"}  # what every results.json holds
+MD_SHA256 = "results_md_sha256"  # results.json's record of results.md as written
 MD_OPENING = re.compile(r"# Results\n\n\d+ run\(s\) in \d+ setting\(s\)\. Accuracies in %\.")
 
 
@@ -48,12 +49,24 @@ def _earlier_json(path: Path) -> bool:
     return isinstance(document, dict) and JSON_KEYS <= document.keys()
 
 
+def _recorded_md_sha256(path: Path) -> str | None:
+    """The sha256 of results.md that the report's results.json beside it records (None where it
+    records none: a report made before it did)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return document.get(MD_SHA256) if isinstance(document, dict) else None
+
+
 def earlier_report_file(path: Path) -> bool:
     """Whether `path` is a file an earlier `mixdiff report` wrote (recognised by its content; a
     figure by its stamp, or, drawn before figures were stamped, by the report's results.json
     beside it), which the next report to that folder may replace."""
-    if path.name == RESULTS_MD:
-        return bool(MD_OPENING.match(_head(path)))
+    if path.name == RESULTS_MD:  # and as written: a hand-edited one holds the user's notes
+        recorded = _recorded_md_sha256(path.parent / RESULTS_JSON)
+        return bool(MD_OPENING.match(_head(path))) and (
+            recorded is None or recorded == file_sha256(path))
     if path.name == RESULTS_CSV:
         return _head(path).split("\n", 1)[0].rstrip("\r") == ",".join(
             f.name for f in fields(ResultRow))
@@ -160,6 +173,7 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
                       for p in points],
         "rows": [asdict(r) for r in rows],
         "notes": report.notes,
+        MD_SHA256: file_sha256(out / RESULTS_MD),
     }, out / RESULTS_JSON)
     report.files += [out / RESULTS_MD, out / RESULTS_CSV, out / RESULTS_JSON]
     return report
