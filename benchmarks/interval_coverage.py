@@ -1,9 +1,9 @@
 """How often the quickstart's 95% intervals contain the truth, at full size: per-image correctness
-of two settings simulated where the truth is known (mixdiff.report.coverage.Scenario), 1,000
+of two settings simulated where the truth is known (mixdiff.report.coverage.Scenario), 4,000
 experiments per row on 10,000 test images (Fashion-MNIST's test split), at 3 and at 10 seeds; the
 two-level interval (seeds and test images, the verdict's) beside the paired t-interval over seeds.
 
-  python benchmarks/interval_coverage.py --json docs/results/interval_coverage.json   # ~10 min
+  python benchmarks/interval_coverage.py --json docs/results/interval_coverage.json   # ~80 s
 
 Scenarios (logits; see Scenario): `default` about +1 point with images that favour one setting
 or the other (image_sd 1) and a seed spread (seed_sd 0.1); `images` only the images' part
@@ -28,7 +28,7 @@ SCENARIOS = {"default": Scenario(), "images": Scenario(seed_sd=0.0, image_sd=2.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--experiments", type=int, default=4000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--json", type=Path, help="Write every row here.")
     args = parser.parse_args()
