@@ -4,6 +4,7 @@ never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -187,19 +188,24 @@ def test_a_figure_is_never_written_into_an_image_tree_the_command_reads(inputs, 
     assert beside.exit_code == 0, beside.output
 
 
-def test_a_reports_results_md_edited_by_hand_is_not_replaced(inputs, tmp_path):
-    """RPT-edited: `report --out DIR` again replaced DIR/results.md that the user had added notes
-    to (it was recognised as the report's own). Its own output is replaced; an edited one is
-    refused, in one line, and kept."""
+@pytest.mark.parametrize("edited", ["results.md", "results.csv", "results.json"])
+def test_a_reports_file_edited_by_hand_is_not_replaced(inputs, tmp_path, edited):
+    """RPT-edited: `report --out DIR` again replaced DIR/results.md (and .csv, .json) that the
+    user had added to (each was recognised as the report's own). Its own output is replaced; an
+    edited one is refused, in one line, and kept."""
     out = tmp_path / "report"
     command = ["report", str(inputs["run"]), "--out", str(out)]
     for _ in range(2):  # a second report into its own folder replaces its own files
         done = runner.invoke(app, command)
         assert done.exit_code == 0, done.output
-    results = out / "results.md"
-    results.write_text(results.read_text() + "\nMy notes on these runs.\n")
+    mine = out / edited
+    if edited == "results.json":  # still the report's shape, with the user's own entry
+        mine.write_text(json.dumps({**json.loads(mine.read_text()), "mine": "my notes"}))
+    else:
+        mine.write_text(mine.read_text() + "my notes\n")
+    kept = mine.read_text()
     refused = runner.invoke(app, command)
     said = " ".join(refused.output.split())
     assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, said
-    assert f"{results} exists and was not written by an earlier `mixdiff report`" in said, said
-    assert results.read_text().endswith("My notes on these runs.\n")
+    assert f"{mine} exists and was not written by an earlier `mixdiff report`" in said, said
+    assert mine.read_text() == kept

@@ -3,6 +3,7 @@ be drawn (a run without results, no synthetic roots) is skipped and said, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -20,7 +21,7 @@ from mixdiff.report.id_ood import Point, id_vs_ood_points
 from mixdiff.report.markdown import render
 from mixdiff.report.radar import plot_radar, radar_panels
 from mixdiff.report.results import (SHIFT, SPREADS, ResultRow, result_rows, setting_home,
-                                    write_csv, write_json)
+                                    json_text, write_csv, write_json)
 from mixdiff.report.scatter import plot_id_vs_ood
 from mixdiff.report.grouping import group_settings
 
@@ -29,7 +30,9 @@ ID_VS_OOD, RADAR, CURVES, PAIRS = "id_vs_ood.png", "radar.png", "curves.png", "p
 FIGURES = (ID_VS_OOD, RADAR, CURVES, PAIRS)
 COMMAND = "report"
 JSON_KEYS = {"spread", "runs", "settings", "rows"}  # what every results.json holds
-MD_SHA256 = "results_md_sha256"  # results.json's record of results.md as written
+# results.json's record of the sha256 of results.md, results.csv and itself (over its text
+# without this entry) as written: only an unchanged file is the report's own to replace
+WRITTEN = "written_sha256"
 MD_OPENING = re.compile(r"# Results\n\n\d+ run\(s\) in \d+ setting\(s\)\. Accuracies in %\.")
 
 
@@ -49,29 +52,41 @@ def _earlier_json(path: Path) -> bool:
     return isinstance(document, dict) and JSON_KEYS <= document.keys()
 
 
-def _recorded_md_sha256(path: Path) -> str | None:
-    """The sha256 of results.md that the report's results.json beside it records (None where it
-    records none: a report made before it did)."""
+def _written(path: Path) -> dict:
+    """What the report's results.json at `path` records of the files as it wrote them ({} where
+    it records nothing: a report made before it did, or no report)."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return document.get(MD_SHA256) if isinstance(document, dict) else None
+        return {}
+    found = document.get(WRITTEN) if isinstance(document, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _unchanged(path: Path) -> bool:
+    """Whether `path` is as the report wrote it (a file edited by hand holds the user's work)."""
+    recorded = _written(path.parent / RESULTS_JSON).get(path.name)
+    if path.name != RESULTS_JSON:
+        return recorded is None or recorded == file_sha256(path)
+    if recorded is None:
+        return True
+    document = json.loads(path.read_text())  # read once already by _written
+    body = {k: v for k, v in document.items() if k != WRITTEN}
+    return hashlib.sha256(json_text(body).encode()).hexdigest() == recorded
 
 
 def earlier_report_file(path: Path) -> bool:
-    """Whether `path` is a file an earlier `mixdiff report` wrote (recognised by its content; a
-    figure by its stamp, or, drawn before figures were stamped, by the report's results.json
-    beside it), which the next report to that folder may replace."""
-    if path.name == RESULTS_MD:  # and as written: a hand-edited one holds the user's notes
-        recorded = _recorded_md_sha256(path.parent / RESULTS_JSON)
-        return bool(MD_OPENING.match(_head(path))) and (
-            recorded is None or recorded == file_sha256(path))
+    """Whether `path` is a file an earlier `mixdiff report` wrote, unchanged since (recognised by
+    its content and the sha256 results.json records; a figure by its stamp, or, drawn before
+    figures were stamped, by the report's results.json beside it), which the next report to
+    that folder may replace."""
+    if path.name == RESULTS_MD:
+        return bool(MD_OPENING.match(_head(path))) and _unchanged(path)
     if path.name == RESULTS_CSV:
         return _head(path).split("\n", 1)[0].rstrip("\r") == ",".join(
-            f.name for f in fields(ResultRow))
+            f.name for f in fields(ResultRow)) and _unchanged(path)
     if path.name == RESULTS_JSON:
-        return _earlier_json(path)
+        return _earlier_json(path) and _unchanged(path)
     return drawn_by(path) == COMMAND or _earlier_json(path.parent / RESULTS_JSON)
 
 
@@ -158,7 +173,7 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
     atomic_write_text(out / RESULTS_MD, render(settings, rows, points, spread, report.notes,
                                                       homes, comparisons))
     write_csv(rows, out / RESULTS_CSV)
-    write_json({
+    document = {
         "spread": {"name": spread, "meaning": SPREADS[spread]},
         "runs": [{"name": r.name, "path": str(r.run.root), "setting": s.label, "kind": r.kind,
                   "method": r.method, "mode": r.mode, "seed": r.seed,
@@ -173,7 +188,10 @@ def write_report(runs: list[str | Path], out: str | Path, spread: str = "std",
                       for p in points],
         "rows": [asdict(r) for r in rows],
         "notes": report.notes,
-        MD_SHA256: file_sha256(out / RESULTS_MD),
-    }, out / RESULTS_JSON)
+    }
+    document[WRITTEN] = {RESULTS_MD: file_sha256(out / RESULTS_MD),
+                         RESULTS_CSV: file_sha256(out / RESULTS_CSV),
+                         RESULTS_JSON: hashlib.sha256(json_text(document).encode()).hexdigest()}
+    write_json(document, out / RESULTS_JSON)
     report.files += [out / RESULTS_MD, out / RESULTS_CSV, out / RESULTS_JSON]
     return report

@@ -202,6 +202,11 @@ def write_csv(rows: list[ResultRow], path: Path) -> Path:
     return path
 
 
+def json_text(document: dict) -> str:
+    """A JSON document as the report writes it."""
+    return json.dumps(document, indent=2) + "\n"
+
+
 def write_json(document: dict, path: Path) -> Path:
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(path, json_text(document))
     return path
