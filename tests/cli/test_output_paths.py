@@ -177,7 +177,7 @@ def test_a_figure_is_never_written_into_an_image_tree_the_command_reads(inputs, 
             (attention, real / "circle" / "attention.png", f"the folder of --images {image}"),
             # another class folder of the image's tree (AT3): a folder of images all the same
             (attention, real / "square" / "attention.png",
-             f"{real / 'square'} (a folder of images)")):
+             f"{real / 'square'} (another class folder of the images' tree)")):
         result = runner.invoke(app, [*command, str(out)])
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, said

@@ -50,10 +50,12 @@ def attention(
         if checkpoint is not None and model is None:
             raise MixDiffError("--checkpoint goes with --model (a run brings its own weights)")
         # an image's folder is its class folder (the figure names each image by both), and a
-        # folder that holds images (another class of the same tree) is one too
+        # folder of images beside it is another class of the same tree
         folders = {f"the folder of --images {image}": image.parent for image in images}
-        if out.parent.is_dir() and any(is_image(p.name) for p in out.parent.iterdir()):
-            folders[f"{out.parent} (a folder of images)"] = out.parent
+        trees = {image.parent.parent.resolve() for image in images}
+        if out.parent.parent.resolve() in trees and out.parent.is_dir() and \
+                any(is_image(p.name) for p in out.parent.iterdir()):
+            folders[f"{out.parent} (another class folder of the images' tree)"] = out.parent
         refuse_inside_images(out, f"--out {out}", folders)
         refuse_replacing(out, f"--out {out}", ATTENTION_COMMAND,
                          lambda p: drawn_by(p) == ATTENTION_COMMAND)
