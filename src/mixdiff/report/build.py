@@ -44,35 +44,31 @@ def _head(path: Path, size: int = 4096) -> str:
         return ""
 
 
+def _report_json(path: Path) -> dict | None:
+    """results.json at `path` as an earlier report wrote it (its keys), else None."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) and JSON_KEYS <= document.keys() else None
+
+
 def _earlier_json(path: Path) -> bool:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(document, dict) and JSON_KEYS <= document.keys()
-
-
-def _written(path: Path) -> dict:
-    """What the report's results.json at `path` records of the files as it wrote them ({} where
-    it records nothing: a report made before it did, or no report)."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    found = document.get(WRITTEN) if isinstance(document, dict) else None
-    return found if isinstance(found, dict) else {}
+    return _report_json(path) is not None
 
 
 def _unchanged(path: Path) -> bool:
-    """Whether `path` is as the report wrote it (a file edited by hand holds the user's work)."""
-    recorded = _written(path.parent / RESULTS_JSON).get(path.name)
-    if path.name != RESULTS_JSON:
-        return recorded is None or recorded == file_sha256(path)
+    """Whether `path` is as the report wrote it, by the sha256 its results.json records (a file
+    edited by hand holds the user's work); a report that recorded none is taken as it is."""
+    document = _report_json(path.parent / RESULTS_JSON) or {}
+    written = document.get(WRITTEN)
+    recorded = written.get(path.name) if isinstance(written, dict) else None
     if recorded is None:
         return True
-    document = json.loads(path.read_text())  # read once already by _written
-    body = {k: v for k, v in document.items() if k != WRITTEN}
-    return hashlib.sha256(json_text(body).encode()).hexdigest() == recorded
+    if path.name == RESULTS_JSON:  # its own sha256: over its text without this entry
+        body = {k: v for k, v in document.items() if k != WRITTEN}
+        return hashlib.sha256(json_text(body).encode()).hexdigest() == recorded
+    return recorded == file_sha256(path)
 
 
 def earlier_report_file(path: Path) -> bool:
