@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from mixdiff.errors import MixDiffError
-from mixdiff.runs import CHECKPOINTS, CONFIG, DATA_SUMMARY, EVAL, FEATURE_CACHE, LOGS, METRICS, \
-    RunDir
-
-OWN = (f"{CONFIG}, {DATA_SUMMARY}, {METRICS}, {CHECKPOINTS}/, {LOGS}/, {EVAL}/, "
-       f"{FEATURE_CACHE.split('/')[0]}/")
+from mixdiff.runs import OWN_IN_WORDS, RunDir
 
 
 class ReplacingError(MixDiffError):
@@ -33,8 +29,8 @@ def refuse_replacing(target: str | Path, given: str, command: str,
     run = RunDir.enclosing(target)
     if run is not None and run.owns(target):
         raise ReplacingError(f"{given}: {target} would be among the run folder {run.root}'s own "
-                             f"files ({OWN}), which other commands write and read; give another "
-                             f"{given.split()[0]} (outside those, e.g. beside the run folder)")
+                             f"files ({OWN_IN_WORDS}), which other commands write and read; "
+                             f"give another {given.split()[0]} (outside those, e.g. beside the run folder)")
     if target.exists() and not (target.is_file() and earlier(target)):
         raise ReplacingError(f"{given}: {target} exists and was not written by an earlier "
                              f"`mixdiff {command}`, so it is not replaced; give another "

@@ -52,6 +52,7 @@ PIXELS = "pixels"
 # what a run's commands write in it (the layout above): never replaced by another command's file
 OWN_FILES = (CONFIG, DATA_SUMMARY, METRICS)
 OWN_FOLDERS = (CHECKPOINTS, LOGS, EVAL, FEATURE_CACHE.split("/")[0])
+OWN_IN_WORDS = ", ".join([*OWN_FILES, *(f"{folder}/" for folder in OWN_FOLDERS)])  # messages
 # how messages name the <name> of eval/<command>/<name>.json (`mixdiff eval ... --name`, by
 # default the dataset's)
 RESULT_NAME = "the result name (--name)"
@@ -162,8 +163,8 @@ class RunDir:
     def own(self, *parts: str) -> Path:
         """RUN/<parts>, provided it lies inside the run folder once links are followed (see the
         module's text); else one line saying which link leads where, and what to do."""
-        return kept_inside(self.root, parts, "run folder", "a run's own files (config.yaml, "
-                           "data.json, metrics.csv, checkpoints/, logs/, eval/, cache/)")
+        return kept_inside(self.root, parts, "run folder",
+                           f"a run's own files ({OWN_IN_WORDS})")
 
     @property
     def config(self) -> Path:
