@@ -2,6 +2,7 @@ import gzip
 import json
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,13 +129,18 @@ def _write_idx(path, array):
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_prepare_from_idx_files(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
+def _idx_source(folder: Path, train: int, test: int) -> Path:
+    """A Fashion-MNIST source folder of IDX files: `train` and `test` random images."""
+    folder.mkdir()
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 30), ("t10k", 10)):
-        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    for prefix, n in (("train", train), ("t10k", test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+def test_fashion_mnist_prepare_from_idx_files(tmp_path):
+    src = _idx_source(tmp_path / "src", 30, 10)
     result = runner.invoke(app, ["data", "prepare", "fashion-mnist", "--source", str(src),
                                  "--out", str(tmp_path / "fm")])
     assert result.exit_code == 0, result.output
@@ -151,12 +157,7 @@ def _count(folder):
 
 
 def test_fashion_mnist_prepare_makes_the_tree_exactly_what_was_asked(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 50), ("t10k", 20)):  # 5 and 2 images of each class
-        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    src = _idx_source(tmp_path / "src", 50, 20)  # 5 and 2 images of each class
     out = tmp_path / "fm"
     args = ["data", "prepare", "fashion-mnist", "--source", str(src), "--out", str(out)]
     first = runner.invoke(app, args + ["--per-class", "4"])
@@ -344,12 +345,7 @@ def test_prepare_rewrites_what_an_earlier_prepare_left_wrong(tmp_path):
     ImageNet-100's: the latter was a FileExistsError traceback)."""
     from mixdiff.data import imagenet100
 
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 20), ("t10k", 10)):
-        _write_idx(src / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    src = _idx_source(tmp_path / "src", 20, 10)
     out = tmp_path / "fm"
     args = ["data", "prepare", "fashion-mnist", "--source", str(src), "--out", str(out)]
     assert runner.invoke(app, args).exit_code == 0
